@@ -1,0 +1,30 @@
+"""IPython magics: parse, validate, delegate to the backend, display."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._cluster import ClusterMagics
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+__all__ = ["ClusterMagics", "register", "unregister"]
+
+_MAGIC_CLASSES = (ClusterMagics,)
+
+
+def register(ipython: InteractiveShell) -> None:
+    """Register every paracell magic with ``ipython``."""
+    for cls in _MAGIC_CLASSES:
+        ipython.register_magics(cls)
+
+
+def unregister(ipython: InteractiveShell) -> None:
+    """Remove paracell's magics from ``ipython`` (for ``%unload_ext``)."""
+    manager = ipython.magics_manager
+    for cls in _MAGIC_CLASSES:
+        for kind, names in cls.magics.items():
+            for name in names:
+                manager.magics[kind].pop(name, None)
+        manager.registry.pop(cls.__name__, None)

@@ -1,0 +1,157 @@
+"""``%cluster``: start, connect, status, scale, restart, stop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from ..kernel_backend import LAUNCHERS, default_session
+from ..widgets import ClusterStatusView
+from ._common import non_negative_int, positive_float, positive_int, user_errors
+
+__all__ = ["ClusterMagics"]
+
+
+@magics_class
+class ClusterMagics(Magics):
+    """The ``%cluster`` magic: one cluster per kernel, started or connected."""
+
+    @line_magic
+    def cluster(self, line: str) -> ClusterStatusView | None:
+        # The docstring is assembled from the subcommands' own help below.
+        command, _, rest = line.strip().partition(" ")
+        handler = self._subcommands().get(command or "status")
+        if handler is None:
+            raise UsageError(
+                f"unknown %cluster subcommand {command!r};"
+                f" use one of: {', '.join(self._subcommands())}"
+            )
+        with user_errors():
+            return handler(rest)
+
+    def _subcommands(self) -> dict[str, Callable[[str], ClusterStatusView | None]]:
+        return {
+            "start": self._start,
+            "connect": self._connect,
+            "status": self._status,
+            "scale": self._scale,
+            "restart": self._restart,
+            "stop": self._stop,
+        }
+
+    @magic_arguments(name="cluster start")
+    @argument(
+        "-n",
+        type=positive_int,
+        default=None,
+        help="number of engines (default: one per CPU)",
+    )
+    @argument(
+        "--launcher",
+        default="local",
+        metavar="L",
+        help=f"how engines are started: {', '.join(LAUNCHERS)} (default: local);"
+        " non-local launchers read the profile's ipcluster_config.py",
+    )
+    @argument("--profile", metavar="P", default=None, help="IPython profile to use")
+    @argument(
+        "--idle-timeout",
+        type=positive_float,
+        metavar="S",
+        default=None,
+        help="stop engines idle for S seconds; the next call starts them again",
+    )
+    @argument(
+        "--timeout",
+        type=positive_float,
+        metavar="S",
+        default=60.0,
+        help="give up if the engines are not up after S seconds (default: 60)",
+    )
+    def _start(self, rest: str) -> None:
+        """Start a cluster; prints how many engines, where, and how long it took."""
+        args = parse_argstring(self._start, rest)
+        report = default_session().start(
+            args.n,
+            launcher=args.launcher,
+            profile=args.profile,
+            idle_timeout=args.idle_timeout,
+            timeout=args.timeout,
+        )
+        print(report)
+
+    @magic_arguments(name="cluster connect")
+    @argument("--profile", metavar="P", default=None, help="IPython profile to look in")
+    @argument("--cluster-id", metavar="ID", default=None, help="the cluster's id")
+    @argument(
+        "--file", metavar="PATH", default=None, help="a controller's client JSON file"
+    )
+    def _connect(self, rest: str) -> None:
+        """Use a running cluster (started by ipcluster, JupyterLab, a batch job)."""
+        args = parse_argstring(self._connect, rest)
+        print(
+            default_session().connect(
+                profile=args.profile, cluster_id=args.cluster_id, file=args.file
+            )
+        )
+
+    @magic_arguments(name="cluster status")
+    def _status(self, rest: str) -> ClusterStatusView:
+        """The cluster's state and a row per engine: id, host, pid, state, tasks."""
+        parse_argstring(self._status, rest)
+        return ClusterStatusView(default_session().status())
+
+    @magic_arguments(name="cluster scale")
+    @argument("N", type=non_negative_int, help="the number of engines wanted")
+    def _scale(self, rest: str) -> None:
+        """Add or remove engines to reach N (idle ones are removed first).
+
+        With no cluster active, starts a local one with N engines.
+        """
+        args = parse_argstring(self._scale, rest)
+        session = default_session()
+        if not session.active:
+            if args.N == 0:
+                raise UsageError("no cluster is active, and scaling to 0 starts none")
+            print(session.start(args.N))
+            return
+        tic = time.perf_counter()
+        before = session.status().live_engines
+        session.scale(args.N)
+        print(
+            f"paracell: scaled from {before} to {args.N} engines"
+            f" in {time.perf_counter() - tic:.1f} s"
+        )
+
+    @magic_arguments(name="cluster restart")
+    def _restart(self, rest: str) -> None:
+        """Replace every engine with a fresh one (clean namespaces), same count."""
+        parse_argstring(self._restart, rest)
+        report = default_session().restart()
+        print(f"paracell: restarted {report.engines} engines in {report.seconds:.1f} s")
+
+    @magic_arguments(name="cluster stop")
+    def _stop(self, rest: str) -> None:
+        """Stop the cluster paracell started (every process), or disconnect."""
+        parse_argstring(self._stop, rest)
+        print(default_session().stop())
+
+
+def _cluster_doc() -> str:
+    parts = [
+        "Start, inspect, resize and stop the kernel's cluster.",
+        "",
+        "One cluster per kernel. `%cluster` alone is `%cluster status`.",
+    ]
+    magics = ClusterMagics
+    for name in ("start", "connect", "status", "scale", "restart", "stop"):
+        method = getattr(magics, f"_{name}")
+        parts += ["", getattr(method, "__doc__", "") or ""]
+    return "\n".join(parts)
+
+
+ClusterMagics.cluster.__doc__ = _cluster_doc()

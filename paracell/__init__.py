@@ -1,0 +1,48 @@
+"""paracell: parallel computing from a Jupyter notebook, over ipyparallel.
+
+Load the magics with ``%load_ext paracell``; from plain Python use the
+functions below, the twins of the magics (``start`` is ``%cluster start``, ...).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._api import connect, restart, scale, start, status, stop
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "connect",
+    "load_ipython_extension",
+    "restart",
+    "scale",
+    "start",
+    "status",
+    "stop",
+    "unload_ipython_extension",
+]
+
+
+def load_ipython_extension(ipython: InteractiveShell) -> None:
+    """Register paracell's magics (``%load_ext paracell``)."""
+    # Imported here so that ``import paracell`` never pulls in IPython's magic
+    # machinery (engines import paracell too).
+    from .magics import register
+
+    register(ipython)
+
+
+def unload_ipython_extension(ipython: InteractiveShell) -> None:
+    """Forget the magics; a running cluster keeps running (``%reload_ext``)."""
+    from .magics import unregister
+
+    unregister(ipython)
+
+
+def __dir__() -> list[str]:  # pragma: no cover - interactive nicety
+    return sorted(__all__)

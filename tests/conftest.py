@@ -1,0 +1,81 @@
+"""Fixtures shared by the suite.
+
+Every test runs with its own IPYTHONDIR (so profiles and connection files
+never touch the user's), and an autouse fixture fails any test that leaves a
+controller, engine or nanny process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+# Before anything imports IPython or ipyparallel: kernels and clusters started
+# by the tests inherit this, and the leak check looks for it.
+IPYTHONDIR = tempfile.mkdtemp(prefix="paracell-tests-ipython-")
+os.environ["IPYTHONDIR"] = IPYTHONDIR
+os.environ.setdefault("JUPYTER_PLATFORM_DIRS", "1")
+
+ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "test-artifacts")
+
+
+def cluster_processes() -> dict[int, str]:
+    """ipyparallel processes started under this test run's IPYTHONDIR."""
+    found = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        modules = [a for a in cmdline if a.startswith("ipyparallel.")]
+        if not modules:
+            continue
+        try:
+            if proc.environ().get("IPYTHONDIR") != IPYTHONDIR:
+                continue
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:
+            continue
+        found[proc.info["pid"]] = modules[0]
+    return found
+
+
+def wait_for_no_new_processes(
+    before: set[int], timeout: float = 10.0
+) -> dict[int, str]:
+    """Processes not in ``before`` still running after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = {p: m for p, m in cluster_processes().items() if p not in before}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+def kill_all(pids: set[int] | dict[int, str]) -> None:
+    for pid in list(pids):
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves cluster processes running (and clean them up)."""
+    before = set(cluster_processes())
+    yield
+    allowed = set(getattr(request.config, "_paracell_allowed_pids", set()))
+    left = wait_for_no_new_processes(before | allowed)
+    if left:
+        kill_all(left)
+        pytest.fail(f"test left cluster processes running: {left}")
+
+
+@pytest.fixture
+def artifacts_dir() -> str:
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    return ARTIFACTS

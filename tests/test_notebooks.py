@@ -1,0 +1,76 @@
+"""The tutorial notebooks run end to end in a real kernel."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+pytestmark = [pytest.mark.notebook, pytest.mark.kernel, pytest.mark.cluster]
+
+HERE = os.path.dirname(__file__)
+NOTEBOOKS = sorted(glob.glob(os.path.join(HERE, "..", "notebooks", "*.ipynb")))
+_executed: dict[str, nbformat.NotebookNode] = {}
+
+
+def executed(path: str) -> nbformat.NotebookNode:
+    """Run a notebook once per test session; later tests read its outputs."""
+    if path not in _executed:
+        nb = nbformat.read(path, as_version=4)
+        NotebookClient(nb, timeout=600, kernel_name="python3").execute()
+        _executed[path] = nb
+    return _executed[path]
+
+
+def _text(cell) -> str:
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif out.output_type in ("execute_result", "display_data"):
+            parts.append(out.data.get("text/plain", ""))
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebook_runs_without_errors(path, artifacts_dir):
+    nb = executed(path)
+    errors = [
+        out
+        for cell in nb.cells
+        for out in cell.get("outputs", [])
+        if out.output_type == "error"
+    ]
+    assert not errors
+    nbformat.write(nb, os.path.join(artifacts_dir, os.path.basename(path)))
+
+
+def test_tutorial_shows_the_cluster_lifecycle():
+    nb = executed(os.path.join(HERE, "..", "notebooks", "tutorial.ipynb"))
+    shown = [(c.source, _text(c)) for c in nb.cells if c.cell_type == "code"]
+
+    def output_of(source: str) -> list[str]:
+        return [text for src, text in shown if src == source]
+
+    assert "started 2 engines on 127.0.0.1" in output_of("%cluster start -n 2")[0]
+    assert "scaled from 2 to 3 engines" in output_of("%cluster scale 3")[0]
+    assert "scaled from 3 to 1 engines" in output_of("%cluster scale 1")[0]
+    first_stop, second_stop = output_of("%cluster stop")
+    assert "stopped the controller and 1 engine" in first_stop
+    assert "no cluster to stop" in second_stop
+    statuses = output_of("%cluster status")
+    assert [s.splitlines()[0] for s in statuses] == [
+        "running: 2 engines (started here; local, 127.0.0.1)",
+        "running: 3 engines (started here; local, 127.0.0.1)",
+        "running: 1 engine (started here; local, 127.0.0.1)",
+    ]
+    html = [
+        out.data["text/html"]
+        for c in nb.cells
+        for out in c.get("outputs", [])
+        if out.output_type == "execute_result" and "text/html" in out.data
+    ]
+    assert len(html) == 3 and all("<table>" in h for h in html)

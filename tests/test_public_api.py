@@ -1,0 +1,65 @@
+"""The public surface is what we mean to export, and importing it is cheap."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import paracell
+import paracell.kernel_backend
+import paracell.widgets
+
+
+def test_paracell_exports_exactly_the_public_api():
+    assert sorted(paracell.__all__) == sorted(
+        [
+            "__version__",
+            "connect",
+            "load_ipython_extension",
+            "restart",
+            "scale",
+            "start",
+            "status",
+            "stop",
+            "unload_ipython_extension",
+        ]
+    )
+    for name in paracell.__all__:
+        assert hasattr(paracell, name)
+
+
+def test_backend_exports_records_errors_and_the_session():
+    assert {
+        "ClusterSession",
+        "ClusterStatus",
+        "EngineRow",
+        "InvalidRequest",
+        "NoCluster",
+        "ClusterStartError",
+        "ParacellError",
+        "default_session",
+    } <= set(paracell.kernel_backend.__all__)
+
+
+def test_importing_paracell_loads_neither_magics_nor_widgets():
+    # engines import paracell too: they need neither
+    code = (
+        "import sys, paracell; "
+        "print('paracell.magics' in sys.modules, 'ipywidgets' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["False", "False"]
+
+
+def test_the_backend_does_not_import_display_or_widgets():
+    code = (
+        "import sys, paracell.kernel_backend; "
+        "print(any(m.startswith(('ipywidgets', 'paracell.widgets', 'paracell.magics'))"
+        " for m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == "False"

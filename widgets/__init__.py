@@ -1,0 +1,10 @@
+"""Views of paracell's state: rich reprs and (later) ipywidgets.
+
+Renders what ``paracell.kernel_backend`` reports; never talks to the cluster.
+"""
+
+from __future__ import annotations
+
+from ._tables import ClusterStatusView, html_table, text_table
+
+__all__ = ["ClusterStatusView", "html_table", "text_table"]

@@ -1,0 +1,73 @@
+"""Rich reprs for tables: HTML in a notebook, aligned text everywhere else.
+
+Tables are not widgets: they are snapshots, displayed once, and must read the
+same in a terminal, in nbconvert output and in a screen reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+from typing import Any
+
+from ..kernel_backend import ClusterStatus
+
+__all__ = ["ClusterStatusView", "html_table", "text_table"]
+
+_ENGINE_COLUMNS = ("id", "host", "pid", "state", "tasks done")
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    cells = [[str(h) for h in headers]] + [
+        ["-" if c is None else str(c) for c in r] for r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    ]
+    return "\n".join(lines)
+
+
+def html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain HTML table; every cell escaped."""
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td>{escape('-' if c is None else str(c))}</td>" for c in r)
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class ClusterStatusView:
+    """Displays a :class:`~paracell.kernel_backend.ClusterStatus`.
+
+    ``status`` holds the underlying record, so ``s = %cluster status`` keeps
+    the facts at hand (``s.status.engines``).
+    """
+
+    def __init__(self, status: ClusterStatus) -> None:
+        self.status = status
+
+    def _rows(self) -> list[tuple[Any, ...]]:
+        return [
+            (e.id, e.host, e.pid, e.state, e.tasks_done) for e in self.status.engines
+        ]
+
+    def __repr__(self) -> str:
+        text = self.status.summary()
+        if self.status.engines:
+            text += "\n" + text_table(_ENGINE_COLUMNS, self._rows())
+        return text
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
+
+    def _repr_html_(self) -> str:
+        html = f"<p><b>cluster</b> {escape(self.status.summary())}</p>"
+        if self.status.engines:
+            html += html_table(_ENGINE_COLUMNS, self._rows())
+        return f'<div class="paracell-cluster-status">{html}</div>'
