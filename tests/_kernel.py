@@ -45,7 +45,9 @@ class Kernel:
             try:
                 msg = self.client.get_iopub_msg(timeout=timeout)
             except queue.Empty:
-                raise TimeoutError(f"no idle status after {timeout} s for {code!r}")
+                raise TimeoutError(
+                    f"no idle status after {timeout} s for {code!r}"
+                ) from None
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
             kind, content = msg["msg_type"], msg["content"]

@@ -7,6 +7,7 @@ controller, engine or nanny process behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -57,10 +58,8 @@ def wait_for_no_new_processes(
 
 def kill_all(pids: set[int] | dict[int, str]) -> None:
     for pid in list(pids):
-        try:
+        with contextlib.suppress(psutil.Error):
             psutil.Process(pid).kill()
-        except psutil.Error:
-            pass
 
 
 @pytest.fixture(autouse=True)

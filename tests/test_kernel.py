@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
+
 from _kernel import Kernel
 from conftest import cluster_processes, wait_for_no_new_processes
 
