@@ -1,0 +1,188 @@
+"""How many items to put in each chunk of a map.
+
+A chunk is one task on an engine. Too small and the per-task overhead (about
+a millisecond of messaging) dominates trivial items; too large and engines
+sit idle while one finishes a long chunk at the end. :class:`ChunkSizer`
+aims each chunk at a fixed compute time, learning the time per item from
+finished chunks. It holds no clock: the caller reports measured durations,
+which keeps the policy deterministic and testable.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Literal
+
+from ._errors import InvalidRequest
+
+__all__ = ["ChunkSizer", "validate_chunksize"]
+
+# Chunks outstanding per engine: one computing, one queued behind it so the
+# engine never waits for a round trip, one spare for jitter. More would only
+# pull items out of the user's generator early.
+_IN_FLIGHT_PER_ENGINE = 3
+
+# Weight kept by the time-per-item estimate at each finished chunk, so the
+# estimate follows items whose cost drifts during the map (about the last
+# ten chunks count) without a single noisy chunk swinging it.
+_DECAY = 0.9
+
+
+def validate_chunksize(value: Any) -> int | Literal["auto"]:
+    """Check a ``--chunksize`` value.
+
+    Parameters
+    ----------
+    value
+        ``"auto"``, a whole number >= 1, or a string of one.
+
+    Returns
+    -------
+    int or "auto"
+
+    Raises
+    ------
+    InvalidRequest
+        For 0, negative numbers, floats, booleans and other strings.
+    """
+    number: int | None = None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() == "auto":
+            return "auto"
+        try:
+            number = int(text)
+        except ValueError:
+            number = None
+    elif not isinstance(value, bool):  # True is an int, but not a size
+        try:
+            number = operator.index(value)  # int and numpy integers, not floats
+        except TypeError:
+            number = None
+    if number is None or number < 1:
+        raise InvalidRequest(
+            f"--chunksize must be 'auto' or a whole number >= 1, not '{value}'"
+        )
+    return number
+
+
+class ChunkSizer:
+    """Chooses chunk sizes for one map.
+
+    Parameters
+    ----------
+    engines
+        Number of engines the map runs on.
+    total
+        Number of items, if known (``len`` of the input), else ``None``.
+    chunksize
+        ``"auto"``, or a fixed number of items per chunk.
+    target_seconds
+        Compute time to aim each chunk at, in ``"auto"`` mode.
+    min_chunks_per_engine
+        With ``total`` known, keep at least this many chunks per engine for
+        the items not yet handed out, so uneven items balance out: chunks
+        shrink towards the end of the map.
+    max_chunksize
+        Upper bound on an automatic chunk size.
+
+    Notes
+    -----
+    In ``"auto"`` mode, until the first chunk has been recorded, chunks are
+    probes: one item per engine, then two per engine, then four, and so on,
+    so the first measurements arrive after very little work. Afterwards a
+    chunk holds ``target_seconds / seconds_per_item`` items, clamped to
+    ``[1, max_chunksize]`` and to the end-of-map cap above.
+    ``seconds_per_item`` is a decayed, item-weighted mean: total seconds over
+    total items of the recorded chunks, each older chunk's share multiplied
+    by 0.9 per newer chunk. Weighting by items keeps a one-item probe from
+    outweighing a thousand-item chunk; the decay lets the estimate follow
+    items that grow slower or faster as the map goes on.
+
+    Each :meth:`next_size` call counts its items as handed out; call it once
+    per chunk sent.
+    """
+
+    def __init__(
+        self,
+        *,
+        engines: int,
+        total: int | None,
+        chunksize: int | str = "auto",
+        target_seconds: float = 0.2,
+        min_chunks_per_engine: int = 4,
+        max_chunksize: int = 100_000,
+    ) -> None:
+        if engines < 1:
+            raise ValueError(f"engines must be >= 1, not {engines}")
+        if total is not None and total < 0:
+            raise ValueError(f"total must be >= 0 or None, not {total}")
+        if not target_seconds > 0:
+            raise ValueError(f"target_seconds must be > 0, not {target_seconds}")
+        if min_chunks_per_engine < 1:
+            raise ValueError(
+                f"min_chunks_per_engine must be >= 1, not {min_chunks_per_engine}"
+            )
+        if max_chunksize < 1:
+            raise ValueError(f"max_chunksize must be >= 1, not {max_chunksize}")
+        size = validate_chunksize(chunksize)
+        self._fixed: int | None = None if size == "auto" else size
+        self._engines = engines
+        self._total = total
+        self._target_seconds = target_seconds
+        self._min_chunks = min_chunks_per_engine * engines
+        self._max_chunksize = max_chunksize
+        self._handed_out = 0
+        self._chunks_handed_out = 0
+        self._weighted_seconds = 0.0
+        self._weighted_items = 0.0
+
+    @property
+    def max_in_flight(self) -> int:
+        """Most chunks to have outstanding at once, so inputs are read lazily."""
+        return _IN_FLIGHT_PER_ENGINE * self._engines
+
+    def next_size(self) -> int:
+        """Number of items for the next chunk (always >= 1)."""
+        size = self._fixed if self._fixed is not None else self._auto_size()
+        self._handed_out += size
+        self._chunks_handed_out += 1
+        return size
+
+    def record(self, items: int, seconds: float) -> None:
+        """Learn from a finished chunk.
+
+        Parameters
+        ----------
+        items
+            Items the chunk held.
+        seconds
+            Time the engine spent computing them (not counting transfer).
+        """
+        if items < 0 or seconds < 0:
+            raise ValueError(
+                f"items and seconds must be >= 0, not items={items}, seconds={seconds}"
+            )
+        if items == 0:
+            return
+        self._weighted_seconds = self._weighted_seconds * _DECAY + seconds
+        self._weighted_items = self._weighted_items * _DECAY + items
+
+    def _auto_size(self) -> int:
+        if self._weighted_items == 0:
+            # Probes double every round of one chunk per engine; the
+            # exponent is capped so the power stays a small int.
+            rounds = min(self._chunks_handed_out // self._engines, 62)
+            size = min(1 << rounds, self._max_chunksize)
+        else:
+            per_item = self._weighted_seconds / self._weighted_items
+            if per_item * self._max_chunksize <= self._target_seconds:
+                size = self._max_chunksize  # also covers a 0.0 s measurement
+            else:
+                size = max(1, int(self._target_seconds / per_item))
+        if self._total is not None:
+            remaining = self._total - self._handed_out
+            if remaining > 0:
+                size = min(size, math.ceil(remaining / self._min_chunks))
+        return size

@@ -1,0 +1,231 @@
+"""Unit tests for paracell.kernel_backend._chunking (no cluster, no clock)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from paracell.kernel_backend import InvalidRequest
+from paracell.kernel_backend._chunking import ChunkSizer, validate_chunksize
+
+
+def sizes(sizer: ChunkSizer, count: int) -> list[int]:
+    return [sizer.next_size() for _ in range(count)]
+
+
+def run_map(sizer: ChunkSizer, total: int, seconds_per_item: float) -> list[int]:
+    """Drive a sizer like a map would: send a chunk, record it, until done."""
+    handed_out: list[int] = []
+    left = total
+    while left:
+        size = min(sizer.next_size(), left)
+        sizer.record(size, size * seconds_per_item)
+        handed_out.append(size)
+        left -= size
+    return handed_out
+
+
+def test_fixed_chunksize_is_always_used() -> None:
+    sizer = ChunkSizer(engines=4, total=100, chunksize=7)
+
+    assert sizes(sizer, 20) == [7] * 20
+    sizer.record(7, 100.0)
+    assert sizer.next_size() == 7
+
+
+def test_fixed_chunksize_may_be_given_as_a_string() -> None:
+    assert ChunkSizer(engines=2, total=None, chunksize="3").next_size() == 3
+
+
+def test_auto_starts_with_one_item_probe_per_engine() -> None:
+    sizer = ChunkSizer(engines=4, total=None)
+
+    assert sizes(sizer, 4) == [1, 1, 1, 1]
+
+
+def test_probes_grow_geometrically_until_a_chunk_is_measured() -> None:
+    sizer = ChunkSizer(engines=2, total=None)
+
+    assert sizes(sizer, 8) == [1, 1, 2, 2, 4, 4, 8, 8]
+    sizer.record(1, 0.1)  # 0.1 s per item: 0.2 s target -> 2 items
+    assert sizer.next_size() == 2
+
+
+def test_probes_are_capped_by_max_chunksize() -> None:
+    sizer = ChunkSizer(engines=1, total=None, max_chunksize=10)
+
+    assert sizes(sizer, 6) == [1, 2, 4, 8, 10, 10]
+
+
+def test_trivial_items_give_large_chunks() -> None:
+    sizer = ChunkSizer(engines=8, total=None)
+    sizer.record(1, 2e-6)
+
+    assert sizer.next_size() == 100_000  # 0.2 s / 2 us, at max_chunksize
+    sizer = ChunkSizer(engines=8, total=None)
+    sizer.record(100, 100 * 20e-6)
+    assert sizer.next_size() == 10_000  # 0.2 s / 20 us
+
+
+def test_trivial_items_with_a_known_total_still_amortise_overhead() -> None:
+    sizer = ChunkSizer(engines=8, total=1_000_000)
+    sizer.record(1, 1e-6)
+
+    first = sizer.next_size()
+
+    assert first >= 1_000  # thousands per ~1 ms of per-chunk overhead
+    assert first == -(-1_000_000 // (4 * 8))  # the end-of-map cap
+
+
+def test_slow_items_give_chunks_of_one() -> None:
+    sizer = ChunkSizer(engines=4, total=None)
+    sizer.record(1, 1.0)
+
+    assert sizes(sizer, 5) == [1] * 5
+
+
+def test_size_aims_at_target_seconds() -> None:
+    sizer = ChunkSizer(engines=4, total=None, target_seconds=0.5)
+    sizer.record(10, 0.1)  # 10 ms per item
+
+    assert sizer.next_size() == 50
+
+
+def test_zero_duration_measurement_gives_the_largest_chunk() -> None:
+    sizer = ChunkSizer(engines=1, total=None, max_chunksize=5_000)
+    sizer.record(3, 0.0)
+
+    assert sizer.next_size() == 5_000
+
+
+def test_chunks_shrink_near_the_end_of_a_known_total() -> None:
+    engines = 4
+    sizer = ChunkSizer(engines=engines, total=10_000)
+
+    handed_out = run_map(sizer, 10_000, 1e-6)
+
+    assert sum(handed_out) == 10_000
+    assert handed_out[0] == 1  # the probe
+    handed_out = handed_out[1:]
+    # Never more than a 1/(4 * engines) share of what was still left ...
+    left = 10_000 - 1
+    for size in handed_out:
+        assert size <= -(-left // (4 * engines))
+        left -= size
+    # ... so the sizes fall steadily and the map ends on single items.
+    assert handed_out == sorted(handed_out, reverse=True)
+    assert handed_out[-engines:] == [1] * engines
+
+
+def test_small_known_total_gives_one_item_per_chunk() -> None:
+    sizer = ChunkSizer(engines=4, total=10)
+    sizer.record(1, 1e-6)
+
+    assert sizes(sizer, 3) == [1, 1, 1]
+
+
+def test_unknown_total_has_no_end_of_map_cap() -> None:
+    sizer = ChunkSizer(engines=4, total=None)
+    sizer.record(100, 0.01)  # 0.1 ms per item -> 2000 per chunk
+
+    assert sizes(sizer, 10) == [2_000] * 10
+
+
+def test_estimate_follows_items_that_get_slower() -> None:
+    sizer = ChunkSizer(engines=2, total=None)
+    sizer.record(1_000, 1_000 * 1e-4)
+    fast = sizer.next_size()
+
+    for _ in range(30):
+        sizer.record(20, 20 * 1e-2)
+
+    assert fast == 2_000
+    assert 20 <= sizer.next_size() <= 25  # 0.2 s / 10 ms, what is left of the past
+
+
+def test_a_small_noisy_chunk_does_not_swing_the_estimate() -> None:
+    sizer = ChunkSizer(engines=2, total=None)
+    sizer.record(2_000, 0.2)
+    sizer.record(1, 0.05)  # one item that happened to take 500x longer
+
+    assert sizer.next_size() > 1_000
+
+
+def test_empty_chunk_teaches_nothing() -> None:
+    sizer = ChunkSizer(engines=1, total=None)
+    sizer.record(0, 5.0)
+
+    assert sizes(sizer, 3) == [1, 2, 4]  # still probing
+
+
+def test_max_in_flight_is_a_few_chunks_per_engine() -> None:
+    one = ChunkSizer(engines=1, total=None)
+    many = ChunkSizer(engines=16, total=None, chunksize=5)
+
+    assert 2 <= one.max_in_flight <= 3
+    assert many.max_in_flight == 16 * one.max_in_flight
+
+
+def test_sizer_is_deterministic_given_the_same_measurements() -> None:
+    def replay() -> list[int]:
+        sizer = ChunkSizer(engines=3, total=5_000)
+        out = sizes(sizer, 3)
+        sizer.record(1, 0.001)
+        out += sizes(sizer, 3)
+        sizer.record(2, 0.003)
+        return out + sizes(sizer, 5)
+
+    assert replay() == replay()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"engines": 0, "total": None},
+        {"engines": 1, "total": -1},
+        {"engines": 1, "total": None, "target_seconds": 0},
+        {"engines": 1, "total": None, "min_chunks_per_engine": 0},
+        {"engines": 1, "total": None, "max_chunksize": 0},
+    ],
+)
+def test_impossible_settings_are_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        ChunkSizer(**kwargs)
+
+
+def test_bad_chunksize_is_a_user_error() -> None:
+    with pytest.raises(InvalidRequest, match="--chunksize"):
+        ChunkSizer(engines=1, total=None, chunksize="0")
+
+
+def test_negative_measurements_are_refused() -> None:
+    sizer = ChunkSizer(engines=1, total=None)
+
+    with pytest.raises(ValueError):
+        sizer.record(1, -0.1)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("auto", "auto"), (" AUTO ", "auto"), (1, 1), (500, 500), ("25", 25)],
+)
+def test_validate_chunksize_accepts_auto_and_whole_numbers(
+    value: Any, expected: Any
+) -> None:
+    assert validate_chunksize(value) == expected
+
+
+@pytest.mark.parametrize("value", [0, -3, "0", "-3", "big", "", 2.5, "2.5", True])
+def test_validate_chunksize_refuses_anything_else(value: Any) -> None:
+    with pytest.raises(InvalidRequest, match="--chunksize must be 'auto' or a whole"):
+        validate_chunksize(value)
+
+
+def test_validate_chunksize_message_names_the_bad_value() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        validate_chunksize(0)
+
+    assert str(caught.value) == (
+        "--chunksize must be 'auto' or a whole number >= 1, not '0'"
+    )
