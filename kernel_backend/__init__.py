@@ -6,6 +6,7 @@ plain records (:class:`ClusterStatus`, :class:`StartReport`, ...).
 
 from __future__ import annotations
 
+from ._engine import progress
 from ._errors import (
     ClusterStartError,
     InvalidRequest,
@@ -13,20 +14,42 @@ from ._errors import (
     ParacellError,
     ParacellWarning,
 )
+from ._mapjob import (
+    ChunkRecord,
+    ItemError,
+    MapFailed,
+    MapJob,
+    MapOptions,
+    MapProgress,
+    RemoteItemError,
+)
+from ._maps import map_comprehension, map_function
+from ._seeding import rng
 from ._session import LAUNCHERS, ClusterSession, default_session
 from ._status import ClusterStatus, EngineRow, StartReport, StopReport
 
 __all__ = [
     "LAUNCHERS",
+    "ChunkRecord",
     "ClusterSession",
     "ClusterStartError",
     "ClusterStatus",
     "EngineRow",
     "InvalidRequest",
+    "ItemError",
+    "MapFailed",
+    "MapJob",
+    "MapOptions",
+    "MapProgress",
     "NoCluster",
     "ParacellError",
     "ParacellWarning",
+    "RemoteItemError",
     "StartReport",
     "StopReport",
     "default_session",
+    "map_comprehension",
+    "map_function",
+    "progress",
+    "rng",
 ]

@@ -1,18 +1,378 @@
-"""Code that runs on the engines.
+"""Code that runs on the engines: the task wrapper and the shipped-name store.
 
 Engines import this module by name (functions sent with ``apply`` travel by
-reference), so it must stay importable without IPython display machinery and
-cheap to import.
+reference), so it stays cheap to import and free of display code.  The same
+wrapper also runs in the notebook's own process for ``--local``, so local and
+remote runs seed, time and report errors identically.
 """
 
 from __future__ import annotations
 
+import contextlib
+import linecache
 import os
+import signal
 import socket
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import FunctionType
+from typing import Any
 
-__all__ = ["engine_identity"]
+from ._analysis import rebind_globals
+from ._seeding import item_seed_sequence, seed_item
+
+__all__ = [
+    "ChunkOutcome",
+    "ItemFailure",
+    "TaskSpec",
+    "engine_identity",
+    "install_names",
+    "progress",
+    "run_chunk",
+]
+
+#: Filename under which a ``%pmap`` element is compiled (shows in tracebacks).
+ELEMENT_FILENAME = "<pmap>"
+#: Filename of the wrapper that calls a function given to ``pmap``; being
+#: paracell's, not the user's, its frame is left out of tracebacks.
+WRAPPER_FILENAME = "<paracell>"
+_OWN_FILES = {os.path.abspath(__file__), WRAPPER_FILENAME}
 
 
 def engine_identity() -> tuple[str, int]:
     """Return ``(hostname, pid)`` of the engine this runs on."""
     return socket.gethostname(), os.getpid()
+
+
+# -- names shipped from the notebook ---------------------------------------
+
+# digest -> object; pushed once per engine per version of an object.
+_STORE: dict[str, Any] = {}
+# namespace key -> namespace built for one map (reused by all its chunks)
+_NAMESPACES: OrderedDict[str, dict[str, Any]] = OrderedDict()
+_NAMESPACES_KEPT = 4
+
+
+def install_names(
+    entries: dict[str, tuple[str, Any]],
+    evict: Sequence[str] = (),
+    sources: dict[str, list[str]] | None = None,
+) -> int:
+    """Store shipped objects by digest; forget superseded versions.
+
+    ``entries`` maps digest -> (kind, payload): kind ``"pickle"`` carries
+    cloudpickle bytes, ``"array"`` a numpy array that travelled as a zero-copy
+    buffer.  ``sources`` are the notebook cells' lines, so tracebacks through
+    notebook functions show their code.  Returns the number of stored objects.
+    """
+    import cloudpickle
+
+    for digest in evict:
+        _STORE.pop(digest, None)
+    for digest, (kind, payload) in entries.items():
+        _STORE[digest] = cloudpickle.loads(payload) if kind == "pickle" else payload
+    for filename, lines in (sources or {}).items():
+        linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+    _NAMESPACES.clear()
+    return len(_STORE)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What to run for each item, and with which names.
+
+    ``element`` is an expression evaluated per item with the item bound to
+    ``arguments`` (a ``%pmap`` element and its loop targets, or a call of the
+    function given to ``pmap``).
+    """
+
+    key: str
+    names: dict[str, str] = field(default_factory=dict)  # name -> digest
+    modules: dict[str, str] = field(default_factory=dict)  # name -> module
+    from_imports: dict[str, tuple[str, str]] = field(default_factory=dict)
+    engine_side: tuple[str, ...] = ()
+    element: str = ""
+    arguments: tuple[str, ...] = ()
+    seed: int | None = None
+    entropy: int = 0
+    timeout: float | None = None
+    stop_on_error: bool = True
+    filename: str = ELEMENT_FILENAME
+
+
+class UndefinedNames(NameError):
+    """Names the code needs that exist neither in the notebook nor here."""
+
+
+def _engine_namespace() -> dict[str, Any]:
+    """The engine's persistent user namespace (where ``%px`` setup lands)."""
+    ip = None
+    with contextlib.suppress(Exception):
+        from IPython import get_ipython
+
+        ip = get_ipython()
+    if ip is not None:
+        return dict(ip.user_ns)
+    return dict(sys.modules["__main__"].__dict__)
+
+
+def build_callable(
+    spec: TaskSpec, base: dict[str, Any] | None = None
+) -> Callable[..., Any]:
+    """The function to call per item, in a namespace built once per map."""
+    ns = _NAMESPACES.get(spec.key)
+    if ns is None:
+        ns = _engine_namespace() if base is None else base
+        missing = [n for n in spec.engine_side if n not in ns and not _is_builtin(n)]
+        if missing:
+            raise UndefinedNames(
+                f"name {missing[0]!r} is not defined in the notebook nor on the engines"
+            )
+        import importlib
+
+        for name, module in spec.modules.items():
+            ns[name] = importlib.import_module(module)
+        for name, (module, attr) in spec.from_imports.items():
+            obj: Any = importlib.import_module(module)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+            ns[name] = obj
+        for name, digest in spec.names.items():
+            ns[name] = _STORE[digest]
+        # notebook functions were shipped with their globals stripped: they
+        # read every other shipped name from this namespace
+        for name, value in list(ns.items()):
+            if name in spec.names and isinstance(value, FunctionType):
+                ns[name] = rebind_globals(value, ns)
+        source = f"lambda {', '.join(spec.arguments)}: ({spec.element})"
+        lines = [source + "\n"]
+        linecache.cache[ELEMENT_FILENAME] = (
+            len(source),
+            None,
+            lines,
+            ELEMENT_FILENAME,
+        )
+        ns["__paracell_element__"] = eval(compile(source, ELEMENT_FILENAME, "eval"), ns)
+        _NAMESPACES[spec.key] = ns
+        while len(_NAMESPACES) > _NAMESPACES_KEPT:
+            _NAMESPACES.popitem(last=False)
+    return ns["__paracell_element__"]  # type: ignore[no-any-return]
+
+
+def missing_names(names: Sequence[str]) -> list[str]:
+    """Which of ``names`` this engine's namespace lacks (builtins count as there)."""
+    ns = _engine_namespace()
+    return [n for n in names if n not in ns and not _is_builtin(n)]
+
+
+def _is_builtin(name: str) -> bool:
+    import builtins
+
+    return hasattr(builtins, name)
+
+
+# -- running items ---------------------------------------------------------
+
+
+@dataclass
+class ItemFailure:
+    """An item's exception, as it travels back to the notebook."""
+
+    index: int
+    type_name: str
+    message: str
+    traceback: str
+    exception: BaseException | None  # the original, when it could be pickled
+    timed_out: bool = False
+
+
+@dataclass
+class ChunkOutcome:
+    """What a chunk returns: values by position, failures, and timings."""
+
+    first: int
+    values: list[Any]
+    failures: list[ItemFailure]
+    started: float
+    seconds: float
+    host: str
+    pid: int
+    interrupted: bool = False
+
+
+class ItemTimeout(Exception):
+    """An item ran past ``--timeout``."""
+
+
+def run_chunk(
+    spec: TaskSpec,
+    first: int,
+    items: Sequence[Any],
+    star: bool = True,
+    base: dict[str, Any] | None = None,
+) -> ChunkOutcome:
+    """Run ``items`` (indices ``first``, ``first + 1``, ...) with the spec's code.
+
+    Values come back in order; a failed item leaves a ``None`` placeholder and
+    an :class:`ItemFailure`.  With ``spec.stop_on_error`` the chunk stops at
+    the first failure.  KeyboardInterrupt stops the chunk and returns what was
+    done (marked ``interrupted``).
+    """
+    func = build_callable(spec, base)
+    values: list[Any] = []
+    failures: list[ItemFailure] = []
+    started = time.time()
+    tic = time.perf_counter()
+    interrupted = False
+    per_item_seed = spec.seed is not None
+    if not per_item_seed:
+        # Unseeded: one independent stream per chunk is enough (and cheap);
+        # no two chunks, hence no two engines, share a state.
+        seed_item(item_seed_sequence(None, first, entropy=spec.entropy))
+    position = 0
+    n = len(items)
+    token = _set_reporter(_engine_reporter)
+    try:
+        with _item_timer(spec.timeout) as arm:
+            while position < n:
+                try:
+                    for position in range(position, n):  # noqa: B020
+                        if per_item_seed:
+                            seed_item(item_seed_sequence(spec.seed, first + position))
+                        item = items[position]
+                        arm(True)
+                        values.append(func(*item) if star else func(item))
+                        arm(False)
+                    position = n
+                except KeyboardInterrupt:
+                    arm(False)
+                    interrupted = True
+                    break
+                except BaseException as err:
+                    arm(False)
+                    failures.append(_failure(first + position, err))
+                    values.append(None)
+                    position += 1
+                    if spec.stop_on_error:
+                        break
+    finally:
+        _reset_reporter(token)
+    host, pid = engine_identity()
+    return ChunkOutcome(
+        first=first,
+        values=values,
+        failures=failures,
+        started=started,
+        seconds=time.perf_counter() - tic,
+        host=host,
+        pid=pid,
+        interrupted=interrupted,
+    )
+
+
+@contextlib.contextmanager
+def _item_timer(timeout: float | None) -> Iterator[Callable[[bool], None]]:
+    """Yield ``arm(on)``: while armed, ItemTimeout fires after ``timeout`` s.
+
+    Uses SIGALRM, so it works where items run: the process's main thread.
+    """
+    if timeout is None or threading.current_thread() is not threading.main_thread():
+        yield lambda on: None
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise ItemTimeout(f"item ran past its timeout of {timeout:g} s")
+
+    def arm(on: bool) -> None:
+        signal.setitimer(signal.ITIMER_REAL, timeout if on else 0)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    try:
+        yield arm
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _failure(index: int, err: BaseException) -> ItemFailure:
+    import cloudpickle
+
+    exception: BaseException | None = err
+    try:
+        cloudpickle.dumps(err)
+    except Exception:
+        exception = None
+    err.__traceback__ = _user_frames(err.__traceback__)
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    return ItemFailure(
+        index=index,
+        type_name=type(err).__name__,
+        message=str(err),
+        traceback=text,
+        exception=exception,
+        timed_out=isinstance(err, ItemTimeout),
+    )
+
+
+def _is_own(filename: str) -> bool:
+    return filename in _OWN_FILES or os.path.abspath(filename) in _OWN_FILES
+
+
+def _user_frames(tb: Any) -> Any:
+    """Drop paracell's own frames from the front of a traceback."""
+    while (
+        tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) in _OWN_FILES
+    ):
+        tb = tb.tb_next
+    return tb
+
+
+# -- progress from inside an item ------------------------------------------
+
+_reporter: Callable[[float, float | None, str | None], None] | None = None
+_last_publish = 0.0
+
+
+def _set_reporter(
+    reporter: Callable[[float, float | None, str | None], None] | None,
+) -> Any:
+    global _reporter
+    previous, _reporter = _reporter, reporter
+    return previous
+
+
+def _reset_reporter(previous: Any) -> None:
+    global _reporter
+    _reporter = previous
+
+
+def _engine_reporter(done: float, total: float | None, message: str | None) -> None:
+    # ipyparallel's data publication streams to the client while the task
+    # runs; throttled so a tight loop calling progress() costs nothing.
+    global _last_publish
+    now = time.monotonic()
+    if now - _last_publish < 0.1 and (total is None or done < total):
+        return
+    _last_publish = now
+    with contextlib.suppress(Exception):
+        from ipyparallel.datapub import publish_data
+
+        publish_data({"paracell_progress": (done, total, message)})
+
+
+def progress(
+    done: float, total: float | None = None, message: str | None = None
+) -> None:
+    """Report progress from inside an item or background cell (live).
+
+    ``done`` out of ``total`` (optional) units of the current task, with an
+    optional short message.  Outside paracell's tasks this does nothing.
+    """
+    reporter = _reporter
+    if reporter is not None:
+        reporter(done, total, message)

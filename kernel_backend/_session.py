@@ -25,6 +25,7 @@ from traitlets.config import Config
 
 from ._engine import engine_identity
 from ._errors import ClusterStartError, InvalidRequest, NoCluster
+from ._shipping import NameShipper
 from ._status import ClusterStatus, EngineRow, Ownership, StartReport, StopReport
 
 __all__ = ["LAUNCHERS", "ClusterSession", "default_session"]
@@ -85,6 +86,8 @@ class ClusterSession:
         self._reaper: _IdleReaper | None = None
         self._in_use = 0
         self._atexit_registered = False
+        self._stale: dict[int, list[Any]] = {}
+        self.shipper = NameShipper()
 
     # -- queries -----------------------------------------------------------
 
@@ -316,6 +319,28 @@ class ClusterSession:
             self._add_engines(self._cluster, self._client, missing, 60.0)
             return self._report(len(self._client.ids), time.perf_counter() - tic)
 
+    def stale_engines(self) -> set[int]:
+        """Engines still busy with work that was cancelled but would not stop.
+
+        New work stays off them until that work ends, so the next call never
+        queues behind stale tasks.
+        """
+        with self._lock:
+            for eid in list(self._stale):
+                self._stale[eid] = [ar for ar in self._stale[eid] if not ar.done()]
+                if not self._stale[eid]:
+                    del self._stale[eid]
+            return set(self._stale)
+
+    def mark_stale(self, engine: int, result: Any) -> None:
+        """Note a cancelled task still running on ``engine``."""
+        with self._lock:
+            self._stale.setdefault(engine, []).append(result)
+
+    def forget_engines(self, ids: Iterable[int]) -> None:
+        """Engines that died: nothing shipped to them survives."""
+        self.shipper.forget(ids)
+
     @contextlib.contextmanager
     def in_use(self) -> Iterator[ipp.Client]:
         """Hold the engines for work: the idle timeout does not fire meanwhile."""
@@ -505,6 +530,8 @@ class ClusterSession:
             )
 
     def _forget(self) -> None:
+        self.shipper = NameShipper()
+        self._stale.clear()
         self._client = self._cluster = None
         self._ownership = self._launcher = self._profile = None
         self._cluster_id = self._location = self._connection_file = None

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._cluster import ClusterMagics
+from ._pmap import PmapMagics
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-__all__ = ["ClusterMagics", "register", "unregister"]
+__all__ = ["ClusterMagics", "PmapMagics", "register", "unregister"]
 
-_MAGIC_CLASSES = (ClusterMagics,)
+_MAGIC_CLASSES = (ClusterMagics, PmapMagics)
 
 
 def register(ipython: InteractiveShell) -> None:

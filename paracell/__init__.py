@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._api import connect, restart, scale, start, status, stop
+from ._api import connect, pmap, restart, scale, start, status, stop
+from .kernel_backend import ItemError, MapFailed, MapJob, progress, rng
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -16,10 +17,16 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "ItemError",
+    "MapFailed",
+    "MapJob",
     "__version__",
     "connect",
     "load_ipython_extension",
+    "pmap",
+    "progress",
     "restart",
+    "rng",
     "scale",
     "start",
     "status",

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
 from .kernel_backend import (
     ClusterStatus,
+    MapJob,
+    MapOptions,
     StartReport,
     StopReport,
     default_session,
+    map_function,
 )
+from .widgets import TextProgress
 
-__all__ = ["connect", "restart", "scale", "start", "status", "stop"]
+__all__ = ["connect", "pmap", "restart", "scale", "start", "status", "stop"]
 
 
 def start(
@@ -74,3 +82,89 @@ def restart() -> StartReport:
 def status() -> ClusterStatus:
     """The cluster's state and a row per engine; ``%cluster status``."""
     return default_session().status()
+
+
+def pmap(
+    func: Callable[[Any], Any],
+    iterable: Iterable[Any],
+    *,
+    chunksize: int | str = "auto",
+    ordered: bool = True,
+    seed: int | None = None,
+    retries: int = 2,
+    timeout: float | None = None,
+    on_error: str = "raise",
+    progress: bool | str = "auto",
+    block: bool = True,
+    targets: Sequence[int] | None = None,
+    local: bool = False,
+) -> list[Any] | MapJob:
+    """Call ``func`` on every item of ``iterable`` on the cluster; ``%pmap``'s twin.
+
+    Returns the results as a list in input order (``ordered=False``: in
+    completion order), or with ``block=False`` a :class:`MapJob` at once.
+    Starts a local cluster if none is active.
+
+    Parameters
+    ----------
+    func
+        Called once per item.  A function defined in the notebook travels by
+        value, with the globals it reads shipped once per engine.
+    iterable
+        Consumed lazily, with a bounded number of chunks in flight.
+    chunksize
+        ``"auto"`` (measure items, size chunks to ~0.2 s) or items per chunk.
+    seed
+        Item *i* gets its own random streams (``random``, ``numpy.random``,
+        :func:`paracell.rng`) from ``SeedSequence(seed)`` and *i* alone: the
+        same results for any engine count, chunking, order, retry or ``local``.
+    retries
+        How many times a chunk is re-run after its engine died.
+    timeout
+        Seconds one item may run; a slower item fails as a timeout.
+    on_error
+        ``"raise"`` (stop, raise :class:`ItemError` with finished results in
+        ``.partial``), ``"collect"`` (the exception takes the item's place) or
+        ``"skip"`` (the item is left out).
+    progress
+        Show a progress line: ``"auto"`` (when blocking in IPython or a
+        terminal), ``True`` or ``False``.
+    targets
+        Engine ids to use (default: all).
+    local
+        Run here, sequentially, with the same seeding: for debugging and to
+        check a parallel run against.
+    """
+    options = MapOptions(
+        chunksize=chunksize,  # type: ignore[arg-type]
+        ordered=ordered,
+        seed=seed,
+        retries=retries,
+        timeout=timeout,
+        on_error=on_error,  # type: ignore[arg-type]
+        targets=None if targets is None else tuple(targets),
+    ).validated()
+    session = default_session()
+    if not local:
+        _announce(session.ensure_engines())
+    observers = [TextProgress()] if _show_progress(progress, block) else []
+    job = map_function(
+        session, func, iterable, options, block=block, local=local, observers=observers
+    )
+    return job.result() if block else job
+
+
+def _announce(report: StartReport | None) -> None:
+    """Say in one line that a cluster was started on the caller's behalf."""
+    if report is not None:
+        print(f"{report} (no cluster was active; %cluster stop ends it)")
+
+
+def _show_progress(progress: bool | str, block: bool) -> bool:
+    if progress == "auto":
+        if not block:
+            return False
+        from IPython import get_ipython
+
+        return get_ipython() is not None or sys.stdout.isatty()
+    return bool(progress)

@@ -1,0 +1,602 @@
+"""Running a map: chunks to engines, results back in order, nothing lost.
+
+A :class:`MapJob` is the handle (``concurrent.futures.Future``-like and
+awaitable); :class:`_MapRun` is the scheduler behind it.  The scheduler sends
+chunks straight to engines (a bounded number in flight, so generators are
+consumed lazily), sizes them with :class:`ChunkSizer`, re-sends the chunks of
+an engine that died, and on cancel or interrupt aborts queued chunks and
+signals running ones so the cluster is free for the next call at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import reprlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from ._chunking import ChunkSizer
+from ._engine import ChunkOutcome, ItemFailure, TaskSpec, UndefinedNames, run_chunk
+from ._errors import InvalidRequest
+
+__all__ = [
+    "ChunkRecord",
+    "ItemError",
+    "MapFailed",
+    "MapJob",
+    "MapOptions",
+    "MapProgress",
+    "RemoteItemError",
+]
+
+OnError = Literal["raise", "collect", "skip"]
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+
+#: Chunks kept in flight per engine: one running, one queued behind it, so an
+#: engine never waits for the network between chunks.
+_PER_ENGINE = 2
+_POLL = 0.05
+_PROGRESS_PERIOD = 0.1
+_CANCEL_GRACE = 1.5
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """How to run a map (validated by :meth:`validated`)."""
+
+    chunksize: int | Literal["auto"] = "auto"
+    ordered: bool = True
+    seed: int | None = None
+    retries: int = 2
+    timeout: float | None = None
+    on_error: OnError = "raise"
+    targets: tuple[int, ...] | None = None
+
+    def validated(self) -> MapOptions:
+        from ._chunking import validate_chunksize
+        from ._seeding import validate_seed
+
+        if self.on_error not in ("raise", "collect", "skip"):
+            raise InvalidRequest(
+                f"--on-error must be raise, collect or skip, not {self.on_error!r}"
+            )
+        if (
+            isinstance(self.retries, bool)
+            or not isinstance(self.retries, int)
+            or self.retries < 0
+        ):
+            raise InvalidRequest(
+                f"--retries must be a whole number >= 0, not {self.retries!r}"
+            )
+        if self.timeout is not None and not self.timeout > 0:
+            raise InvalidRequest(
+                f"--timeout must be a number of seconds > 0, not {self.timeout!r}"
+            )
+        return replace(
+            self,
+            chunksize=validate_chunksize(self.chunksize),
+            seed=validate_seed(self.seed),
+        )
+
+
+@dataclass(frozen=True)
+class MapProgress:
+    """A progress event: what a display needs to draw a map's state."""
+
+    state: JobState
+    done: int
+    failed: int
+    total: int | None
+    elapsed: float
+    per_engine: dict[int, int]
+    partial: float = 0.0  # fraction of items reported done inside running chunks
+
+    @property
+    def rate(self) -> float:
+        """Items per second so far."""
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    def summary(self) -> str:
+        """E.g. ``pmap: 60/60 done in 3.1 s, 0 failed``."""
+        total = "?" if self.total is None else str(self.total)
+        verb = {"queued": "queued", "running": "running", "done": "done"}.get(
+            self.state, self.state
+        )
+        return (
+            f"pmap: {self.done}/{total} {verb} in {self.elapsed:.1f} s,"
+            f" {self.failed} failed"
+        )
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """Which engine ran which items when (for timelines)."""
+
+    engine: int
+    first: int
+    count: int
+    started: float
+    seconds: float
+
+
+class MapFailed(Exception):
+    """A map stopped before it finished; ``partial`` holds what was done.
+
+    ``partial`` maps item index -> result for every item that finished.
+    """
+
+    def __init__(self, message: str, partial: dict[int, Any]) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of paracell's own frames.
+        return [f"{type(self).__name__}: {self}"]
+
+
+class ItemError(MapFailed):
+    """An item raised: which one, on which engine, and the remote traceback."""
+
+    def __init__(
+        self,
+        failure: ItemFailure,
+        item: Any,
+        engine: int | None,
+        partial: dict[int, Any],
+    ) -> None:
+        where = f" on engine {engine}" if engine is not None else ""
+        message = (
+            f"item {failure.index} (input {_short(item)}) failed{where}:"
+            f" {failure.type_name}: {failure.message}"
+        )
+        super().__init__(message, partial)
+        self.index = failure.index
+        self.input = item
+        self.engine = engine
+        self.remote_traceback = failure.traceback
+        self.exception = failure.exception
+        self.timed_out = failure.timed_out
+
+    def _render_traceback_(self) -> list[str]:
+        lines = [f"{type(self).__name__}: {self}", ""]
+        lines += self.remote_traceback.rstrip("\n").splitlines()
+        done = len(self.partial)
+        lines += ["", f"({done} finished results kept in .partial)"]
+        return lines
+
+
+class RemoteItemError(Exception):
+    """Stands in for an item's exception that could not travel back."""
+
+    def __init__(self, failure: ItemFailure) -> None:
+        super().__init__(f"{failure.type_name}: {failure.message}")
+        self.remote_traceback = failure.traceback
+
+
+def _short(value: Any) -> str:
+    shortener = reprlib.Repr()
+    shortener.maxstring = shortener.maxother = 40
+    return shortener.repr(value)
+
+
+class MapJob(concurrent.futures.Future):  # type: ignore[type-arg]
+    """Handle of a running map: a ``Future`` (``result()``, ``done()``,
+    ``cancel()``, ``add_done_callback``) that is also awaitable.
+
+    ``progress`` is the latest :class:`MapProgress`; ``timeline`` the chunks
+    run so far.  Displayed, it shows its progress in words.
+    """
+
+    def __init__(self, total: int | None) -> None:
+        super().__init__()
+        self.total = total
+        self.timeline: list[ChunkRecord] = []
+        self._progress = MapProgress("queued", 0, 0, total, 0.0, {})
+        self._observers: list[Callable[[MapProgress], None]] = []
+        self._running = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def progress(self) -> MapProgress:
+        return self._progress
+
+    def subscribe(self, observer: Callable[[MapProgress], None]) -> None:
+        """Call ``observer`` with every progress event (in the map's thread)."""
+        self._observers.append(observer)
+
+    def _emit(self, event: MapProgress) -> None:
+        self._progress = event
+        for observer in list(self._observers):
+            with contextlib.suppress(Exception):
+                observer(event)
+
+    def running(self) -> bool:
+        return self._running and not self.done()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self).__await__()
+
+    def __repr__(self) -> str:
+        return self._progress.summary()
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
+
+
+class _Chunk:
+    __slots__ = ("attempts", "first", "items")
+
+    def __init__(self, first: int, items: list[Any]) -> None:
+        self.first = first
+        self.items = items
+        self.attempts = 0
+
+
+class _MapRun:
+    """Schedules one map's chunks on the cluster's engines."""
+
+    def __init__(
+        self,
+        session: Any,
+        spec: TaskSpec,
+        items: Iterator[Any],
+        options: MapOptions,
+        job: MapJob,
+        *,
+        star: bool,
+        engines: list[int],
+    ) -> None:
+        self.session = session
+        self.client = session.client
+        self.spec = spec
+        self.items = items
+        self.options = options
+        self.job = job
+        self.star = star
+        self.engines = engines
+        self.sizer = ChunkSizer(
+            engines=max(1, len(engines)), total=job.total, chunksize=options.chunksize
+        )
+        self.values: dict[int, Any] = {}
+        self.order: list[int] = []  # completion order, for unordered maps
+        self.skipped: set[int] = set()
+        self.inputs: dict[int, Any] = {}
+        self.failed = 0
+        self.per_engine: dict[int, int] = {}
+        self.in_flight: dict[Any, tuple[_Chunk, int]] = {}
+        self.retry: list[_Chunk] = []
+        self.next_index = 0
+        self.exhausted = False
+        self.started = time.perf_counter()
+        self.last_emit = 0.0
+        self.views: dict[int, Any] = {}
+
+    # -- the loop --------------------------------------------------------
+
+    def run(self) -> list[Any]:
+        self.job._running = True
+        try:
+            self._emit("running", force=True)
+            while True:
+                if self.job.cancelled():
+                    self._cancel_outstanding()
+                    raise concurrent.futures.CancelledError()
+                self._fill()
+                if not self.in_flight:
+                    if self.exhausted and not self.retry:
+                        break
+                    if not self._usable_engines():
+                        raise MapFailed(
+                            "no engines left to run the map"
+                            f" ({self._done_count()} items finished)",
+                            dict(self.values),
+                        )
+                    time.sleep(_POLL)
+                    continue
+                finished, _ = concurrent.futures.wait(
+                    list(self.in_flight),
+                    timeout=_POLL,
+                    return_when=concurrent.futures.FIRST_COMPLETED,
+                )
+                for ar in finished:
+                    self._collect(ar)
+                self._emit("running")
+        except BaseException:
+            self._cancel_outstanding()
+            self._emit(_state_of_exit(), force=True)
+            raise
+        finally:
+            self.job._running = False
+        self._emit("done", force=True)
+        return self._results()
+
+    def _fill(self) -> None:
+        usable = self._usable_engines()
+        load = {eid: 0 for eid in usable}
+        for _, eid in self.in_flight.values():
+            if eid in load:
+                load[eid] += 1
+        while len(self.in_flight) < self.sizer.max_in_flight:
+            free = [eid for eid in usable if load[eid] < _PER_ENGINE]
+            if not free:
+                return
+            chunk = self._next_chunk()
+            if chunk is None:
+                return
+            eid = min(free, key=lambda e: load[e])
+            self._send(chunk, eid)
+            load[eid] += 1
+
+    def _next_chunk(self) -> _Chunk | None:
+        if self.retry:
+            return self.retry.pop(0)
+        if self.exhausted:
+            return None
+        size = self.sizer.next_size()
+        items = list(itertools.islice(self.items, size))
+        if len(items) < size:
+            self.exhausted = True
+        if not items:
+            return None
+        chunk = _Chunk(self.next_index, items)
+        self.next_index += len(items)
+        return chunk
+
+    def _send(self, chunk: _Chunk, eid: int) -> None:
+        view = self.views.get(eid)
+        if view is None:
+            view = self.views[eid] = self.client[eid]
+        chunk.attempts += 1
+        ar = view.apply_async(run_chunk, self.spec, chunk.first, chunk.items, self.star)
+        self.in_flight[ar] = (chunk, eid)
+
+    def _usable_engines(self) -> list[int]:
+        live = set(self.client.ids)
+        if self.options.targets is None:
+            # engines added while the map runs join in
+            for eid in sorted(live):
+                if eid not in self.engines:
+                    self.engines.append(eid)
+        stale = self.session.stale_engines()
+        return [e for e in self.engines if e in live and e not in stale]
+
+    # -- results ---------------------------------------------------------
+
+    def _collect(self, ar: Any) -> None:
+        chunk, eid = self.in_flight.pop(ar)
+        try:
+            outcome: ChunkOutcome = ar.get(0)
+        except Exception as err:
+            self._purge(ar)
+            self._chunk_failed(chunk, eid, err)
+            return
+        self._purge(ar)
+        self._absorb(outcome, chunk, eid)
+
+    def _absorb(self, outcome: ChunkOutcome, chunk: _Chunk, eid: int | None) -> None:
+        """Take a chunk's values and failures into the map's results."""
+        if outcome.interrupted:
+            raise KeyboardInterrupt()
+        self.sizer.record(len(outcome.values), outcome.seconds)
+        self.job.timeline.append(
+            ChunkRecord(
+                -1 if eid is None else eid,
+                chunk.first,
+                len(outcome.values),
+                outcome.started,
+                outcome.seconds,
+            )
+        )
+        failures = {f.index: f for f in outcome.failures}
+        for offset, value in enumerate(outcome.values):
+            index = chunk.first + offset
+            failure = failures.get(index)
+            if failure is None:
+                self.values[index] = value
+                self.order.append(index)
+                key = -1 if eid is None else eid
+                self.per_engine[key] = self.per_engine.get(key, 0) + 1
+                continue
+            self.failed += 1
+            if self.options.on_error == "raise":
+                item = chunk.items[offset]
+                if self.star and len(item) == 1:
+                    item = item[0]
+                raise ItemError(failure, item, eid, dict(self.values))
+            if self.options.on_error == "collect":
+                exc = failure.exception
+                if exc is None:
+                    exc = RemoteItemError(failure)
+                with contextlib.suppress(Exception):
+                    exc.add_note(failure.traceback)
+                self.values[index] = exc
+                self.order.append(index)
+            else:
+                self.skipped.add(index)
+
+    def _chunk_failed(self, chunk: _Chunk, eid: int, err: Exception) -> None:
+        import ipyparallel as ipp
+
+        if (
+            isinstance(err, ipp.error.RemoteError)
+            and err.ename == UndefinedNames.__name__
+        ):
+            raise InvalidRequest(err.evalue) from None
+        died = isinstance(err, ipp.error.EngineError) or (
+            isinstance(err, ipp.error.RemoteError) and err.ename == "EngineError"
+        )
+        if not died:
+            if (
+                isinstance(err, ipp.error.RemoteError)
+                and err.ename == "KeyboardInterrupt"
+            ):
+                raise KeyboardInterrupt()
+            text = getattr(err, "traceback", None) or str(err)
+            raise MapFailed(
+                f"engine {eid} could not run items {chunk.first}-"
+                f"{chunk.first + len(chunk.items) - 1}: {text}",
+                dict(self.values),
+            )
+        if eid in self.engines:
+            self.engines.remove(eid)
+        self.session.forget_engines([eid])
+        if chunk.attempts > self.options.retries:
+            raise MapFailed(
+                f"engine {eid} died while running items {chunk.first}-"
+                f"{chunk.first + len(chunk.items) - 1}, and no retries are left"
+                f" (--retries {self.options.retries})",
+                dict(self.values),
+            )
+        self.retry.append(chunk)
+
+    def _results(self) -> list[Any]:
+        if self.options.ordered:
+            return [
+                self.values[i] for i in range(self.next_index) if i not in self.skipped
+            ]
+        return [self.values[i] for i in self.order]
+
+    def _done_count(self) -> int:
+        return len(self.values) + len(self.skipped)
+
+    def _purge(self, ar: Any) -> None:
+        # Results are ours now; ipyparallel's client caches would otherwise
+        # keep every chunk's result for the life of the kernel.
+        for msg_id in ar.msg_ids:
+            for cache in (self.client.results, self.client.metadata):
+                cache.pop(msg_id, None)
+            for name in ("_futures", "_output_futures"):
+                getattr(self.client, name, {}).pop(msg_id, None)
+
+    # -- progress and cancellation --------------------------------------
+
+    def _emit(self, state: JobState, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self.last_emit < _PROGRESS_PERIOD:
+            return
+        self.last_emit = now
+        self.job._emit(
+            MapProgress(
+                state=state,
+                done=len(self.values)
+                - (self.failed if self.options.on_error == "collect" else 0),
+                failed=self.failed,
+                total=self.job.total,
+                elapsed=now - self.started,
+                per_engine=dict(self.per_engine),
+                partial=self._partial(),
+            )
+        )
+
+    def _partial(self) -> float:
+        partial = 0.0
+        for ar in self.in_flight:
+            data = getattr(ar, "data", None)
+            if isinstance(data, dict) and "paracell_progress" in data:
+                done, total, _ = data["paracell_progress"]
+                if total:
+                    partial += min(1.0, done / total)
+        return partial
+
+    def _cancel_outstanding(self) -> None:
+        """Abort queued chunks, interrupt running ones, and wait briefly."""
+        if not self.in_flight:
+            return
+        pending = dict(self.in_flight)
+        self.in_flight.clear()
+        engines = sorted({eid for _, eid in pending.values()})
+        msg_ids = [m for ar in pending for m in ar.msg_ids]
+        with contextlib.suppress(Exception):
+            self.client.abort(jobs=msg_ids, targets=engines, block=False)
+        with contextlib.suppress(Exception):
+            self.client.send_signal(signal.SIGINT, targets=engines, block=False)
+        concurrent.futures.wait(list(pending), timeout=_CANCEL_GRACE)
+        for ar, (_, eid) in pending.items():
+            if ar.done():
+                self._purge(ar)
+            else:
+                # still running: keep new work off that engine until it ends
+                self.session.mark_stale(eid, ar)
+
+
+def _state_of_exit() -> JobState:
+    import sys
+
+    exc = sys.exc_info()[1]
+    if isinstance(exc, (KeyboardInterrupt, concurrent.futures.CancelledError)):
+        return "cancelled"
+    return "failed"
+
+
+class _LocalRun(_MapRun):
+    """Runs the items here, in order, with the engines' task wrapper.
+
+    Same chunking, seeding, timeouts and error handling as on the cluster, so
+    ``--local`` is a faithful reference for checking a parallel run.
+    """
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        items: Iterator[Any],
+        options: MapOptions,
+        job: MapJob,
+        *,
+        star: bool,
+        namespace: dict[str, Any],
+    ) -> None:
+        self.spec = spec
+        self.items = items
+        self.options = options
+        self.job = job
+        self.star = star
+        self.namespace = namespace
+        self.sizer = ChunkSizer(engines=1, total=job.total, chunksize=options.chunksize)
+        self.values = {}
+        self.order = []
+        self.skipped = set()
+        self.failed = 0
+        self.per_engine = {}
+        self.in_flight = {}
+        self.retry = []
+        self.next_index = 0
+        self.exhausted = False
+        self.started = time.perf_counter()
+        self.last_emit = 0.0
+
+    def run(self) -> list[Any]:
+        import random
+
+        import numpy as np
+
+        from . import _engine, _seeding
+
+        # Seeding items must not disturb the notebook's own random state.
+        saved = (random.getstate(), np.random.get_state(), _seeding._current)
+        self.job._running = True
+        try:
+            self._emit("running", force=True)
+            while (chunk := self._next_chunk()) is not None:
+                outcome = run_chunk(
+                    self.spec, chunk.first, chunk.items, self.star, self.namespace
+                )
+                self._absorb(outcome, chunk, None)
+                self._emit("running")
+        except BaseException:
+            self._emit(_state_of_exit(), force=True)
+            raise
+        finally:
+            self.job._running = False
+            _engine._NAMESPACES.pop(self.spec.key, None)
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            _seeding._current = saved[2]
+        self._emit("done", force=True)
+        return self._results()

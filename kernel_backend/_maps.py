@@ -1,0 +1,285 @@
+"""Starting maps: a function over an iterable, or a ``%pmap`` comprehension.
+
+Both come down to one :class:`TaskSpec` (an element expression and the names
+it needs), an iterator of items, and a :class:`MapJob` run by the cluster
+scheduler or, for ``local=True``, in this process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
+from typing import Any
+
+from ._analysis import Comprehension, element_free_names, iterate_items
+from ._engine import WRAPPER_FILENAME, TaskSpec, missing_names
+from ._errors import InvalidRequest
+from ._mapjob import MapJob, MapOptions, MapProgress, _LocalRun, _MapRun
+from ._seeding import fresh_entropy
+from ._shipping import prepare_shipment
+
+__all__ = ["map_comprehension", "map_function"]
+
+_FUNC = "__paracell_func__"
+_ITEM = "__paracell_item__"
+_FIRST_ITER = "__paracell_iter0__"
+
+
+def map_function(
+    session: Any,
+    func: Callable[[Any], Any],
+    iterable: Iterable[Any],
+    options: MapOptions,
+    *,
+    block: bool = True,
+    local: bool = False,
+    observers: Iterable[Callable[[MapProgress], None]] = (),
+) -> MapJob:
+    """Map ``func`` over ``iterable``; returns the job (finished if ``block``)."""
+    if not callable(func):
+        raise InvalidRequest(
+            f"pmap needs a function to call, not {type(func).__name__}"
+        )
+    total = len(iterable) if hasattr(iterable, "__len__") else None
+    items = iter(iterable)
+    element = f"{_FUNC}({_ITEM})"
+    if local:
+        namespace = {"__builtins__": __builtins__, _FUNC: func}
+        return _start_local(
+            element,
+            (_ITEM,),
+            items,
+            total,
+            options,
+            namespace,
+            block,
+            observers,
+            star=False,
+        )
+    shipment = prepare_shipment([], {}, extra={_FUNC: func})
+    return _start_remote(
+        session,
+        element,
+        (_ITEM,),
+        shipment,
+        items,
+        total,
+        options,
+        block,
+        observers,
+        star=False,
+    )
+
+
+def map_comprehension(
+    session: Any,
+    comp: Comprehension,
+    namespace: Mapping[str, Any],
+    options: MapOptions,
+    *,
+    block: bool = True,
+    local: bool = False,
+    observers: Iterable[Callable[[MapProgress], None]] = (),
+) -> MapJob:
+    """Run ``comp``'s element on the engines once per item of its ``for`` clauses.
+
+    The iterables and ``if`` clauses run here, in ``namespace``, lazily.
+    """
+    items, total = _comprehension_items(comp, namespace)
+    names = comp.target_names
+    free = element_free_names(comp)
+    if local:
+        missing = sorted(n for n in free - _builtin_names() if n not in namespace)
+        if missing:
+            raise InvalidRequest(f"name {missing[0]!r} is not defined")
+        local_ns = dict(namespace)
+        return _start_local(
+            comp.element,
+            names,
+            items,
+            total,
+            options,
+            local_ns,
+            block,
+            observers,
+            star=True,
+        )
+    shipment = prepare_shipment(free, namespace)
+    return _start_remote(
+        session,
+        comp.element,
+        names,
+        shipment,
+        items,
+        total,
+        options,
+        block,
+        observers,
+        star=True,
+    )
+
+
+def _builtin_names() -> set[str]:
+    import builtins
+
+    return set(dir(builtins))
+
+
+def _comprehension_items(
+    comp: Comprehension, namespace: Mapping[str, Any]
+) -> tuple[Iterator[tuple[Any, ...]], int | None]:
+    """Items as tuples of the target names' values, and their count if known.
+
+    The first iterable is evaluated here and now, as Python evaluates a
+    comprehension's first iterable; that also tells the total when there is a
+    single ``for`` and no ``if``.
+    """
+    first = comp.generators[0]
+    try:
+        iterable = eval(compile(first.iter, "<pmap>", "eval"), dict(namespace))
+    except NameError as err:
+        raise InvalidRequest(f"{err} (in the comprehension's first iterable)") from None
+    total = None
+    if len(comp.generators) == 1 and not first.ifs and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    rewritten = replace(
+        comp, generators=(replace(first, iter=_FIRST_ITER), *comp.generators[1:])
+    )
+    ns = {**namespace, _FIRST_ITER: iterable}
+    names = comp.target_names
+    if len(names) == 1 and len(comp.generators) == 1:
+        (only,) = names
+        items = ((d[only],) for d in iterate_items(rewritten, ns))
+    else:
+        items = (tuple(d[n] for n in names) for d in iterate_items(rewritten, ns))
+    return items, total
+
+
+def _spec(
+    key: str,
+    element: str,
+    arguments: tuple[str, ...],
+    options: MapOptions,
+    **names: Any,
+) -> TaskSpec:
+    if element.startswith(_FUNC):
+        names["filename"] = WRAPPER_FILENAME
+    h = hashlib.blake2b(digest_size=12)
+    h.update(f"{key}|{element}|{arguments}".encode())
+    return TaskSpec(
+        key=h.hexdigest(),
+        element=element,
+        arguments=arguments,
+        seed=options.seed,
+        entropy=fresh_entropy(),
+        timeout=options.timeout,
+        stop_on_error=options.on_error == "raise",
+        **names,
+    )
+
+
+def _start_remote(
+    session: Any,
+    element: str,
+    arguments: tuple[str, ...],
+    shipment: Any,
+    items: Iterator[Any],
+    total: int | None,
+    options: MapOptions,
+    block: bool,
+    observers: Iterable[Callable[[MapProgress], None]],
+    *,
+    star: bool,
+) -> MapJob:
+    options = options.validated()
+    client = session.client
+    live = client.ids
+    if options.targets is not None:
+        unknown = [t for t in options.targets if t not in live]
+        if unknown:
+            raise InvalidRequest(
+                f"--targets names engine {unknown[0]}, which is not running"
+                f" (engines: {', '.join(map(str, live)) or 'none'})"
+            )
+        engines = list(options.targets)
+    else:
+        engines = list(live)
+    if not engines:
+        raise InvalidRequest(
+            "the cluster has no engines; add some with %cluster scale N"
+        )
+    if shipment.engine_side:
+        # Names the notebook lacks must come from the engines' own namespace;
+        # say which is missing before any work starts.
+        missing = client[engines].apply_sync(missing_names, shipment.engine_side)
+        absent = sorted({n for per_engine in missing for n in per_engine})
+        if absent:
+            raise InvalidRequest(
+                f"name {absent[0]!r} is not defined in the notebook nor on the engines"
+            )
+    session.shipper.ship(client, engines, shipment)
+    spec = _spec(
+        shipment.key,
+        element,
+        arguments,
+        options,
+        names=shipment.digests,
+        modules=shipment.modules,
+        from_imports=shipment.from_imports,
+        engine_side=shipment.engine_side,
+    )
+    job = MapJob(total)
+    for observer in observers:
+        job.subscribe(observer)
+    run = _MapRun(session, spec, items, options, job, star=star, engines=engines)
+    return _launch(job, run.run, block, session)
+
+
+def _start_local(
+    element: str,
+    arguments: tuple[str, ...],
+    items: Iterator[Any],
+    total: int | None,
+    options: MapOptions,
+    namespace: dict[str, Any],
+    block: bool,
+    observers: Iterable[Callable[[MapProgress], None]],
+    *,
+    star: bool,
+) -> MapJob:
+    options = options.validated()
+    spec = _spec(f"local-{id(namespace)}", element, arguments, options)
+    job = MapJob(total)
+    for observer in observers:
+        job.subscribe(observer)
+    run = _LocalRun(spec, items, options, job, star=star, namespace=namespace)
+    return _launch(job, run.run, block, None)
+
+
+def _launch(
+    job: MapJob, work: Callable[[], list[Any]], block: bool, session: Any
+) -> MapJob:
+    def target() -> None:
+        try:
+            if session is not None:
+                with session.in_use():
+                    result = work()
+            else:
+                result = work()
+        except BaseException as err:
+            if not job.done():
+                job.set_exception(err)
+            if block:
+                raise
+            return
+        if not job.done():
+            job.set_result(result)
+
+    if block:
+        target()
+    else:
+        job._thread = threading.Thread(target=target, name="paracell-map", daemon=True)
+        job._thread.start()
+    return job

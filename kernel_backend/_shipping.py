@@ -1,0 +1,180 @@
+"""Shipping the names code needs to the engines, once per engine per version.
+
+The plan (which names are modules, importable objects, by-value objects or
+left to the engine) comes from :mod:`._analysis`.  Here each by-value object
+gets a content digest; an engine receives an object only when it does not
+hold that version yet, so a large array used by every map crosses to each
+engine once.  numpy arrays travel as ipyparallel's zero-copy buffers, the rest
+as cloudpickle bytes (notebook functions with their globals stripped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import linecache
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import FunctionType
+from typing import Any
+
+import numpy as np
+
+from ._analysis import ShippingPlan, check_shippable, plan_shipping
+from ._engine import install_names
+
+__all__ = ["NameShipper", "Shipment", "prepare_shipment"]
+
+
+@dataclass(frozen=True)
+class _Payload:
+    digest: str
+    kind: str  # "pickle" or "array"
+    payload: Any
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """Everything one piece of code needs on the engines."""
+
+    names: dict[str, _Payload]
+    modules: dict[str, str]
+    from_imports: dict[str, tuple[str, str]]
+    engine_side: tuple[str, ...]
+    sources: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def digests(self) -> dict[str, str]:
+        """Name -> content digest, as the engine-side spec refers to them."""
+        return {name: p.digest for name, p in self.names.items()}
+
+    @property
+    def key(self) -> str:
+        """One digest for the whole set of names (the engine caches by it)."""
+        h = hashlib.blake2b(digest_size=12)
+        for part in (
+            sorted(self.digests.items()),
+            sorted(self.modules.items()),
+            sorted(self.from_imports.items()),
+            sorted(self.engine_side),
+        ):
+            h.update(repr(part).encode())
+        return h.hexdigest()
+
+
+def prepare_shipment(
+    names: Iterable[str], namespace: Mapping[str, Any], extra: Mapping[str, Any] = {}
+) -> Shipment:
+    """Classify ``names`` against ``namespace`` and digest every by-value object.
+
+    ``extra`` adds objects under names of their own (the callable given to
+    ``pmap``).  Raises ``InvalidRequest`` naming an object that cannot be
+    pickled.
+    """
+    merged = {**namespace, **extra} if extra else namespace
+    plan = plan_shipping([*names, *extra], merged)
+    arrays = {n: o for n, o in plan.by_value.items() if _is_plain_array(o)}
+    others = ShippingPlan(
+        modules=plan.modules,
+        from_imports=plan.from_imports,
+        by_value={n: o for n, o in plan.by_value.items() if n not in arrays},
+        engine_side=plan.engine_side,
+    )
+    payloads: dict[str, _Payload] = {}
+    for name, data in check_shippable(others).items():
+        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+        payloads[name] = _Payload(digest, "pickle", data, len(data))
+    for name, array in arrays.items():
+        contiguous = np.ascontiguousarray(array)
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{contiguous.dtype.str}{contiguous.shape}".encode())
+        h.update(memoryview(contiguous).cast("B"))
+        payloads[name] = _Payload(h.hexdigest(), "array", contiguous, contiguous.nbytes)
+    return Shipment(
+        names=payloads,
+        modules=dict(plan.modules),
+        from_imports=dict(plan.from_imports),
+        engine_side=tuple(sorted(plan.engine_side)),
+        sources=_notebook_sources(plan.by_value.values()),
+    )
+
+
+def _is_plain_array(obj: Any) -> bool:
+    return (
+        isinstance(obj, np.ndarray)
+        and not obj.dtype.hasobject
+        and type(obj) is np.ndarray
+    )
+
+
+def _notebook_sources(objects: Iterable[Any]) -> dict[str, list[str]]:
+    """Source lines of notebook cells the shipped functions were defined in.
+
+    Cell code has no file on the engine; with these lines in the engine's
+    linecache a remote traceback shows the user's code.
+    """
+    sources: dict[str, list[str]] = {}
+    for obj in objects:
+        code = getattr(obj, "__code__", None) if isinstance(obj, FunctionType) else None
+        if code is None:
+            continue
+        filename = code.co_filename
+        if filename in sources or os.path.exists(filename):
+            continue
+        lines = linecache.getlines(filename)
+        if lines:
+            sources[filename] = lines
+    return sources
+
+
+class NameShipper:
+    """Remembers which version of each name every engine holds.
+
+    Belongs to one cluster: engine ids are only unique within a controller.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[int, dict[str, str]] = {}
+        self.bytes_sent = 0
+        self.objects_sent = 0
+
+    def ship(self, client: Any, engine_ids: Iterable[int], shipment: Shipment) -> None:
+        """Send each engine what it lacks of ``shipment``; wait until stored."""
+        pending = []
+        for eid in engine_ids:
+            held = self._held.setdefault(eid, {})
+            entries = {}
+            evict = []
+            for name, p in shipment.names.items():
+                old = held.get(name)
+                if old == p.digest:
+                    continue
+                entries[p.digest] = (p.kind, p.payload)
+                if old is not None and old not in shipment.digests.values():
+                    evict.append(old)
+            if not entries:
+                continue
+            ar = client[eid].apply_async(
+                install_names, entries, evict, shipment.sources
+            )
+            size = sum(
+                shipment.names[n].nbytes
+                for n in shipment.names
+                if shipment.names[n].digest in entries
+            )
+            pending.append((eid, ar, size, len(entries)))
+        for eid, ar, size, count in pending:
+            ar.get()
+            held = self._held[eid]
+            held.update(shipment.digests)
+            self.bytes_sent += size
+            self.objects_sent += count
+            with contextlib.suppress(Exception):
+                client.purge_local_results(jobs=[ar])
+
+    def forget(self, engine_ids: Iterable[int]) -> None:
+        """Engines that are gone hold nothing any more."""
+        for eid in engine_ids:
+            self._held.pop(eid, None)
