@@ -170,6 +170,19 @@ def missing_names(names: Sequence[str]) -> list[str]:
     return [n for n in names if n not in ns and not _is_builtin(n)]
 
 
+def unimportable(modules: Sequence[str]) -> list[str]:
+    """Which of ``modules`` this engine cannot import."""
+    import importlib
+
+    failed = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception:
+            failed.append(module)
+    return failed
+
+
 def _is_builtin(name: str) -> bool:
     import builtins
 

@@ -219,6 +219,7 @@ def _start_remote(
             raise InvalidRequest(
                 f"name {absent[0]!r} is not defined in the notebook nor on the engines"
             )
+    shipment = session.shipper.check_imports(client, engines, shipment)
     session.shipper.ship(client, engines, shipment)
     spec = _spec(
         shipment.key,

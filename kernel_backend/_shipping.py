@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import linecache
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from types import FunctionType
 from typing import Any
 
+import cloudpickle
 import numpy as np
 
 from ._analysis import ShippingPlan, check_shippable, plan_shipping
-from ._engine import install_names
+from ._engine import install_names, unimportable
+from ._errors import InvalidRequest
 
 __all__ = ["NameShipper", "Shipment", "prepare_shipment"]
 
@@ -137,6 +141,7 @@ class NameShipper:
 
     def __init__(self) -> None:
         self._held: dict[int, dict[str, str]] = {}
+        self._importable: set[str] = set()
         self.bytes_sent = 0
         self.objects_sent = 0
 
@@ -174,7 +179,62 @@ class NameShipper:
             with contextlib.suppress(Exception):
                 client.purge_local_results(jobs=[ar])
 
+    def check_imports(
+        self, client: Any, engine_ids: Sequence[int], shipment: Shipment
+    ) -> Shipment:
+        """Make sure what travels as an import can be imported on the engines.
+
+        A function from a module only the notebook can import (a folder added
+        to ``sys.path`` here, say) is shipped by value instead; a module the
+        engines lack is an error naming it.  Modules once found importable
+        are not asked about again.
+        """
+        wanted = set(shipment.modules.values())
+        wanted.update(module for module, _ in shipment.from_imports.values())
+        unknown = sorted(wanted - self._importable)
+        if not unknown:
+            return shipment
+        failed = set().union(
+            *client[list(engine_ids)].apply_sync(unimportable, unknown)
+        )
+        self._importable.update(m for m in unknown if m not in failed)
+        if not failed:
+            return shipment
+        for name, module in shipment.modules.items():
+            if module in failed:
+                raise InvalidRequest(
+                    f"module {module!r} (used as {name!r}) cannot be imported on"
+                    " the engines; install it there, or put its folder on their"
+                    " sys.path"
+                )
+        moved = {
+            name: _resolve(module, attr)
+            for name, (module, attr) in shipment.from_imports.items()
+            if module in failed
+        }
+        for module in {shipment.from_imports[name][0] for name in moved}:
+            cloudpickle.register_pickle_by_value(sys.modules[module])
+        by_value = {}
+        for name, obj in moved.items():
+            data = cloudpickle.dumps(obj)
+            digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+            by_value[name] = _Payload(digest, "pickle", data, len(data))
+        return replace(
+            shipment,
+            names={**shipment.names, **by_value},
+            from_imports={
+                n: loc for n, loc in shipment.from_imports.items() if n not in moved
+            },
+        )
+
     def forget(self, engine_ids: Iterable[int]) -> None:
         """Engines that are gone hold nothing any more."""
         for eid in engine_ids:
             self._held.pop(eid, None)
+
+
+def _resolve(module: str, attr: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj

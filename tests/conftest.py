@@ -78,3 +78,41 @@ def no_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
 def artifacts_dir() -> str:
     os.makedirs(ARTIFACTS, exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def shared_cluster(request: pytest.FixtureRequest) -> Iterator[object]:
+    """The default session, running 2 local engines, kept across tests.
+
+    Its processes are allowed to outlive each test; the session's end stops
+    it (see ``_stop_shared_cluster``).
+    """
+    from paracell.kernel_backend import default_session
+
+    session = default_session()
+    if not session.active or session.status().live_engines != 2:
+        session.stop()
+        session.start(2)
+        request.config._paracell_allowed_pids = set(cluster_processes())  # type: ignore[attr-defined]
+    yield session
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_shared_cluster() -> Iterator[None]:
+    yield
+    from paracell.kernel_backend import default_session
+
+    default_session().stop()
+    left = wait_for_no_new_processes(set())
+    kill_all(left)
+    assert not left, f"cluster processes left at the end of the run: {left}"
+
+
+@pytest.fixture(scope="session")
+def ip():
+    """A real in-process IPython shell with paracell loaded."""
+    from IPython.testing.globalipapp import start_ipython
+
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "paracell")
+    return shell

@@ -6,17 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import start_ipython
 
 from paracell.kernel_backend import default_session
 from paracell.widgets import ClusterStatusView
-
-
-@pytest.fixture(scope="module")
-def ip():
-    shell = start_ipython()
-    shell.run_line_magic("load_ext", "paracell")
-    return shell
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import Iterator
 
 import psutil
@@ -68,3 +70,58 @@ def test_shutting_the_kernel_down_stops_its_cluster(kernel: Kernel):
     with contextlib.suppress(psutil.NoSuchProcess):
         psutil.Process(kernel_pid).wait(timeout=30)
     assert wait_for_no_new_processes(set(), timeout=15) == {}
+
+
+@pytest.mark.cluster
+def test_the_first_pmap_starts_a_cluster_and_says_so(kernel: Kernel):
+    kernel.run("%load_ext paracell")
+    first = kernel.run("r = %pmap x * x for x in range(5)\nprint(r)")
+    assert first.ok, first.error
+    lines = first.stdout.splitlines()
+    assert lines[0].startswith(f"paracell: started {os.cpu_count()} engine")
+    assert lines[0].endswith("(no cluster was active; %cluster stop ends it)")
+    assert lines[-1] == "[0, 1, 4, 9, 16]"
+    assert "started" not in kernel.run("%pmap x for x in range(2)").stdout
+    kernel.run("%cluster stop")
+
+
+@pytest.mark.cluster
+def test_interrupting_a_blocking_pmap_stops_the_work_and_frees_the_cluster(
+    kernel: Kernel,
+):
+    kernel.run("%load_ext paracell")
+    assert kernel.run("%cluster start -n 2").ok
+    kernel.run("import time")
+    msg_id = kernel.client.execute("r = %pmap time.sleep(1) for _ in range(60)")
+    time.sleep(2.5)
+    tic = time.monotonic()
+    kernel.manager.interrupt_kernel()
+    while True:
+        reply = kernel.client.get_shell_msg(timeout=30)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    waited = time.monotonic() - tic
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    assert waited < 10  # a bound against hanging; the benchmark measures it
+    # the engines are idle again, and the next map runs straight away
+    status = kernel.run("%cluster status").displays[0]["text/plain"]
+    assert "busy" not in status
+    after = kernel.run("r2 = %pmap --no-progress x for x in range(4)\nprint(r2)")
+    assert after.stdout.strip() == "[0, 1, 2, 3]"
+    kernel.run("%cluster stop")
+
+
+@pytest.mark.cluster
+def test_an_item_error_shows_the_users_traceback_in_the_kernel(kernel: Kernel):
+    kernel.run("%load_ext paracell")
+    kernel.run("%cluster start -n 2")
+    kernel.run("def check(x):\n    assert x < 3, f'too big: {x}'\n    return x")
+    failed = kernel.run("%pmap --no-progress check(x) for x in range(6)")
+    assert failed.reply["ename"] == "ItemError"
+    shown = "\n".join(failed.error["traceback"])
+    assert "item 3 (input 3) failed on engine" in shown
+    assert "AssertionError: too big: 3" in shown
+    assert "assert x < 3, f'too big: {x}'" in shown  # the notebook cell's source
+    assert "kernel_backend" not in shown
+    kernel.run("%cluster stop")

@@ -1,0 +1,384 @@
+"""``%pmap`` and ``paracell.pmap`` against a real local cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+from IPython.core.error import UsageError
+
+import paracell
+from paracell.kernel_backend import (
+    ClusterSession,
+    ItemError,
+    MapFailed,
+    MapOptions,
+    map_function,
+)
+
+pytestmark = pytest.mark.cluster
+
+
+def pmap(ip, line: str):
+    return ip.run_line_magic("pmap", line)
+
+
+def define(ip, code: str) -> None:
+    result = ip.run_cell(code)
+    result.raise_error()
+
+
+def test_results_come_back_in_input_order(ip, shared_cluster):
+    define(
+        ip, "def simulate(p, steps=1):\n    return p * steps\nparams = list(range(50))"
+    )
+    assert pmap(ip, "--no-progress simulate(p, steps=100) for p in params") == [
+        p * 100 for p in range(50)
+    ]
+
+
+def test_several_for_clauses_ifs_and_tuple_targets(ip, shared_cluster):
+    define(
+        ip,
+        "models = ['a', 'bb', 'ccc']\nfolds = [1, 2]\n"
+        "def ok(m):\n    return m != 'bb'\n"
+        "def score(m, f):\n    return len(m) * f\n"
+        "pairs = [(1, (2, 3)), (4, (5, 6))]",
+    )
+    expected = [len(m) * f for m in ["a", "bb", "ccc"] for f in [1, 2] if m != "bb"]
+    got = pmap(
+        ip, "--no-progress [score(m, f) for m in models for f in folds if ok(m)]"
+    )
+    assert got == expected
+    assert pmap(ip, "--no-progress a + b * c for a, (b, c) in pairs") == [7, 34]
+
+
+def test_modules_functions_closures_classes_and_data_travel(ip, shared_cluster):
+    define(
+        ip,
+        """
+import numpy as np
+from math import sqrt
+scale = 3.0
+def helper(x):
+    return sqrt(x) * scale
+def outer(x):
+    return helper(x) + np.float64(1)
+def make_adder(k):
+    def add(x):
+        return x + k
+    return add
+add5 = make_adder(5)
+square = lambda v: v * v
+class Point:
+    def __init__(self, x):
+        self.x = x
+    def norm(self):
+        return abs(self.x) * scale
+""",
+    )
+    got = pmap(
+        ip,
+        "--no-progress (outer(x), add5(x), square(x), Point(-x).norm(), np.pi > 3)"
+        " for x in [4.0, 9.0]",
+    )
+    assert got == [(7.0, 9.0, 16.0, 12.0, True), (10.0, 14.0, 81.0, 27.0, True)]
+
+
+def test_a_large_global_crosses_to_each_engine_once(ip, shared_cluster):
+    define(ip, "import numpy as np\nbig = np.ones(2_000_000)")  # 16 MB
+    shipper = shared_cluster.shipper
+    before = shipper.bytes_sent
+    assert pmap(ip, "--no-progress float(big[:i].sum()) for i in range(40)") == [
+        float(i) for i in range(40)
+    ]
+    first = shipper.bytes_sent - before
+    engines = len(shared_cluster.client.ids)
+    assert 16_000_000 * engines <= first < 16_000_000 * engines + 1_000_000
+
+    pmap(ip, "--no-progress float(big[:i].sum()) for i in range(40)")
+    assert shipper.bytes_sent - before == first, "unchanged data is not re-sent"
+
+    define(ip, "big[0] = 5.0")
+    assert pmap(ip, "--no-progress float(big[0]) for _ in range(4)") == [5.0] * 4
+    assert shipper.bytes_sent - before >= 2 * first, "a changed array is sent again"
+
+
+def test_names_the_notebook_lacks_come_from_the_engines(ip, shared_cluster):
+    shared_cluster.client[:].execute("engine_only = 10", block=True)
+    assert pmap(ip, "--no-progress engine_only + x for x in range(3)") == [10, 11, 12]
+
+
+def test_seeded_results_match_any_engine_count_chunking_order_and_local(
+    ip, shared_cluster
+):
+    define(
+        ip,
+        "import random, numpy as np, paracell\n"
+        "def draw(i):\n"
+        "    return (i, random.random(), float(np.random.rand()),"
+        " float(paracell.rng().random()))",
+    )
+    line = "--no-progress --seed 7 {} draw(i) for i in range(60)"
+    reference = pmap(ip, line.format("--local"))
+    assert pmap(ip, line.format("")) == reference
+    assert pmap(ip, line.format("--chunksize 1")) == reference
+    assert pmap(ip, line.format("--chunksize 13")) == reference
+    assert sorted(pmap(ip, line.format("--unordered"))) == reference
+    assert pmap(ip, line.format("--targets 0")) == reference
+    # a third engine changes nothing
+    three = ClusterSession()
+    three.start(3)
+    try:
+        job = map_function(
+            three,
+            ip.user_ns["draw"],
+            range(60),
+            MapOptions(seed=7),
+        )
+        assert job.result() == reference
+    finally:
+        three.stop()
+    # and a different seed changes everything
+    assert pmap(ip, line.format("--seed 8"))[5] != reference[5]
+
+
+def test_unseeded_items_still_get_independent_streams(ip, shared_cluster):
+    define(ip, "import numpy as np")
+    draws = pmap(
+        ip, "--no-progress --chunksize 1 float(np.random.rand()) for _ in range(40)"
+    )
+    assert len(set(draws)) == 40
+
+
+def test_local_runs_here_and_leaves_the_notebook_random_state_alone(ip, shared_cluster):
+    define(
+        ip,
+        "import random, os\nrandom.seed(1)\nexpected = random.random()\nrandom.seed(1)",
+    )
+    pids = pmap(ip, "--no-progress --local --seed 3 os.getpid() for _ in range(5)")
+    assert set(pids) == {os.getpid()}
+    assert ip.user_ns["random"].random() == ip.user_ns["expected"]
+
+
+def test_an_item_error_names_the_item_and_engine_and_keeps_results(ip, shared_cluster):
+    define(
+        ip,
+        "def fragile(x):\n"
+        "    if x == 13:\n"
+        "        raise ValueError(f'bad input {x}')\n"
+        "    return x",
+    )
+    with pytest.raises(ItemError) as info:
+        pmap(ip, "--no-progress --chunksize 5 fragile(x) for x in range(40)")
+    err = info.value
+    assert err.index == 13
+    assert err.input == 13
+    assert err.engine in shared_cluster.client.ids
+    assert "ValueError: bad input 13" in str(err)
+    # the user's code, not paracell's, in the remote traceback
+    assert "raise ValueError(f'bad input {x}')" in err.remote_traceback
+    assert "in fragile" in err.remote_traceback
+    assert "_engine.py" not in err.remote_traceback
+    assert "_mapjob.py" not in "".join(err._render_traceback_())
+    assert all(err.partial[i] == i for i in err.partial)
+    assert set(range(10)) <= set(err.partial)
+    # the cluster is free at once for the next map
+    assert pmap(ip, "--no-progress x for x in range(3)") == [0, 1, 2]
+
+
+def test_collect_and_skip_keep_going_past_errors(ip, shared_cluster):
+    collected = pmap(
+        ip, "--no-progress --on-error collect 1 / (x - 2) for x in range(4)"
+    )
+    assert collected[:2] == [-0.5, -1.0]
+    assert isinstance(collected[2], ZeroDivisionError)
+    assert collected[3] == 1.0
+    assert pmap(ip, "--no-progress --on-error skip 1 / (x - 2) for x in range(4)") == [
+        -0.5,
+        -1.0,
+        1.0,
+    ]
+
+
+def test_an_item_over_its_timeout_is_reported_as_a_timeout(ip, shared_cluster):
+    define(ip, "import time")
+    with pytest.raises(ItemError) as info:
+        pmap(ip, "--no-progress --timeout 0.5 time.sleep(s) for s in [0.01, 5, 0.01]")
+    assert info.value.timed_out
+    assert info.value.index == 1
+    assert "timeout of 0.5 s" in str(info.value)
+
+
+def test_a_killed_engine_loses_nothing():
+    session = ClusterSession()
+    session.start(2)
+    try:
+        victim = session.status().engines[1].pid
+
+        def kill_soon() -> None:
+            time.sleep(1.0)
+            os.kill(victim, signal.SIGKILL)
+
+        threading.Thread(target=kill_soon).start()
+        job = map_function(
+            session,
+            _slow_square,
+            range(30),
+            MapOptions(chunksize=1, retries=3),
+        )
+        assert job.result() == [x * x for x in range(30)]
+        assert victim not in {
+            r.pid for r in session.status().engines if r.state != "dead"
+        }
+    finally:
+        session.stop()
+
+
+def test_without_retries_a_dead_engine_fails_the_map_and_keeps_results():
+    session = ClusterSession()
+    session.start(2)
+    try:
+        victim = session.status().engines[0].pid
+        threading.Timer(1.0, os.kill, (victim, signal.SIGKILL)).start()
+        with pytest.raises(MapFailed, match="died while running items") as info:
+            map_function(
+                session, _slow_square, range(40), MapOptions(chunksize=1, retries=0)
+            ).result()
+        assert all(v == i * i for i, v in info.value.partial.items())
+    finally:
+        session.stop()
+
+
+def _slow_square(x):
+    import time as _time
+
+    _time.sleep(0.1)
+    return x * x
+
+
+def test_async_returns_a_future_that_can_be_awaited_and_cancelled(ip, shared_cluster):
+    define(ip, "import time")
+    tic = time.monotonic()
+    job = pmap(ip, "--async time.sleep(0.2) or x for x in range(10)")
+    assert time.monotonic() - tic < 5
+    assert isinstance(job, paracell.MapJob)
+    called = []
+    job.add_done_callback(lambda f: called.append(f.result()))
+
+    async def wait():
+        return await job
+
+    assert asyncio.run(wait()) == list(range(10))
+    assert called == [list(range(10))]
+    assert repr(job).startswith("pmap: 10/10 done in")
+
+    slow = pmap(ip, "--async time.sleep(1) for _ in range(40)")
+    time.sleep(0.5)
+    assert slow.cancel()
+    assert slow.cancelled()
+    slow._thread.join(timeout=10)
+    tic = time.monotonic()
+    assert pmap(ip, "--no-progress x for x in range(4)") == [0, 1, 2, 3]
+    assert time.monotonic() - tic < 5, (
+        "the next map does not queue behind cancelled work"
+    )
+
+
+def test_progress_reported_inside_items_arrives_while_they_run(ip, shared_cluster):
+    define(
+        ip,
+        "import time, paracell\n"
+        "def stepper(n):\n"
+        "    for k in range(n):\n"
+        "        time.sleep(0.05)\n"
+        "        paracell.progress(k + 1, n)\n"
+        "    return n",
+    )
+    seen = []
+    job = pmap(ip, "--async --chunksize 1 stepper(20) for _ in range(2)")
+    job.subscribe(lambda event: seen.append(event.partial))
+    assert job.result() == [20, 20]
+    assert any(0 < p < 2 for p in seen)
+
+
+def test_generators_are_consumed_lazily(ip, shared_cluster):
+    define(
+        ip,
+        "pulled = 0\n"
+        "def source(n):\n"
+        "    global pulled\n"
+        "    for i in range(n):\n"
+        "        pulled += 1\n"
+        "        yield i\n"
+        "import time",
+    )
+    ahead = []
+    job = pmap(ip, "--async time.sleep(0.002) or i for i in source(3000)")
+    job.subscribe(lambda event: ahead.append(ip.user_ns["pulled"] - event.done))
+    assert job.result() == list(range(3000))
+    assert max(ahead) < 1500
+
+
+def test_the_progress_line_ends_at_n_of_n(ip, shared_cluster, capsys):
+    pmap(ip, "x for x in range(25)")
+    out = capsys.readouterr().out
+    assert out.rstrip().split("\r")[-1].startswith("pmap: [####################] 25/25")
+
+
+def test_two_hundred_maps_do_not_grow_memory(ip, shared_cluster):
+    client = shared_cluster.client
+    for _ in range(20):
+        pmap(ip, "--no-progress x * 2 for x in range(50)")
+    gc.collect()
+    rss = psutil.Process().memory_info().rss
+    cached = len(client.results) + len(client.metadata)
+    for _ in range(200):
+        pmap(ip, "--no-progress x * 2 for x in range(50)")
+    gc.collect()
+    assert psutil.Process().memory_info().rss - rss < 8 * 2**20
+    assert len(client.results) + len(client.metadata) <= cached
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("", "%pmap needs a comprehension"),
+        ("f(x)", "needs a comprehension with a 'for' clause"),
+        ("f(x for x in", "could not parse the comprehension"),
+        ("--frob x for x in range(3)", "unrecognized arguments: --frob"),
+        ("--chunksize 0 x for x in range(3)", "--chunksize must be 'auto' or a whole"),
+        ("--chunksize -4 x for x in range(3)", "--chunksize must be 'auto' or a whole"),
+        ("--on-error maybe x for x in range(3)", "--on-error must be raise, collect"),
+        ("--targets 99 x for x in range(3)", "--targets names engine 99"),
+        ("--targets zero x for x in range(3)", "must be engine ids"),
+        ("--seed -1 x for x in range(3)", "--seed must be a non-negative integer"),
+        ("never_defined(x) for x in range(3)", "name 'never_defined' is not defined"),
+        ("x for x in not_a_name", "name 'not_a_name' is not defined"),
+    ],
+)
+def test_mistakes_are_one_line_usage_errors(ip, shared_cluster, line, message):
+    with pytest.raises(UsageError) as info:
+        pmap(ip, line)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_something_that_cannot_be_shipped_is_named(ip, shared_cluster):
+    define(ip, "import threading\nguard = threading.Lock()")
+    with pytest.raises(UsageError, match="cannot ship 'guard' to the engines"):
+        pmap(ip, "(guard, x) for x in range(2)")
+
+
+def test_the_python_twin_maps_a_function(ip, shared_cluster):
+    define(ip, "def cube(x):\n    return x ** 3")
+    assert paracell.pmap(ip.user_ns["cube"], range(10), progress=False) == [
+        x**3 for x in range(10)
+    ]
+    assert paracell.pmap(abs, [-1, -2], progress=False) == [1, 2]
