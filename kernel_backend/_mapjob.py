@@ -269,6 +269,7 @@ class _MapRun:
         self.skipped: set[int] = set()
         self.inputs: dict[int, Any] = {}
         self.failed = 0
+        self.succeeded = 0
         self.per_engine: dict[int, int] = {}
         self.in_flight: dict[Any, tuple[_Chunk, int]] = {}
         self.retry: list[_Chunk] = []
@@ -401,6 +402,7 @@ class _MapRun:
             if failure is None:
                 self.values[index] = value
                 self.order.append(index)
+                self.succeeded += 1
                 key = -1 if eid is None else eid
                 self.per_engine[key] = self.per_engine.get(key, 0) + 1
                 continue
@@ -485,8 +487,7 @@ class _MapRun:
         self.job._emit(
             MapProgress(
                 state=state,
-                done=len(self.values)
-                - (self.failed if self.options.on_error == "collect" else 0),
+                done=self.succeeded + self.failed,
                 failed=self.failed,
                 total=self.job.total,
                 elapsed=now - self.started,
@@ -563,6 +564,7 @@ class _LocalRun(_MapRun):
         self.order = []
         self.skipped = set()
         self.failed = 0
+        self.succeeded = 0
         self.per_engine = {}
         self.in_flight = {}
         self.retry = []

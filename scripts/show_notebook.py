@@ -30,7 +30,9 @@ def _show(nb: nbformat.NotebookNode) -> None:
             print(("In  > " if i == 0 else "    . ") + line)
         for out in cell.get("outputs", []):
             if out.output_type == "stream":
-                print(out.text.rstrip("\n"))
+                # as a notebook shows it: a carriage return redraws the line
+                lines = out.text.rstrip("\n").split("\n")
+                print("\n".join(line.rsplit("\r", 1)[-1] for line in lines))
             elif out.output_type in ("execute_result", "display_data"):
                 print(out.get("data", {}).get("text/plain", "").rstrip("\n"))
             elif out.output_type == "error":

@@ -61,6 +61,12 @@ def test_tutorial_shows_the_cluster_lifecycle():
     first_stop, second_stop = output_of("%cluster stop")
     assert "stopped the controller and 1 engine" in first_stop
     assert "no cluster to stop" in second_stop
+    pmap_cells = "\n".join(text for src, text in shown if "%pmap" in src)
+    assert "parallel run == sequential run: True" in pmap_cells
+    assert "same as sequential: True" in pmap_cells
+    assert "95% bootstrap CI" in pmap_cells
+    assert "ZeroDivisionError('division by zero')" in pmap_cells
+    assert "pmap: 10/10 done in" in pmap_cells
     statuses = output_of("%cluster status")
     assert [s.splitlines()[0] for s in statuses] == [
         "running: 2 engines (started here; local, 127.0.0.1)",
