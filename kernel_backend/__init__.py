@@ -14,6 +14,16 @@ from ._errors import (
     ParacellError,
     ParacellWarning,
 )
+from ._jobs import (
+    CellJob,
+    Delivery,
+    EngineRun,
+    JobError,
+    JobManager,
+    bound_names,
+    default_jobs,
+    run_everywhere,
+)
 from ._mapjob import (
     ChunkRecord,
     ItemError,
@@ -30,13 +40,18 @@ from ._status import ClusterStatus, EngineRow, StartReport, StopReport
 
 __all__ = [
     "LAUNCHERS",
+    "CellJob",
     "ChunkRecord",
     "ClusterSession",
     "ClusterStartError",
     "ClusterStatus",
+    "Delivery",
     "EngineRow",
+    "EngineRun",
     "InvalidRequest",
     "ItemError",
+    "JobError",
+    "JobManager",
     "MapFailed",
     "MapJob",
     "MapOptions",
@@ -47,9 +62,12 @@ __all__ = [
     "RemoteItemError",
     "StartReport",
     "StopReport",
+    "bound_names",
+    "default_jobs",
     "default_session",
     "map_comprehension",
     "map_function",
     "progress",
     "rng",
+    "run_everywhere",
 ]

@@ -110,15 +110,39 @@ class UndefinedNames(NameError):
 
 
 def _engine_namespace() -> dict[str, Any]:
-    """The engine's persistent user namespace (where ``%px`` setup lands)."""
-    ip = None
-    with contextlib.suppress(Exception):
-        from IPython import get_ipython
+    """A copy of the engine's persistent namespace (where ``%px`` setup lands)."""
+    return dict(_engine_user_ns())
 
-        ip = get_ipython()
-    if ip is not None:
-        return dict(ip.user_ns)
-    return dict(sys.modules["__main__"].__dict__)
+
+def build_namespace(
+    spec: TaskSpec, base: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A namespace over the engine's own (or ``base``) with the spec's names.
+
+    Notebook functions were shipped with their globals stripped; here they are
+    rebound to this namespace, so they read every other shipped name from it.
+    """
+    ns = _engine_namespace() if base is None else base
+    missing = [n for n in spec.engine_side if n not in ns and not _is_builtin(n)]
+    if missing:
+        raise UndefinedNames(
+            f"name {missing[0]!r} is not defined in the notebook nor on the engines"
+        )
+    import importlib
+
+    for name, module in spec.modules.items():
+        ns[name] = importlib.import_module(module)
+    for name, (module, attr) in spec.from_imports.items():
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        ns[name] = obj
+    for name, digest in spec.names.items():
+        value = _STORE[digest]
+        ns[name] = (
+            rebind_globals(value, ns) if isinstance(value, FunctionType) else value
+        )
+    return ns
 
 
 def build_callable(
@@ -127,37 +151,11 @@ def build_callable(
     """The function to call per item, in a namespace built once per map."""
     ns = _NAMESPACES.get(spec.key)
     if ns is None:
-        ns = _engine_namespace() if base is None else base
-        missing = [n for n in spec.engine_side if n not in ns and not _is_builtin(n)]
-        if missing:
-            raise UndefinedNames(
-                f"name {missing[0]!r} is not defined in the notebook nor on the engines"
-            )
-        import importlib
-
-        for name, module in spec.modules.items():
-            ns[name] = importlib.import_module(module)
-        for name, (module, attr) in spec.from_imports.items():
-            obj: Any = importlib.import_module(module)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-            ns[name] = obj
-        for name, digest in spec.names.items():
-            ns[name] = _STORE[digest]
-        # notebook functions were shipped with their globals stripped: they
-        # read every other shipped name from this namespace
-        for name, value in list(ns.items()):
-            if name in spec.names and isinstance(value, FunctionType):
-                ns[name] = rebind_globals(value, ns)
+        ns = build_namespace(spec, base)
         source = f"lambda {', '.join(spec.arguments)}: ({spec.element})"
         lines = [source + "\n"]
-        linecache.cache[ELEMENT_FILENAME] = (
-            len(source),
-            None,
-            lines,
-            ELEMENT_FILENAME,
-        )
-        ns["__paracell_element__"] = eval(compile(source, ELEMENT_FILENAME, "eval"), ns)
+        linecache.cache[spec.filename] = (len(source), None, lines, spec.filename)
+        ns["__paracell_element__"] = eval(compile(source, spec.filename, "eval"), ns)
         _NAMESPACES[spec.key] = ns
         while len(_NAMESPACES) > _NAMESPACES_KEPT:
             _NAMESPACES.popitem(last=False)
@@ -389,3 +387,119 @@ def progress(
     reporter = _reporter
     if reporter is not None:
         reporter(done, total, message)
+
+
+# -- background cells --------------------------------------------------------
+
+
+@dataclass
+class CellOutcome:
+    """What a cell run on an engine sends back."""
+
+    values: dict[str, bytes]  # name -> cloudpickle bytes
+    unpicklable: dict[str, str]  # name -> why it cannot come back
+    value: bytes | None  # the last expression's value, pickled, if it could be
+    bundle: dict[str, Any] | None  # its rich display: mime type -> data
+    failure: ItemFailure | None
+    started: float
+    seconds: float
+    host: str
+    pid: int
+    interrupted: bool = False
+
+
+def run_cell(
+    spec: TaskSpec,
+    source: str,
+    filename: str,
+    pull: Sequence[str],
+    persistent: bool = False,
+) -> CellOutcome:
+    """Run a cell; send back the names in ``pull`` and its last value.
+
+    By default the cell runs in a fresh namespace over the engine's own, so
+    engine-side setup is visible but two jobs never see each other's
+    leftovers; ``persistent`` runs it in the engine's namespace itself (for
+    setup cells run on every engine).
+    """
+    import ast
+
+    import cloudpickle
+
+    ns = build_namespace(spec, _engine_user_ns() if persistent else None)
+    lines = source.splitlines(keepends=True)
+    linecache.cache[filename] = (len(source), None, lines, filename)
+    tree = ast.parse(source, filename)
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    seed_item(item_seed_sequence(spec.seed, 0, entropy=spec.entropy))
+    started = time.time()
+    tic = time.perf_counter()
+    failure = None
+    interrupted = False
+    result = None
+    token = _set_reporter(_engine_reporter)
+    try:
+        exec(compile(tree, filename, "exec"), ns)
+        if last is not None:
+            result = eval(compile(last, filename, "eval"), ns)
+    except KeyboardInterrupt:
+        interrupted = True
+    except BaseException as err:
+        failure = _failure(0, err)
+    finally:
+        _reset_reporter(token)
+    seconds = time.perf_counter() - tic
+    values: dict[str, bytes] = {}
+    unpicklable: dict[str, str] = {}
+    if failure is None and not interrupted:
+        for name in pull:
+            if name not in ns:
+                continue
+            try:
+                values[name] = cloudpickle.dumps(ns[name])
+            except Exception as err:
+                unpicklable[name] = f"{type(err).__name__}: {err}"
+    value = bundle = None
+    if result is not None:
+        with contextlib.suppress(Exception):
+            value = cloudpickle.dumps(result)
+        bundle = _mime_bundle(result)
+    host, pid = engine_identity()
+    return CellOutcome(
+        values=values,
+        unpicklable=unpicklable,
+        value=value,
+        bundle=bundle,
+        failure=failure,
+        started=started,
+        seconds=seconds,
+        host=host,
+        pid=pid,
+        interrupted=interrupted,
+    )
+
+
+def _engine_user_ns() -> dict[str, Any]:
+    ip = None
+    with contextlib.suppress(Exception):
+        from IPython import get_ipython
+
+        ip = get_ipython()
+    if ip is not None:
+        return ip.user_ns  # type: ignore[no-any-return]
+    return sys.modules["__main__"].__dict__
+
+
+def _mime_bundle(value: Any) -> dict[str, Any]:
+    """The value's rich display, computed where the value lives."""
+    with contextlib.suppress(Exception):
+        from IPython import get_ipython
+
+        ip = get_ipython()
+        if ip is not None:
+            data, _ = ip.display_formatter.format(value)
+            if data:
+                return dict(data)
+    return {"text/plain": repr(value)}

@@ -15,7 +15,6 @@ import concurrent.futures
 import contextlib
 import itertools
 import reprlib
-import signal
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -469,13 +468,7 @@ class _MapRun:
         return len(self.values) + len(self.skipped)
 
     def _purge(self, ar: Any) -> None:
-        # Results are ours now; ipyparallel's client caches would otherwise
-        # keep every chunk's result for the life of the kernel.
-        for msg_id in ar.msg_ids:
-            for cache in (self.client.results, self.client.metadata):
-                cache.pop(msg_id, None)
-            for name in ("_futures", "_output_futures"):
-                getattr(self.client, name, {}).pop(msg_id, None)
+        self.session.purge(ar)
 
     # -- progress and cancellation --------------------------------------
 
@@ -508,23 +501,9 @@ class _MapRun:
 
     def _cancel_outstanding(self) -> None:
         """Abort queued chunks, interrupt running ones, and wait briefly."""
-        if not self.in_flight:
-            return
-        pending = dict(self.in_flight)
+        pending = {ar: eid for ar, (_, eid) in self.in_flight.items()}
         self.in_flight.clear()
-        engines = sorted({eid for _, eid in pending.values()})
-        msg_ids = [m for ar in pending for m in ar.msg_ids]
-        with contextlib.suppress(Exception):
-            self.client.abort(jobs=msg_ids, targets=engines, block=False)
-        with contextlib.suppress(Exception):
-            self.client.send_signal(signal.SIGINT, targets=engines, block=False)
-        concurrent.futures.wait(list(pending), timeout=_CANCEL_GRACE)
-        for ar, (_, eid) in pending.items():
-            if ar.done():
-                self._purge(ar)
-            else:
-                # still running: keep new work off that engine until it ends
-                self.session.mark_stale(eid, ar)
+        self.session.interrupt(pending, grace=_CANCEL_GRACE)
 
 
 def _state_of_exit() -> JobState:

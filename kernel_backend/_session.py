@@ -8,14 +8,16 @@ nothing else touches launchers or controller processes.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import glob
 import json
 import logging
 import os
+import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +90,7 @@ class ClusterSession:
         self._atexit_registered = False
         self._stale: dict[int, list[Any]] = {}
         self.shipper = NameShipper()
+        self._stop_callbacks: list[Callable[[], None]] = []
 
     # -- queries -----------------------------------------------------------
 
@@ -247,6 +250,9 @@ class ClusterSession:
             if self._client is None:
                 return StopReport("nothing")
             tic = time.perf_counter()
+            for callback in self._stop_callbacks:
+                with contextlib.suppress(Exception):
+                    callback()
             if self._reaper is not None:
                 self._reaper.close()
                 self._reaper = None
@@ -319,6 +325,10 @@ class ClusterSession:
             self._add_engines(self._cluster, self._client, missing, 60.0)
             return self._report(len(self._client.ids), time.perf_counter() - tic)
 
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` before the cluster stops (work on it is ending)."""
+        self._stop_callbacks.append(callback)
+
     def stale_engines(self) -> set[int]:
         """Engines still busy with work that was cancelled but would not stop.
 
@@ -336,6 +346,47 @@ class ClusterSession:
         """Note a cancelled task still running on ``engine``."""
         with self._lock:
             self._stale.setdefault(engine, []).append(result)
+
+    def purge(self, result: Any) -> None:
+        """Drop a finished task from ipyparallel's client-side caches.
+
+        Results are paracell's once taken; the client would otherwise keep
+        every task's result for the life of the kernel.
+        """
+        client = self._client
+        if client is None:
+            return
+        for msg_id in result.msg_ids:
+            for cache in (client.results, client.metadata):
+                cache.pop(msg_id, None)
+            for name in ("_futures", "_output_futures"):
+                getattr(client, name, {}).pop(msg_id, None)
+
+    def interrupt(self, tasks: dict[Any, int], grace: float = 1.5) -> list[Any]:
+        """Stop tasks: abort the queued, SIGINT the running, wait ``grace`` s.
+
+        ``tasks`` maps each task's AsyncResult to its engine.  Tasks still
+        running after the grace period keep their engine out of new work
+        (see :meth:`stale_engines`); they are returned.
+        """
+        client = self._client
+        if client is None or not tasks:
+            return []
+        engines = sorted(set(tasks.values()))
+        msg_ids = [m for ar in tasks for m in ar.msg_ids]
+        with contextlib.suppress(Exception):
+            client.abort(jobs=msg_ids, targets=engines, block=False)
+        with contextlib.suppress(Exception):
+            client.send_signal(signal.SIGINT, targets=engines, block=False)
+        concurrent.futures.wait(list(tasks), timeout=grace)
+        left = []
+        for ar, engine in tasks.items():
+            if ar.done():
+                self.purge(ar)
+            else:
+                self.mark_stale(engine, ar)
+                left.append(ar)
+        return left
 
     def forget_engines(self, ids: Iterable[int]) -> None:
         """Engines that died: nothing shipped to them survives."""

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from . import _delivery
 from ._cluster import ClusterMagics
+from ._parallel import ParallelMagics
 from ._pmap import PmapMagics
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-__all__ = ["ClusterMagics", "PmapMagics", "register", "unregister"]
+__all__ = ["ClusterMagics", "ParallelMagics", "PmapMagics", "register", "unregister"]
 
-_MAGIC_CLASSES = (ClusterMagics, PmapMagics)
+_MAGIC_CLASSES = (ClusterMagics, PmapMagics, ParallelMagics)
 
 
 def register(ipython: InteractiveShell) -> None:
     """Register every paracell magic with ``ipython``."""
     for cls in _MAGIC_CLASSES:
         ipython.register_magics(cls)
+    _delivery.install(ipython)
 
 
 def unregister(ipython: InteractiveShell) -> None:
     """Remove paracell's magics from ``ipython`` (for ``%unload_ext``)."""
+    _delivery.uninstall()
     manager = ipython.magics_manager
     for cls in _MAGIC_CLASSES:
         for kind, names in cls.magics.items():

@@ -8,8 +8,29 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._api import connect, pmap, restart, scale, start, status, stop
-from .kernel_backend import ItemError, MapFailed, MapJob, progress, rng
+from ._api import (
+    cancel,
+    clear_jobs,
+    connect,
+    jobs,
+    parallel,
+    pmap,
+    restart,
+    scale,
+    start,
+    status,
+    stop,
+    wait,
+)
+from .kernel_backend import (
+    CellJob,
+    ItemError,
+    JobError,
+    MapFailed,
+    MapJob,
+    progress,
+    rng,
+)
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -17,12 +38,18 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "CellJob",
     "ItemError",
+    "JobError",
     "MapFailed",
     "MapJob",
     "__version__",
+    "cancel",
+    "clear_jobs",
     "connect",
+    "jobs",
     "load_ipython_extension",
+    "parallel",
     "pmap",
     "progress",
     "restart",
@@ -32,6 +59,7 @@ __all__ = [
     "status",
     "stop",
     "unload_ipython_extension",
+    "wait",
 ]
 
 

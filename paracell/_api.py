@@ -7,17 +7,34 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .kernel_backend import (
+    CellJob,
     ClusterStatus,
     MapJob,
     MapOptions,
     StartReport,
     StopReport,
+    default_jobs,
     default_session,
     map_function,
+    run_everywhere,
 )
+from .kernel_backend._seeding import validate_seed
 from .widgets import TextProgress
 
-__all__ = ["connect", "pmap", "restart", "scale", "start", "status", "stop"]
+__all__ = [
+    "cancel",
+    "clear_jobs",
+    "connect",
+    "jobs",
+    "parallel",
+    "pmap",
+    "restart",
+    "scale",
+    "start",
+    "status",
+    "stop",
+    "wait",
+]
 
 
 def start(
@@ -168,3 +185,102 @@ def _show_progress(progress: bool | str, block: bool) -> bool:
 
         return get_ipython() is not None or sys.stdout.isatty()
     return bool(progress)
+
+
+def parallel(
+    code: str,
+    *,
+    name: str | None = None,
+    out: Sequence[str] | None = None,
+    pull: bool = True,
+    seed: int | None = None,
+    retries: int = 2,
+    timeout: float | None = None,
+    priority: float = 0.0,
+    block: bool = False,
+    targets: Sequence[int] | str | None = None,
+    namespace: dict[str, Any] | None = None,
+) -> Any:
+    """Run ``code`` on the cluster in the background; ``%%parallel``'s twin.
+
+    Returns a :class:`CellJob` at once (``block=True``: waits, brings the
+    names back and returns the value of the last expression).  Names ``code``
+    reads come from ``namespace`` (default: the IPython user namespace, or
+    ``__main__``); the names it assigns come back there when you
+    :func:`wait` for it (in IPython, by themselves between cells).
+
+    ``targets="all"`` or a list of engine ids runs ``code`` on each of those
+    engines in the engine's own namespace instead (setup), blocking; it
+    returns a list of :class:`EngineRun`.
+    """
+    ns = _user_namespace() if namespace is None else namespace
+    session = default_session()
+    _announce(session.ensure_engines())
+    if targets is not None:
+        chosen = None if targets == "all" else [int(t) for t in targets]
+        return run_everywhere(
+            session, code, ns, targets=chosen, outputs=out or (), seed=seed
+        )
+    job = default_jobs().submit(
+        code,
+        ns,
+        name=name,
+        outputs=out,
+        pull=pull,
+        seed=validate_seed(seed),
+        retries=retries,
+        timeout=timeout,
+        priority=priority,
+    )
+    job._namespace = ns
+    if not block:
+        return job
+    wait(job)
+    return job.result()
+
+
+def jobs() -> list[CellJob]:
+    """Every background job not cleared, oldest first; ``%jobs``."""
+    return default_jobs().jobs()
+
+
+def wait(*jobs_or_names: CellJob | str) -> None:
+    """Wait for these jobs (all when none given) and bring their names back.
+
+    Raises the error of a job that failed; ``%jobs wait``.
+    """
+    manager = default_jobs()
+    chosen = [
+        manager.get(j) if isinstance(j, str) else j for j in jobs_or_names
+    ] or manager.jobs()
+    manager.wait(chosen)
+    for job in chosen:
+        target = getattr(job, "_namespace", None) or _user_namespace()
+        delivery = manager.deliver_job(job, target)
+        if delivery is not None:
+            for note in delivery.notes(job.name):
+                print(note, file=sys.stderr)
+    for job in chosen:
+        if job.state == "failed" and job.error is not None:
+            raise job.error
+
+
+def cancel(job: CellJob | str) -> bool:
+    """Cancel a job: queued ones are removed, running ones interrupted."""
+    return (default_jobs().get(job) if isinstance(job, str) else job).cancel()
+
+
+def clear_jobs() -> list[str]:
+    """Forget finished jobs; returns their names; ``%jobs clear``."""
+    return default_jobs().clear()
+
+
+def _user_namespace() -> dict[str, Any]:
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is not None:
+        return shell.user_ns  # type: ignore[no-any-return]
+    import __main__
+
+    return __main__.__dict__

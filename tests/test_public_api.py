@@ -13,15 +13,28 @@ import paracell.widgets
 def test_paracell_exports_exactly_the_public_api():
     assert sorted(paracell.__all__) == sorted(
         [
+            "CellJob",
+            "ItemError",
+            "JobError",
+            "MapFailed",
+            "MapJob",
             "__version__",
+            "cancel",
+            "clear_jobs",
             "connect",
+            "jobs",
             "load_ipython_extension",
+            "parallel",
+            "pmap",
+            "progress",
             "restart",
+            "rng",
             "scale",
             "start",
             "status",
             "stop",
             "unload_ipython_extension",
+            "wait",
         ]
     )
     for name in paracell.__all__:

@@ -1,0 +1,783 @@
+"""Background cells: jobs, their queue, and bringing their names back.
+
+A :class:`CellJob` runs one cell on one free engine.  Jobs beyond the free
+engines wait in a client-side queue ordered by priority, then submission.  A
+monitor thread dispatches queued jobs, watches running ones (completion,
+engine death, timeouts) and tells an observer when a job ends; *when* its
+names land in the notebook is the IPython layer's decision (between cells),
+made through :meth:`JobManager.deliver`.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import concurrent.futures
+import contextlib
+import heapq
+import itertools
+import symtable
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._analysis import free_names
+from ._engine import CellOutcome, ItemFailure, TaskSpec, missing_names, run_cell
+from ._errors import InvalidRequest
+from ._seeding import fresh_entropy
+from ._shipping import prepare_shipment
+
+__all__ = [
+    "CellJob",
+    "Delivery",
+    "EngineRun",
+    "JobError",
+    "JobManager",
+    "bound_names",
+    "default_jobs",
+    "run_everywhere",
+]
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+_ABSENT = object()
+_TICK = 0.25  # how often running jobs are looked at (and their views refreshed)
+
+
+def bound_names(source: str) -> list[str]:
+    """Names a cell binds at top level, in order of first appearance.
+
+    Assignments, ``for``/``with`` targets, walrus, ``def``, ``class`` and
+    imports all count; attribute and item assignments do not.
+    """
+    table = symtable.symtable(source, "<cell>", "exec")
+    bound = {
+        s.get_name()
+        for s in table.get_symbols()
+        if (s.is_assigned() or s.is_imported()) and not s.get_name().startswith("__")
+    }
+    first_seen: dict[str, tuple[int, int]] = {}
+    for node in ast.walk(ast.parse(source)):
+        name = None
+        if isinstance(node, ast.Name):
+            name = node.id
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            name = node.name
+        elif isinstance(node, ast.alias):
+            name = (node.asname or node.name).split(".")[0]
+        if name in bound:
+            where = (getattr(node, "lineno", 0), getattr(node, "col_offset", 0))
+            first_seen[name] = min(first_seen.get(name, where), where)
+    return sorted(first_seen, key=first_seen.__getitem__)
+
+
+class JobError(Exception):
+    """A background cell failed; shows the cell's remote traceback."""
+
+    def __init__(self, message: str, remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.remote_traceback = remote_traceback
+
+    def _render_traceback_(self) -> list[str]:
+        lines = [f"{type(self).__name__}: {self}"]
+        if self.remote_traceback:
+            lines += ["", *self.remote_traceback.rstrip("\n").splitlines()]
+        return lines
+
+
+@dataclass
+class Delivery:
+    """What bringing a job's names into the notebook did."""
+
+    pulled: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # re-assigned here meanwhile
+    failed: dict[str, str] = field(default_factory=dict)  # could not come back
+
+    def notes(self, job_name: str) -> list[str]:
+        lines = [
+            f"paracell: job '{job_name}' did not overwrite '{name}': it was"
+            " re-assigned in the notebook after the job was submitted"
+            for name in self.kept
+        ]
+        lines += [
+            f"paracell: job '{job_name}' could not send back '{name}': {why}"
+            for name, why in self.failed.items()
+        ]
+        return lines
+
+
+class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
+    """A background cell: ``Future``-like (``result()`` is the value of the
+    cell's last expression) and awaitable; ``state``, ``engine``, ``stdout``,
+    ``stderr`` and ``elapsed`` are live.
+    """
+
+    def __init__(
+        self,
+        manager: JobManager,
+        name: str,
+        source: str,
+        *,
+        outputs: list[str],
+        pull: bool,
+        priority: float,
+        retries: int,
+        timeout: float | None,
+        spec: TaskSpec,
+        filename: str,
+        snapshot: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self._manager = manager
+        self.name = name
+        self.source = source
+        self.outputs = outputs
+        self.pull = pull
+        self.priority = priority
+        self.retries = retries
+        self.timeout = timeout
+        self.spec = spec
+        self.filename = filename
+        self._snapshot = snapshot
+        self.state: JobState = "queued"
+        self.engine: int | None = None
+        self.host: str | None = None
+        self.submitted = time.time()
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.attempts = 0
+        self.values: dict[str, Any] = {}
+        self.bundle: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.delivery: Delivery | None = None
+        self._ar: Any = None
+        self._stdout = ""
+        self._stderr = ""
+        self._observers: list[Callable[[CellJob], None]] = []
+        self._cancel_reason: str | None = None
+        self._failed_names: dict[str, str] = {}
+        self._seq = 0
+        #: where the Python API brings names back (IPython: the user namespace)
+        self._namespace: dict[str, Any] | None = None
+
+    # -- live facts --------------------------------------------------------
+
+    @property
+    def stdout(self) -> str:
+        ar = self._ar
+        return getattr(ar, "stdout", "") if ar is not None else self._stdout
+
+    @property
+    def stderr(self) -> str:
+        ar = self._ar
+        return getattr(ar, "stderr", "") if ar is not None else self._stderr
+
+    @property
+    def elapsed(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.finished or time.time()) - self.started
+
+    @property
+    def pending_names(self) -> list[str]:
+        """Names this job will bring back and has not yet."""
+        if (
+            not self.pull
+            or self.delivery is not None
+            or self.state
+            in (
+                "failed",
+                "cancelled",
+            )
+        ):
+            return []
+        return list(self.outputs)
+
+    def subscribe(self, observer: Callable[[CellJob], None]) -> None:
+        """Call ``observer(job)`` on state changes and while it runs."""
+        self._observers.append(observer)
+
+    def _notify(self) -> None:
+        for observer in list(self._observers):
+            with contextlib.suppress(Exception):
+                observer(self)
+
+    def summary(self) -> str:
+        """E.g. ``job 'cell-7': done on engine 1 in 2.3 s``."""
+        where = f" on engine {self.engine}" if self.engine is not None else ""
+        if self.state == "queued":
+            return f"job '{self.name}': queued (priority {self.priority:g})"
+        if self.state == "running":
+            return f"job '{self.name}': running{where}, {self.elapsed:.1f} s"
+        text = f"job '{self.name}': {self.state}{where} in {self.elapsed:.1f} s"
+        if self.state == "failed" and self.error is not None:
+            text += f": {self.error}"
+        return text
+
+    # -- Future ----------------------------------------------------------
+
+    def cancel(self) -> bool:
+        """Queued: removed.  Running: interrupted on its engine, engine freed."""
+        return self._manager.cancel(self)
+
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self).__await__()
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(self.summary())
+
+    # -- bookkeeping (under the manager's lock) ---------------------------
+
+    def _finish(self, state: JobState, error: BaseException | None = None) -> None:
+        self.state = state
+        self.finished = time.time()
+        if self._ar is not None:
+            self._stdout = getattr(self._ar, "stdout", "")
+            self._stderr = getattr(self._ar, "stderr", "")
+            self._manager._purge(self._ar)
+            self._ar = None
+        if state == "cancelled":
+            super().cancel()
+        elif error is not None:
+            self.error = error
+            self.set_exception(error)
+        else:
+            value = self.values.get("__value__")
+            self.set_result(value)
+
+
+class JobManager:
+    """The kernel's background jobs, their queue and their monitor."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._lock = threading.RLock()
+        self._jobs: dict[str, CellJob] = {}
+        self._queue: list[tuple[float, int, CellJob]] = []
+        self._order = itertools.count()
+        self._running: dict[int, CellJob] = {}  # engine -> job
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._counter = itertools.count(1)
+        # name -> (object, submission order) of the last value a job delivered
+        self._delivered: dict[str, tuple[Any, int]] = {}
+        #: called (from the monitor thread) when a job ends
+        self.on_finished: Callable[[CellJob], None] | None = None
+        session.on_stop(self.close)
+
+    # -- queries -----------------------------------------------------------
+
+    def jobs(self) -> list[CellJob]:
+        """Every job not cleared, oldest first."""
+        with self._lock:
+            return list(self._jobs.values())
+
+    def get(self, name: str) -> CellJob:
+        with self._lock:
+            job = self._jobs.get(name)
+        if job is None:
+            known = ", ".join(self._jobs) or "none"
+            raise InvalidRequest(f"no job named {name!r} (jobs: {known})")
+        return job
+
+    def pending_names(self) -> dict[str, CellJob]:
+        """Name -> the newest job that will bring it back."""
+        with self._lock:
+            found: dict[str, CellJob] = {}
+            for job in self._jobs.values():
+                for name in job.pending_names:
+                    found[name] = job
+            return found
+
+    # -- submitting --------------------------------------------------------
+
+    def submit(
+        self,
+        source: str,
+        namespace: Mapping[str, Any],
+        *,
+        name: str | None = None,
+        outputs: Sequence[str] | None = None,
+        pull: bool = True,
+        seed: int | None = None,
+        retries: int = 0,
+        timeout: float | None = None,
+        priority: float = 0.0,
+    ) -> CellJob:
+        """Queue ``source`` (plain Python) to run on a free engine.
+
+        Raises ``SyntaxError`` (the user's) before anything is sent, and
+        ``InvalidRequest`` for names that cannot be shipped.
+        """
+        compile(source, name or "<cell>", "exec")  # the user's SyntaxError, here
+        bound = bound_names(source)
+        if outputs is not None:
+            unknown = [n for n in outputs if n not in bound]
+            if unknown:
+                raise InvalidRequest(
+                    f"--out names {unknown[0]!r}, which the cell does not assign"
+                    f" (it assigns: {', '.join(bound) or 'nothing'})"
+                )
+        wanted = list(outputs) if outputs is not None else bound
+        shipment = prepare_shipment(free_names(source, "exec"), namespace)
+        with self._lock:
+            if name is None:
+                name = self._fresh_name()
+            old = self._jobs.get(name)
+            if old is not None and not old.done():
+                raise InvalidRequest(
+                    f"job {name!r} is still {old.state};"
+                    f" choose another --name, or %jobs cancel {name}"
+                )
+            session = self._session
+            client = session.client
+            engines = client.ids
+            if not engines:
+                raise InvalidRequest(
+                    "the cluster has no engines; add some with %cluster scale N"
+                )
+            if shipment.engine_side:
+                missing = client[engines].apply_sync(
+                    missing_names, shipment.engine_side
+                )
+                absent = sorted({n for per in missing for n in per})
+                if absent:
+                    raise InvalidRequest(
+                        f"name {absent[0]!r} is not defined in the notebook"
+                        " nor on the engines"
+                    )
+            shipment = session.shipper.check_imports(client, engines, shipment)
+            session.shipper.ship(client, engines, shipment)
+            spec = TaskSpec(
+                key=f"job-{name}-{time.time()}",
+                names=shipment.digests,
+                modules=shipment.modules,
+                from_imports=shipment.from_imports,
+                engine_side=shipment.engine_side,
+                seed=seed,
+                entropy=fresh_entropy(),
+            )
+            job = CellJob(
+                self,
+                name,
+                source,
+                outputs=wanted,
+                pull=pull,
+                priority=priority,
+                retries=retries,
+                timeout=timeout,
+                spec=spec,
+                filename=f"<{name}>",
+                snapshot={n: namespace.get(n, _ABSENT) for n in wanted},
+            )
+            job._seq = next(self._order)
+            self._jobs.pop(name, None)
+            self._jobs[name] = job
+            heapq.heappush(self._queue, (-priority, next(self._order), job))
+            self._ensure_monitor()
+        self._wake.set()
+        return job
+
+    def _fresh_name(self) -> str:
+        while True:
+            name = f"job-{next(self._counter)}"
+            if name not in self._jobs:
+                return name
+
+    # -- waiting, cancelling, delivering ---------------------------------
+
+    def wait(self, jobs: Iterable[CellJob], timeout: float | None = None) -> None:
+        """Block until ``jobs`` end (interruptible: only the waiting stops)."""
+        for job in jobs:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not job.done():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"job {job.name!r} still {job.state}")
+                # short waits keep KeyboardInterrupt responsive
+                concurrent.futures.wait([job], timeout=min(0.1, left or 0.1))
+
+    def cancel(self, job: CellJob) -> bool:
+        with self._lock:
+            if job.done():
+                return False
+            if job.state == "queued":
+                self._queue = [entry for entry in self._queue if entry[2] is not job]
+                heapq.heapify(self._queue)
+                job._finish("cancelled")
+                job._notify()
+                self._ended(job)
+                return True
+            ar, engine = job._ar, job.engine
+            job._cancel_reason = "cancelled"
+        self._interrupt(ar, engine)
+        return True
+
+    def deliver(self, namespace: dict[str, Any]) -> list[tuple[CellJob, Delivery]]:
+        """Bring finished jobs' names into ``namespace`` (call between cells).
+
+        A name the user re-assigned after submitting the job is kept as the
+        user left it.
+        """
+        done = []
+        with self._lock:
+            ready = [
+                job
+                for job in self._jobs.values()
+                if job.state == "done" and job.pull and job.delivery is None
+            ]
+            for job in ready:
+                job.delivery = self._pull(job, namespace)
+                done.append((job, job.delivery))
+        return done
+
+    def deliver_job(self, job: CellJob, namespace: dict[str, Any]) -> Delivery | None:
+        """Deliver one job now (after an explicit or implicit wait)."""
+        with self._lock:
+            if job.state != "done" or not job.pull or job.delivery is not None:
+                return None
+            job.delivery = self._pull(job, namespace)
+            return job.delivery
+
+    def _pull(self, job: CellJob, namespace: dict[str, Any]) -> Delivery:
+        delivery = Delivery()
+        for name in job.outputs:
+            if name in job._failed_names:
+                delivery.failed[name] = job._failed_names[name]
+                continue
+            if name not in job.values:
+                continue
+            before = job._snapshot.get(name, _ABSENT)
+            now = namespace.get(name, _ABSENT)
+            if now is not before:
+                # Changed since submission: by the user (keep theirs), or by
+                # delivering another job (the later-submitted job wins).
+                source = self._delivered.get(name)
+                by_job = source is not None and source[0] is now
+                if not by_job or source[1] > job._seq:
+                    if not by_job:
+                        delivery.kept.append(name)
+                    continue
+            namespace[name] = job.values[name]
+            self._delivered[name] = (job.values[name], job._seq)
+            delivery.pulled.append(name)
+        # remember delivered values only while another job may still need
+        # the comparison: never keep a user's big object alive for nothing
+        waiting = {
+            n for j in self._jobs.values() if j is not job for n in j.pending_names
+        }
+        for name in [n for n in self._delivered if n not in waiting]:
+            del self._delivered[name]
+        return delivery
+
+    def clear(self) -> list[str]:
+        """Forget finished jobs; returns their names."""
+        with self._lock:
+            gone = [n for n, j in self._jobs.items() if j.done()]
+            for name in gone:
+                del self._jobs[name]
+            return gone
+
+    def close(self) -> None:
+        """Cancel everything (the cluster is going away)."""
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if not j.done()]
+        for job in jobs:
+            with self._lock:
+                if job.state == "queued":
+                    self.cancel(job)
+                    continue
+                job._cancel_reason = "cancelled"
+                job._finish("cancelled")
+                job._notify()
+        self._wake.set()
+
+    # -- the monitor -------------------------------------------------------
+
+    def _ensure_monitor(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._monitor, name="paracell-jobs", daemon=True
+            )
+            self._thread.start()
+
+    def _monitor(self) -> None:
+        while True:
+            self._wake.wait(_TICK)
+            self._wake.clear()
+            with self._lock:
+                busy = bool(self._queue or self._running)
+            if not busy:
+                # nothing to watch: stop until the next submit
+                with self._lock:
+                    if not (self._queue or self._running):
+                        self._thread = None
+                        return
+            try:
+                self._step()
+            except Exception:  # the monitor must not die; try again next tick
+                time.sleep(_TICK)
+
+    def _step(self) -> None:
+        ended: list[CellJob] = []
+        with self._lock:
+            for engine, job in list(self._running.items()):
+                ar = job._ar
+                if ar is not None and ar.done():
+                    del self._running[engine]
+                    if self._collect(job, ar):
+                        ended.append(job)
+                elif job.timeout is not None and job.elapsed > job.timeout:
+                    job._cancel_reason = f"ran past its timeout of {job.timeout:g} s"
+                    self._interrupt(ar, engine)
+                else:
+                    job._notify()
+            self._dispatch()
+        for job in ended:
+            job._notify()
+            self._ended(job)
+
+    def _dispatch(self) -> None:
+        session = self._session
+        if not session.active:
+            return
+        client = session.client
+        stale = session.stale_engines()
+        free = [
+            eid for eid in client.ids if eid not in self._running and eid not in stale
+        ]
+        while self._queue and free:
+            _, _, job = heapq.heappop(self._queue)
+            if job.done():
+                continue
+            engine = free.pop(0)
+            job.attempts += 1
+            job.engine = engine
+            job.state = "running"
+            job.started = job.started or time.time()
+            job._ar = client[engine].apply_async(
+                run_cell, job.spec, job.source, job.filename, job.outputs
+            )
+            # wake the monitor the moment the task ends, not at the next tick
+            job._ar.add_done_callback(lambda _: self._wake.set())
+            self._running[engine] = job
+            job._notify()
+
+    def _collect(self, job: CellJob, ar: Any) -> bool:
+        """Take a finished task's outcome; False if the job was re-queued."""
+        import cloudpickle
+        import ipyparallel as ipp
+
+        try:
+            outcome: CellOutcome = ar.get(0)
+        except Exception as err:
+            died = isinstance(err, ipp.error.EngineError) or (
+                isinstance(err, ipp.error.RemoteError) and err.ename == "EngineError"
+            )
+            if died:
+                self._session.forget_engines([job.engine])
+                if job.attempts <= job.retries and job._cancel_reason is None:
+                    self._purge(ar)
+                    job._ar = None
+                    job.state = "queued"
+                    heapq.heappush(self._queue, (-job.priority, next(self._order), job))
+                    return False
+                error: BaseException = JobError(
+                    f"engine {job.engine} died while running job '{job.name}'"
+                    + (f" (after {job.attempts} attempts)" if job.attempts > 1 else "")
+                )
+            elif (
+                isinstance(err, ipp.error.RemoteError)
+                and err.ename == "KeyboardInterrupt"
+            ):
+                error = JobError(
+                    f"job '{job.name}' {job._cancel_reason or 'was interrupted'}"
+                )
+            else:
+                error = JobError(
+                    f"job '{job.name}' could not run on engine {job.engine}: {err}",
+                    getattr(err, "traceback", "") or "",
+                )
+            if job._cancel_reason == "cancelled":
+                job._finish("cancelled")
+            else:
+                job._finish("failed", error)
+            return True
+        job.host = outcome.host
+        job.started = outcome.started
+        if outcome.interrupted or job._cancel_reason is not None:
+            if job._cancel_reason in (None, "cancelled"):
+                job._finish("cancelled")
+            else:
+                job._finish(
+                    "failed", JobError(f"job '{job.name}' {job._cancel_reason}")
+                )
+            return True
+        job.bundle = outcome.bundle
+        if outcome.failure is not None:
+            failure: ItemFailure = outcome.failure
+            job._finish(
+                "failed",
+                JobError(
+                    f"job '{job.name}' failed on engine {job.engine}:"
+                    f" {failure.type_name}: {failure.message}",
+                    failure.traceback,
+                ),
+            )
+            return True
+        job._failed_names = dict(outcome.unpicklable)
+        for name, data in outcome.values.items():
+            try:
+                job.values[name] = cloudpickle.loads(data)
+            except Exception as err:
+                job._failed_names[name] = f"{type(err).__name__}: {err}"
+        if outcome.value is not None:
+            with contextlib.suppress(Exception):
+                job.values["__value__"] = cloudpickle.loads(outcome.value)
+        job._finish("done")
+        job.finished = job.started + outcome.seconds if job.started else job.finished
+        return True
+
+    def _interrupt(self, ar: Any, engine: int | None) -> None:
+        """Stop a running job's task on its engine, without blocking."""
+        if ar is None or engine is None:
+            return
+
+        def stop() -> None:
+            still_running = self._session.interrupt({ar: engine})
+            if still_running:
+                # it would not stop (the session keeps new work off that
+                # engine meanwhile); the job ends here
+                with self._lock:
+                    job = self._running.pop(engine, None)
+                    if job is not None:
+                        job._ar = None
+                        job._finish("cancelled")
+                if job is not None:
+                    job._notify()
+                    self._ended(job)
+            self._wake.set()
+
+        threading.Thread(target=stop, name="paracell-cancel", daemon=True).start()
+
+    def _ended(self, job: CellJob) -> None:
+        callback = self.on_finished
+        if callback is not None:
+            with contextlib.suppress(Exception):
+                callback(job)
+
+    def _purge(self, ar: Any) -> None:
+        self._session.purge(ar)
+
+
+@dataclass
+class EngineRun:
+    """One engine's part of a cell run on several engines (``--all``)."""
+
+    engine: int
+    stdout: str
+    stderr: str
+    values: dict[str, Any]
+    bundle: dict[str, Any] | None
+    error: JobError | None
+
+
+def run_everywhere(
+    session: Any,
+    source: str,
+    namespace: Mapping[str, Any],
+    *,
+    targets: Sequence[int] | None = None,
+    outputs: Sequence[str] = (),
+    seed: int | None = None,
+    filename: str = "<cell>",
+) -> list[EngineRun]:
+    """Run a cell on each target engine, in the engine's own namespace.
+
+    For imports and per-engine setup: what the cell defines stays on the
+    engines.  Blocks; an interrupt stops the cell everywhere.
+    """
+    import cloudpickle
+
+    compile(source, filename, "exec")  # the user's SyntaxError, here
+    client = session.client
+    live = client.ids
+    if targets is None:
+        targets = live
+    unknown = [t for t in targets if t not in live]
+    if unknown or not targets:
+        raise InvalidRequest(
+            f"--targets names engine {unknown[0] if unknown else '(none)'},"
+            f" which is not running (engines: {', '.join(map(str, live)) or 'none'})"
+        )
+    shipment = prepare_shipment(free_names(source, "exec"), namespace)
+    # names the notebook lacks may be defined by the cell itself on engines
+    shipment = session.shipper.check_imports(client, targets, shipment)
+    session.shipper.ship(client, targets, shipment)
+    spec = TaskSpec(
+        key=f"everywhere-{time.time()}",
+        names=shipment.digests,
+        modules=shipment.modules,
+        from_imports=shipment.from_imports,
+        seed=seed,
+        entropy=fresh_entropy(),
+    )
+    tasks = {
+        client[eid].apply_async(
+            run_cell, spec, source, filename, list(outputs), True
+        ): eid
+        for eid in targets
+    }
+    try:
+        while not all(ar.done() for ar in tasks):
+            concurrent.futures.wait(list(tasks), timeout=0.1)
+    except BaseException:
+        session.interrupt(tasks)
+        raise
+    runs = []
+    for ar, eid in tasks.items():
+        stdout, stderr = getattr(ar, "stdout", ""), getattr(ar, "stderr", "")
+        error: JobError | None = None
+        values: dict[str, Any] = {}
+        bundle = None
+        try:
+            outcome: CellOutcome = ar.get(0)
+        except Exception as err:
+            error = JobError(f"engine {eid} could not run the cell: {err}")
+        else:
+            if outcome.failure is not None:
+                error = JobError(
+                    f"engine {eid}: {outcome.failure.type_name}:"
+                    f" {outcome.failure.message}",
+                    outcome.failure.traceback,
+                )
+            elif outcome.interrupted:
+                error = JobError(f"engine {eid}: interrupted")
+            for name, data in outcome.values.items():
+                values[name] = cloudpickle.loads(data)
+            bundle = outcome.bundle
+        session.purge(ar)
+        runs.append(EngineRun(eid, stdout, stderr, values, bundle, error))
+    return sorted(runs, key=lambda r: r.engine)
+
+
+_default: JobManager | None = None
+_default_lock = threading.Lock()
+
+
+def default_jobs() -> JobManager:
+    """The jobs of the process-wide session (what ``%jobs`` lists)."""
+    global _default
+    from ._session import default_session
+
+    with _default_lock:
+        if _default is None:
+            _default = JobManager(default_session())
+        return _default

@@ -1,0 +1,338 @@
+"""``%%parallel`` (a cell in the background) and ``%jobs`` (job control)."""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from ..kernel_backend import (
+    CellJob,
+    JobError,
+    default_jobs,
+    default_session,
+    run_everywhere,
+)
+from ..kernel_backend._seeding import validate_seed
+from ..widgets import JobsTable, JobView
+from . import _delivery
+from ._common import non_negative_int, positive_float, user_errors
+from ._pmap import _targets
+
+__all__ = ["ParallelMagics"]
+
+_REFRESH = 0.5  # seconds between live updates of a job's view
+
+
+def _names(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names or not all(n.isidentifier() for n in names):
+        raise argparse.ArgumentTypeError(
+            "must be variable names separated by commas (e.g. model,score),"
+            f" not {text!r}"
+        )
+    return names
+
+
+def _priority(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+
+
+class CellSyntaxError(Exception):
+    """The cell's own SyntaxError, shown as Python shows it, without our frames.
+
+    (IPython would show a ``SyntaxError`` raised by a magic with the magic's
+    whole traceback; this carries the original in ``.error``.)
+    """
+
+    def __init__(self, error: SyntaxError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+    def _render_traceback_(self) -> list[str]:
+        return [
+            line.rstrip("\n")
+            for line in traceback.format_exception_only(SyntaxError, self.error)
+        ]
+
+
+@magics_class
+class ParallelMagics(Magics):
+    """``%%parallel`` and ``%jobs``."""
+
+    @magic_arguments()
+    @argument("--block", action="store_true", help="wait here, then bring names back")
+    @argument("--name", default=None, metavar="NAME", help="the job's name")
+    @argument(
+        "--out",
+        type=_names,
+        default=None,
+        metavar="NAMES",
+        help="bring back only these names (comma-separated)",
+    )
+    @argument("--no-pull", action="store_true", help="bring no names back")
+    @argument("--seed", default=None, metavar="S", help="reproducible random streams")
+    @argument(
+        "--retries",
+        type=non_negative_int,
+        default=2,
+        metavar="N",
+        help="re-run the cell elsewhere if its engine dies (default: 2)",
+    )
+    @argument("--timeout", type=positive_float, default=None, metavar="S")
+    @argument(
+        "--priority",
+        type=_priority,
+        default=0.0,
+        metavar="P",
+        help="higher runs first when jobs wait for engines",
+    )
+    @argument(
+        "--all", action="store_true", help="run on every engine, in its own namespace"
+    )
+    @argument("--targets", type=_targets, default=None, metavar="IDS", help="e.g. 0,1")
+    @cell_magic
+    def parallel(self, line: str, cell: str) -> Any:
+        """Run the cell on the cluster in the background; its names come back.
+
+        The cell returns at once and shows a live view of the job.  Names the
+        cell reads are shipped as ``%pmap`` ships them; when it finishes, the
+        names it assigned appear in the notebook (``--out`` for some,
+        ``--no-pull`` for none) — unless you re-assigned them meanwhile.  A
+        later cell that reads one of them waits for the job first.
+
+        ``--all`` / ``--targets`` run the cell on those engines, in each
+        engine's own namespace, blocking, with output per engine (for imports
+        and setup); ``--out`` then returns a dict engine id -> value.
+        """
+        args = parse_argstring(self.parallel, line)
+        with user_errors():
+            seed = validate_seed(args.seed)
+        # line numbers in tracebacks match the notebook cell (line 1 = magic)
+        source = "\n" + self.shell.transform_cell(cell)
+        try:
+            compile(source, "<cell>", "exec")
+        except SyntaxError as err:
+            raise CellSyntaxError(err) from None
+        if args.all or args.targets is not None:
+            return self._everywhere(args, source, seed)
+        delivery = _delivery.current() or _delivery.install(self.shell)
+        delivery.remember_loop()
+        delivery.deliver()  # a finished job of the same name gives way
+        with user_errors():
+            self._ensure_engines()
+            job = default_jobs().submit(
+                source,
+                self.shell.user_ns,
+                name=args.name or self._default_name(),
+                outputs=args.out,
+                pull=not args.no_pull,
+                seed=seed,
+                retries=args.retries,
+                timeout=args.timeout,
+                priority=args.priority,
+            )
+        if args.block:
+            return self._block(job, delivery)
+        self._show_live(job)
+        return None
+
+    # -- the ways a cell runs ------------------------------------------------
+
+    def _block(self, job: CellJob, delivery: _delivery.JobDelivery) -> Any:
+        printed = [0, 0]
+
+        def stream() -> None:
+            for i, (text, out) in enumerate(
+                ((job.stdout, sys.stdout), (job.stderr, sys.stderr))
+            ):
+                if len(text) > printed[i]:
+                    out.write(text[printed[i] :])
+                    out.flush()
+                    printed[i] = len(text)
+
+        try:
+            while not job.done():
+                concurrent.futures.wait([job], timeout=0.01)
+                stream()
+        except KeyboardInterrupt:
+            job.cancel()
+            raise
+        stream()
+        if job.state == "failed" and job.error is not None:
+            raise job.error
+        if job.state == "cancelled":
+            raise JobError(f"job '{job.name}' was cancelled")
+        delivery.deliver()
+        if "__value__" in job.values:
+            return job.values["__value__"]
+        return _Rich(job.bundle) if job.bundle else None
+
+    def _show_live(self, job: CellJob) -> None:
+        view = JobView(job)
+        if not _in_kernel():
+            print(job.summary())
+            return
+        handle = display(view, display_id=True)
+        last = [0.0]
+
+        def refresh(job: CellJob) -> None:
+            now = time.monotonic()
+            if job.done() or now - last[0] >= _REFRESH:
+                last[0] = now
+                handle.update(view)
+
+        job.subscribe(refresh)
+
+    def _everywhere(
+        self, args: argparse.Namespace, source: str, seed: int | None
+    ) -> Any:
+        with user_errors():
+            self._ensure_engines()
+            runs = run_everywhere(
+                default_session(),
+                source,
+                self.shell.user_ns,
+                targets=args.targets,
+                outputs=args.out or (),
+                seed=seed,
+            )
+        for run in runs:
+            print(f"[engine {run.engine}]")
+            for text, out in ((run.stdout, sys.stdout), (run.stderr, sys.stderr)):
+                if text:
+                    out.write(text if text.endswith("\n") else text + "\n")
+            if run.error is not None:
+                print(run.error, file=sys.stderr)
+            elif run.bundle and "text/plain" in run.bundle:
+                print(run.bundle["text/plain"])
+        failed = [run for run in runs if run.error is not None]
+        if failed:
+            first = failed[0].error
+            assert first is not None
+            raise JobError(
+                f"the cell failed on {len(failed)} of {len(runs)} engines;"
+                f" first: {first}",
+                first.remote_traceback,
+            )
+        if args.out:
+            if len(args.out) == 1:
+                return {run.engine: run.values.get(args.out[0]) for run in runs}
+            return {run.engine: run.values for run in runs}
+        return None
+
+    def _default_name(self) -> str:
+        """``cell-N`` after the cell's execution count; suffixed if taken."""
+        base = name = f"cell-{self.shell.execution_count}"
+        taken = {job.name for job in default_jobs().jobs() if not job.done()}
+        n = 1
+        while name in taken:
+            n += 1
+            name = f"{base}-{n}"
+        return name
+
+    def _ensure_engines(self) -> None:
+        report = default_session().ensure_engines()
+        if report is not None:
+            print(f"{report} (no cluster was active; %cluster stop ends it)")
+
+    # -- %jobs -----------------------------------------------------------------
+
+    @line_magic
+    def jobs(self, line: str) -> Any:
+        """Background jobs: ``%jobs`` lists them.
+
+        ``%jobs wait [NAME ...]``  wait for these jobs (all when none named);
+                                   raises a failed job's error
+        ``%jobs cancel NAME``      queued: removed; running: interrupted
+        ``%jobs result NAME``      the job's view again: value, output, names
+        ``%jobs clear``            forget finished jobs
+        """
+        command, *names = line.split() or ["list"]
+        commands: dict[str, Callable[[list[str]], Any]] = {
+            "list": self._jobs_list,
+            "wait": self._jobs_wait,
+            "cancel": self._jobs_cancel,
+            "result": self._jobs_result,
+            "clear": self._jobs_clear,
+        }
+        handler = commands.get(command)
+        if handler is None:
+            raise UsageError(
+                f"unknown %jobs subcommand {command!r};"
+                f" use one of: {', '.join(commands)}"
+            )
+        with user_errors():
+            return handler(names)
+
+    def _jobs_list(self, names: list[str]) -> JobsTable:
+        return JobsTable(default_jobs().jobs())
+
+    def _jobs_wait(self, names: list[str]) -> None:
+        manager = default_jobs()
+        jobs = [manager.get(n) for n in names] if names else manager.jobs()
+        manager.wait(jobs)
+        delivery = _delivery.current()
+        if delivery is not None:
+            delivery.deliver()
+        for job in jobs:
+            if job.state == "failed" and job.error is not None:
+                raise job.error
+
+    def _jobs_cancel(self, names: list[str]) -> None:
+        if len(names) != 1:
+            raise UsageError(
+                "%jobs cancel needs one job name, e.g. %jobs cancel cell-7"
+            )
+        job = default_jobs().get(names[0])
+        if job.done():
+            print(f"paracell: job '{job.name}' already {job.state}")
+            return
+        job.cancel()
+        default_jobs().wait([job], timeout=5)
+        print(f"paracell: job '{job.name}' {job.state}")
+
+    def _jobs_result(self, names: list[str]) -> JobView:
+        if len(names) != 1:
+            raise UsageError(
+                "%jobs result needs one job name, e.g. %jobs result cell-7"
+            )
+        return JobView(default_jobs().get(names[0]))
+
+    def _jobs_clear(self, names: list[str]) -> None:
+        gone = default_jobs().clear()
+        print(
+            f"paracell: forgot {len(gone)} finished job{'s' if len(gone) != 1 else ''}"
+        )
+
+
+class _Rich:
+    """Shows a mime bundle computed on the engine (rich display kept)."""
+
+    def __init__(self, bundle: dict[str, Any]) -> None:
+        self.bundle = bundle
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        return self.bundle
+
+    def __repr__(self) -> str:
+        return str(self.bundle.get("text/plain", ""))
+
+
+def _in_kernel() -> bool:
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
