@@ -338,7 +338,7 @@ class JobManager:
                 )
             session = self._session
             client = session.client
-            engines = client.ids
+            engines = session.engine_ids()
             if not engines:
                 raise InvalidRequest(
                     "the cluster has no engines; add some with %cluster scale N"
@@ -551,7 +551,9 @@ class JobManager:
         client = session.client
         stale = session.stale_engines()
         free = [
-            eid for eid in client.ids if eid not in self._running and eid not in stale
+            eid
+            for eid in session.engine_ids()
+            if eid not in self._running and eid not in stale
         ]
         while self._queue and free:
             _, _, job = heapq.heappop(self._queue)
@@ -708,7 +710,7 @@ def run_everywhere(
 
     compile(source, filename, "exec")  # the user's SyntaxError, here
     client = session.client
-    live = client.ids
+    live = session.engine_ids()
     if targets is None:
         targets = live
     unknown = [t for t in targets if t not in live]

@@ -306,7 +306,13 @@ class _MapRun:
                     return_when=concurrent.futures.FIRST_COMPLETED,
                 )
                 for ar in finished:
-                    self._collect(ar)
+                    try:
+                        self._collect(ar)
+                    except ItemError as err:
+                        # chunks that finished meanwhile count as done too
+                        self._harvest()
+                        err.partial = dict(self.values)
+                        raise
                 self._emit("running")
         except BaseException:
             self._cancel_outstanding()
@@ -358,7 +364,7 @@ class _MapRun:
         self.in_flight[ar] = (chunk, eid)
 
     def _usable_engines(self) -> list[int]:
-        live = set(self.client.ids)
+        live = set(self.session.engine_ids())
         if self.options.targets is None:
             # engines added while the map runs join in
             for eid in sorted(live):
@@ -379,6 +385,18 @@ class _MapRun:
             return
         self._purge(ar)
         self._absorb(outcome, chunk, eid)
+
+    def _harvest(self) -> None:
+        """Keep the successful items of chunks that have already finished."""
+        for ar in [ar for ar in self.in_flight if ar.done()]:
+            chunk, _ = self.in_flight.pop(ar)
+            with contextlib.suppress(Exception):
+                outcome: ChunkOutcome = ar.get(0)
+                failed = {f.index for f in outcome.failures}
+                for offset, value in enumerate(outcome.values):
+                    if chunk.first + offset not in failed:
+                        self.values[chunk.first + offset] = value
+            self._purge(ar)
 
     def _absorb(self, outcome: ChunkOutcome, chunk: _Chunk, eid: int | None) -> None:
         """Take a chunk's values and failures into the map's results."""

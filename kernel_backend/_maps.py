@@ -195,7 +195,7 @@ def _start_remote(
 ) -> MapJob:
     options = options.validated()
     client = session.client
-    live = client.ids
+    live = session.engine_ids()
     if options.targets is not None:
         unknown = [t for t in options.targets if t not in live]
         if unknown:

@@ -14,6 +14,7 @@ import glob
 import json
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
@@ -42,6 +43,7 @@ LAUNCHERS = ("local", "mpi", "ssh", "slurm", "pbs", "sge", "lsf", "htcondor")
 _HEARTBEAT_MS = 100
 _HEARTBEAT_MISSES = 30
 _DEFAULT_START_TIMEOUT = 60.0
+_MARK = "PARACELL_CLUSTER_ID"
 _PROBE_TIMEOUT = 10.0
 _STOP_GRACE = 10.0
 
@@ -110,6 +112,14 @@ class ClusterSession:
     def ownership(self) -> Ownership | None:
         """``"started"`` if paracell started the cluster, ``"connected"`` if not."""
         return self._ownership
+
+    def engine_ids(self) -> list[int]:
+        """Ids of the engines available for work (not being removed)."""
+        client = self._client
+        if client is None:
+            return []
+        removed = self._removed
+        return [eid for eid in client.ids if eid not in removed]
 
     def engine_pids(self) -> dict[int, int]:
         """Engine id -> pid for every engine whose pid is known."""
@@ -239,6 +249,7 @@ class ClusterSession:
                 ) from None
             self._adopt(client, None, "connected", None, len(client.ids))
             self._connection_file = path
+            self._probe(client.ids, wait=2.0)
             return self._report(len(client.ids), time.perf_counter() - tic)
 
     def stop(self) -> StopReport:
@@ -395,10 +406,10 @@ class ClusterSession:
     @contextlib.contextmanager
     def in_use(self) -> Iterator[ipp.Client]:
         """Hold the engines for work: the idle timeout does not fire meanwhile."""
-        self.ensure_engines()
         with self._lock:
             self._in_use += 1
         try:
+            self.ensure_engines()
             yield self.client
         finally:
             with self._lock:
@@ -453,7 +464,7 @@ class ClusterSession:
                     f" launcher output: {_tail(_engine_output(cluster)) or '(none)'}"
                 )
             time.sleep(0.02)
-        self._probe([eid for eid in client.ids if eid not in before], wait=None)
+        self._probe([eid for eid in client.ids if eid not in before], None, client)
 
     def _add_engines(
         self, cluster: ipp.Cluster, client: ipp.Client, count: int, timeout: float
@@ -496,9 +507,11 @@ class ClusterSession:
             if eid not in ids or not self._process_alive(rec):
                 self._removed.add(eid)
 
-    def _probe(self, ids: list[int], wait: float | None) -> None:
+    def _probe(
+        self, ids: list[int], wait: float | None, client: ipp.Client | None = None
+    ) -> None:
         """Learn host and pid of engines not seen before (a tiny task each)."""
-        client = self._client
+        client = client or self._client
         if client is None:
             return
         for eid in ids:
@@ -698,6 +711,10 @@ def _make_cluster(launcher: str, profile: str | None) -> ipp.Cluster:
     config = Config()
     # ipyparallel sleeps 0.1 s between local engines; they need no pacing here.
     config.LocalEngineSetLauncher.delay = 0
+    # Every process the launchers start carries the cluster's id, so teardown
+    # can find all of them, even children a dying controller left behind.
+    cluster_id = f"{int(time.time())}-{secrets.token_hex(2)}"
+    config.BaseLauncher.environment = {_MARK: cluster_id}
     kwargs: dict[str, Any] = {}
     if launcher == "local":
         kwargs["controller_ip"] = "127.0.0.1"
@@ -707,6 +724,7 @@ def _make_cluster(launcher: str, profile: str | None) -> ipp.Cluster:
     if profile:
         kwargs["profile"] = profile
     return ipp.Cluster(
+        cluster_id=cluster_id,
         engines=launcher,
         delay=0,
         controller_args=[
@@ -846,6 +864,17 @@ def _teardown(cluster: ipp.Cluster, pids: list[int]) -> None:
     with contextlib.suppress(Exception):
         cluster.stop_cluster_sync()
     _reap_processes(pids)
+    _reap_processes(_marked_processes(cluster.cluster_id))
+
+
+def _marked_processes(cluster_id: str) -> list[int]:
+    """Local processes started for the cluster ``cluster_id`` (by environment)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get(_MARK) == cluster_id:
+                found.append(proc.info["pid"])
+    return found
 
 
 def _wait_for(predicate: Any, timeout: float) -> bool:
