@@ -67,6 +67,12 @@ def test_tutorial_shows_the_cluster_lifecycle():
     assert "95% bootstrap CI" in pmap_cells
     assert "ZeroDivisionError('division by zero')" in pmap_cells
     assert "pmap: 10/10 done in" in pmap_cells
+    parallel_cells = "\n".join(
+        text for src, text in shown if "%%parallel" in src or "coefficients" in src
+    )
+    assert "waiting for job 'fit' (coefficients)…" in parallel_cells
+    assert "slope " in parallel_cells
+    assert "[engine 0]" in parallel_cells and "[engine 1]" in parallel_cells
     statuses = output_of("%cluster status")
     assert [s.splitlines()[0] for s in statuses] == [
         "running: 2 engines (started here; local, 127.0.0.1)",
