@@ -83,6 +83,7 @@ def test_tutorial_shows_the_cluster_lifecycle():
         out.data["text/html"]
         for c in nb.cells
         for out in c.get("outputs", [])
-        if out.output_type == "execute_result" and "text/html" in out.data
+        if out.output_type == "execute_result"
+        and "paracell-cluster-status" in out.data.get("text/html", "")
     ]
     assert len(html) == 3 and all("<table>" in h for h in html)
