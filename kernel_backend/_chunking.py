@@ -86,6 +86,9 @@ class ChunkSizer:
         shrink towards the end of the map.
     max_chunksize
         Upper bound on an automatic chunk size.
+    min_seconds
+        The end-of-map cap never shrinks a chunk below this much estimated
+        compute, so cheap items are not sent in costly little chunks.
 
     Notes
     -----
@@ -113,6 +116,7 @@ class ChunkSizer:
         target_seconds: float = 0.2,
         min_chunks_per_engine: int = 4,
         max_chunksize: int = 100_000,
+        min_seconds: float = 0.02,
     ) -> None:
         if engines < 1:
             raise ValueError(f"engines must be >= 1, not {engines}")
@@ -133,6 +137,7 @@ class ChunkSizer:
         self._target_seconds = target_seconds
         self._min_chunks = min_chunks_per_engine * engines
         self._max_chunksize = max_chunksize
+        self._min_seconds = min_seconds
         self._handed_out = 0
         self._chunks_handed_out = 0
         self._weighted_seconds = 0.0
@@ -184,5 +189,17 @@ class ChunkSizer:
         if self._total is not None:
             remaining = self._total - self._handed_out
             if remaining > 0:
-                size = min(size, math.ceil(remaining / self._min_chunks))
+                cap = math.ceil(remaining / self._min_chunks)
+                if self._weighted_items:
+                    # Balancing never makes a chunk so short that sending it
+                    # costs more than it computes (a chunk's round trip is
+                    # about a millisecond): cheap items stay in big chunks.
+                    per_item = self._weighted_seconds / self._weighted_items
+                    floor = (
+                        math.ceil(self._min_seconds / per_item)
+                        if per_item > 0
+                        else self._max_chunksize
+                    )
+                    cap = max(cap, floor)
+                size = min(size, cap)
         return size

@@ -20,7 +20,6 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from types import FunctionType
 from typing import Any
 
 from ._analysis import rebind_globals
@@ -53,6 +52,8 @@ def engine_identity() -> tuple[str, int]:
 
 # digest -> object; pushed once per engine per version of an object.
 _STORE: dict[str, Any] = {}
+# digests of notebook functions, shipped without their globals
+_REBIND: set[str] = set()
 # namespace key -> namespace built for one map (reused by all its chunks)
 _NAMESPACES: OrderedDict[str, dict[str, Any]] = OrderedDict()
 _NAMESPACES_KEPT = 4
@@ -62,20 +63,30 @@ def install_names(
     entries: dict[str, tuple[str, Any]],
     evict: Sequence[str] = (),
     sources: dict[str, list[str]] | None = None,
+    *arrays: Any,
 ) -> int:
     """Store shipped objects by digest; forget superseded versions.
 
-    ``entries`` maps digest -> (kind, payload): kind ``"pickle"`` carries
-    cloudpickle bytes, ``"array"`` a numpy array that travelled as a zero-copy
-    buffer.  ``sources`` are the notebook cells' lines, so tracebacks through
-    notebook functions show their code.  Returns the number of stored objects.
+    ``entries`` maps digest -> (kind, payload).  Kind ``"function"`` is a
+    notebook function pickled with its globals stripped (rebound to each
+    task's namespace), ``"pickle"`` any other cloudpickle payload, and
+    ``"array"`` the index of a numpy array among ``arrays`` — top-level
+    arguments, so they travel as zero-copy buffers.  ``sources`` are notebook
+    cells' lines, so tracebacks through notebook functions show their code.
+    Returns the number of stored objects.
     """
     import cloudpickle
 
     for digest in evict:
         _STORE.pop(digest, None)
+        _REBIND.discard(digest)
     for digest, (kind, payload) in entries.items():
-        _STORE[digest] = cloudpickle.loads(payload) if kind == "pickle" else payload
+        if kind == "array":
+            _STORE[digest] = arrays[payload]
+            continue
+        _STORE[digest] = cloudpickle.loads(payload)
+        if kind == "function":
+            _REBIND.add(digest)
     for filename, lines in (sources or {}).items():
         linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
     _NAMESPACES.clear()
@@ -139,9 +150,7 @@ def build_namespace(
         ns[name] = obj
     for name, digest in spec.names.items():
         value = _STORE[digest]
-        ns[name] = (
-            rebind_globals(value, ns) if isinstance(value, FunctionType) else value
-        )
+        ns[name] = rebind_globals(value, ns) if digest in _REBIND else value
     return ns
 
 

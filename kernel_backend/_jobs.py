@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._analysis import free_names
-from ._engine import CellOutcome, ItemFailure, TaskSpec, missing_names, run_cell
+from ._engine import CellOutcome, ItemFailure, TaskSpec, run_cell
 from ._errors import InvalidRequest
 from ._seeding import fresh_entropy
 from ._shipping import prepare_shipment
@@ -343,24 +343,10 @@ class JobManager:
                 raise InvalidRequest(
                     "the cluster has no engines; add some with %cluster scale N"
                 )
-            if shipment.engine_side:
-                missing = client[engines].apply_sync(
-                    missing_names, shipment.engine_side
-                )
-                absent = sorted({n for per in missing for n in per})
-                if absent:
-                    raise InvalidRequest(
-                        f"name {absent[0]!r} is not defined in the notebook"
-                        " nor on the engines"
-                    )
-            shipment = session.shipper.check_imports(client, engines, shipment)
-            session.shipper.ship(client, engines, shipment)
+            shipment = session.shipper.send(client, engines, shipment)
             spec = TaskSpec(
                 key=f"job-{name}-{time.time()}",
-                names=shipment.digests,
-                modules=shipment.modules,
-                from_imports=shipment.from_imports,
-                engine_side=shipment.engine_side,
+                **shipment.spec_names(),
                 seed=seed,
                 entropy=fresh_entropy(),
             )
@@ -721,13 +707,12 @@ def run_everywhere(
         )
     shipment = prepare_shipment(free_names(source, "exec"), namespace)
     # names the notebook lacks may be defined by the cell itself on engines
-    shipment = session.shipper.check_imports(client, targets, shipment)
-    session.shipper.ship(client, targets, shipment)
+    shipment = session.shipper.send(
+        client, targets, shipment, require_engine_side=False
+    )
     spec = TaskSpec(
         key=f"everywhere-{time.time()}",
-        names=shipment.digests,
-        modules=shipment.modules,
-        from_imports=shipment.from_imports,
+        **{**shipment.spec_names(), "engine_side": ()},
         seed=seed,
         entropy=fresh_entropy(),
     )

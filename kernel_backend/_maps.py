@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from ._analysis import Comprehension, element_free_names, iterate_items
-from ._engine import WRAPPER_FILENAME, TaskSpec, missing_names
+from ._engine import WRAPPER_FILENAME, TaskSpec
 from ._errors import InvalidRequest
 from ._mapjob import MapJob, MapOptions, MapProgress, _LocalRun, _MapRun
 from ._seeding import fresh_entropy
@@ -210,26 +210,13 @@ def _start_remote(
         raise InvalidRequest(
             "the cluster has no engines; add some with %cluster scale N"
         )
-    if shipment.engine_side:
-        # Names the notebook lacks must come from the engines' own namespace;
-        # say which is missing before any work starts.
-        missing = client[engines].apply_sync(missing_names, shipment.engine_side)
-        absent = sorted({n for per_engine in missing for n in per_engine})
-        if absent:
-            raise InvalidRequest(
-                f"name {absent[0]!r} is not defined in the notebook nor on the engines"
-            )
-    shipment = session.shipper.check_imports(client, engines, shipment)
-    session.shipper.ship(client, engines, shipment)
+    shipment = session.shipper.send(client, engines, shipment)
     spec = _spec(
         shipment.key,
         element,
         arguments,
         options,
-        names=shipment.digests,
-        modules=shipment.modules,
-        from_imports=shipment.from_imports,
-        engine_side=shipment.engine_side,
+        **shipment.spec_names(),
     )
     job = MapJob(total)
     for observer in observers:

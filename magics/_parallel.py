@@ -25,8 +25,7 @@ from ..kernel_backend import (
 from ..kernel_backend._seeding import validate_seed
 from ..widgets import JobsTable, JobView
 from . import _delivery
-from ._common import non_negative_int, positive_float, user_errors
-from ._pmap import _targets
+from ._common import run_options, user_errors
 
 __all__ = ["ParallelMagics"]
 
@@ -72,7 +71,7 @@ class CellSyntaxError(Exception):
 class ParallelMagics(Magics):
     """``%%parallel`` and ``%jobs``."""
 
-    @magic_arguments()
+    @magic_arguments(name="%parallel")  # shown as %%parallel
     @argument("--block", action="store_true", help="wait here, then bring names back")
     @argument("--name", default=None, metavar="NAME", help="the job's name")
     @argument(
@@ -83,15 +82,10 @@ class ParallelMagics(Magics):
         help="bring back only these names (comma-separated)",
     )
     @argument("--no-pull", action="store_true", help="bring no names back")
-    @argument("--seed", default=None, metavar="S", help="reproducible random streams")
-    @argument(
-        "--retries",
-        type=non_negative_int,
-        default=2,
-        metavar="N",
-        help="re-run the cell elsewhere if its engine dies (default: 2)",
+    @run_options(
+        "the cell",
+        "run on these engines (e.g. 0,1) in their own namespaces, like --all",
     )
-    @argument("--timeout", type=positive_float, default=None, metavar="S")
     @argument(
         "--priority",
         type=_priority,
@@ -102,7 +96,6 @@ class ParallelMagics(Magics):
     @argument(
         "--all", action="store_true", help="run on every engine, in its own namespace"
     )
-    @argument("--targets", type=_targets, default=None, metavar="IDS", help="e.g. 0,1")
     @cell_magic
     def parallel(self, line: str, cell: str) -> Any:
         """Run the cell on the cluster in the background; its names come back.

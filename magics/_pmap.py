@@ -17,7 +17,7 @@ from ..kernel_backend import (
 )
 from ..kernel_backend._analysis import parse_comprehension
 from ..widgets import TextProgress
-from ._common import non_negative_int, positive_float, user_errors
+from ._common import run_options, user_errors
 
 __all__ = ["PmapMagics", "split_options"]
 
@@ -52,20 +52,6 @@ def _chunksize(text: str) -> str:
     return text  # validated by the backend, which names the problem
 
 
-def _targets(text: str) -> tuple[int, ...]:
-    try:
-        ids = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        ids = ()
-    if not ids or any(i < 0 for i in ids):
-        import argparse
-
-        raise argparse.ArgumentTypeError(
-            f"must be engine ids separated by commas (e.g. 0,1), not {text!r}"
-        )
-    return ids
-
-
 @magics_class
 class PmapMagics(Magics):
     """The ``%pmap`` magic."""
@@ -79,17 +65,7 @@ class PmapMagics(Magics):
         help="items per chunk; auto measures items and sizes chunks to ~0.2 s",
     )
     @argument("--unordered", action="store_true", help="results in completion order")
-    @argument("--seed", default=None, metavar="S", help="reproducible random streams")
-    @argument(
-        "--retries",
-        type=non_negative_int,
-        default=2,
-        metavar="N",
-        help="re-run a dead engine's chunks up to N times (default: 2)",
-    )
-    @argument(
-        "--timeout", type=positive_float, default=None, metavar="S", help="per item"
-    )
+    @run_options("an item", "only these engines, e.g. 0,1")
     @argument(
         "--on-error",
         default="raise",
@@ -97,7 +73,6 @@ class PmapMagics(Magics):
         help="raise (default): stop and raise; collect: the exception takes the"
         " item's place; skip: leave the item out",
     )
-    @argument("--targets", type=_targets, default=None, metavar="IDS", help="e.g. 0,1")
     @argument("--no-progress", action="store_true", help="no progress line")
     @argument(
         "--async", action="store_true", dest="run_async", help="return a job at once"

@@ -103,7 +103,8 @@ def test_chunks_shrink_near_the_end_of_a_known_total() -> None:
     engines = 4
     sizer = ChunkSizer(engines=engines, total=10_000)
 
-    handed_out = run_map(sizer, 10_000, 1e-6)
+    # items slow enough (30 ms) that balancing them is worth small chunks
+    handed_out = run_map(sizer, 10_000, 0.03)
 
     assert sum(handed_out) == 10_000
     assert handed_out[0] == 1  # the probe
@@ -120,9 +121,21 @@ def test_chunks_shrink_near_the_end_of_a_known_total() -> None:
 
 def test_small_known_total_gives_one_item_per_chunk() -> None:
     sizer = ChunkSizer(engines=4, total=10)
-    sizer.record(1, 1e-6)
+    sizer.record(1, 0.1)
 
     assert sizes(sizer, 3) == [1, 1, 1]
+
+
+def test_cheap_items_are_not_split_into_costly_little_chunks() -> None:
+    sizer = ChunkSizer(engines=2, total=200_000)
+
+    handed_out = run_map(sizer, 200_000, 5e-7)  # 0.5 us per item
+
+    assert sum(handed_out) == 200_000
+    # a chunk never holds less than ~20 ms of work, except the probes and
+    # the final remainder: a handful of chunks in all
+    assert len(handed_out) <= 12
+    assert min(handed_out[1:-1]) >= 40_000
 
 
 def test_unknown_total_has_no_end_of_map_cap() -> None:

@@ -174,7 +174,7 @@ def test_a_reader_of_a_failed_jobs_name_fails_with_its_error(ip, shared_cluster)
 def test_cancel_removes_queued_jobs_and_interrupts_running_ones(ip, shared_cluster):
     ok(ip, "import time")
     for name in ("run1", "run2", "queued3"):
-        ok(ip, f"%%parallel --name {name}\ntime.sleep(30)\n{name}_done = True")
+        ok(ip, f"%%parallel --name {name}\ntime.sleep(8)\n{name}_done = True")
     manager = default_jobs()
     assert wait_until(lambda: manager.get("run2").state == "running")
     assert manager.get("queued3").state == "queued"
@@ -191,8 +191,17 @@ def test_cancel_removes_queued_jobs_and_interrupts_running_ones(ip, shared_clust
 
 def test_jobs_beyond_free_engines_run_by_priority_then_submission(ip, shared_cluster):
     ok(ip, "import time")
-    ok(ip, "%%parallel --name block1\ntime.sleep(1)\nb1 = 1")
-    ok(ip, "%%parallel --name block2\ntime.sleep(1)\nb2 = 1")
+    # both engines free (a task cancelled by an earlier test may still be
+    # ending on one); the blockers take them, the rest queue
+    assert wait_until(
+        lambda: not shared_cluster.stale_engines()
+        and all(e.state == "idle" for e in shared_cluster.status().engines),
+        30,
+    )
+    # one engine frees after 1 s, the other only after every queued job
+    # has run on the first: the queue's order is the order they start in
+    ok(ip, "%%parallel --name block1 --priority 100\ntime.sleep(1)\nb1 = 1")
+    ok(ip, "%%parallel --name block2 --priority 100\ntime.sleep(4)\nb2 = 1")
     for name, priority in (("low", 1), ("high", 5), ("mid", 3), ("high2", 5)):
         ok(
             ip,

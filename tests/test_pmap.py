@@ -383,3 +383,23 @@ def test_the_python_twin_maps_a_function(ip, shared_cluster):
         x**3 for x in range(10)
     ]
     assert paracell.pmap(abs, [-1, -2], progress=False) == [1, 2]
+
+
+def test_functions_of_modules_only_the_notebook_can_import_still_run(
+    shared_cluster, tmp_path, monkeypatch
+):
+    (tmp_path / "notebook_helpers.py").write_text(
+        "import math\nSCALE = 3\n\ndef scaled_root(x):\n    return math.sqrt(x) * SCALE\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import notebook_helpers
+
+    assert paracell.pmap(notebook_helpers.scaled_root, [1, 4, 9], progress=False) == [
+        3.0,
+        6.0,
+        9.0,
+    ]
+    # cloudpickle's global registry is left as it was
+    import cloudpickle
+
+    assert "notebook_helpers" not in cloudpickle.list_registry_pickle_by_value()

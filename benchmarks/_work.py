@@ -1,0 +1,40 @@
+"""Work functions for ``pmap_bench.py``, importable by every runner's workers.
+
+They live in a module of their own so that multiprocessing's and joblib's
+workers can import them by name.  Raw ipyparallel engines get this folder put
+on their ``sys.path`` by the benchmark; paracell's engines do not, so paracell
+has to notice that ``_work`` cannot be imported there and ship the functions
+by value (which it does by itself).
+"""
+
+from __future__ import annotations
+
+
+def double(x: int) -> int:
+    """A trivial item: all that is measured is the per-item overhead."""
+    return x * 2
+
+
+def spin(n: int) -> int:
+    """A pure-Python loop of ``n`` steps: CPU-bound, holds the GIL."""
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+def busy(seconds: float) -> float:
+    """Keep one CPU busy for ``seconds`` of wall time (a perf_counter spin).
+
+    Returns ``seconds`` itself, so results are the same on every runner.
+    """
+    # Imported here, not through the module's global ``time``: paracell ships
+    # this function by value (its engines cannot import ``_work``), and as of
+    # this writing it rebinds such a function's globals to the map's namespace,
+    # where ``time`` is missing (NameError on the engines).
+    from time import perf_counter
+
+    end = perf_counter() + seconds
+    while perf_counter() < end:
+        pass
+    return seconds
