@@ -246,14 +246,15 @@ def run_chunk(
     func = build_callable(spec, base)
     values: list[Any] = []
     failures: list[ItemFailure] = []
-    started = time.time()
-    tic = time.perf_counter()
     interrupted = False
     per_item_seed = spec.seed is not None
     if not per_item_seed:
         # Unseeded: one independent stream per chunk is enough (and cheap);
         # no two chunks, hence no two engines, share a state.
         seed_item(item_seed_sequence(None, first, entropy=spec.entropy))
+    # the items' own time (chunk sizes are derived from it), not set-up's
+    started = time.time()
+    tic = time.perf_counter()
     position = 0
     n = len(items)
     token = _set_reporter(_engine_reporter)

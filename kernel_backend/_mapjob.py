@@ -412,6 +412,16 @@ class _MapRun:
                 outcome.seconds,
             )
         )
+        key = -1 if eid is None else eid
+        if not outcome.failures:
+            # the common case, at C speed: a map of cheap items spends its
+            # time here otherwise
+            indices = range(chunk.first, chunk.first + len(outcome.values))
+            self.values.update(zip(indices, outcome.values, strict=True))
+            self.order.extend(indices)
+            self.succeeded += len(indices)
+            self.per_engine[key] = self.per_engine.get(key, 0) + len(indices)
+            return
         failures = {f.index: f for f in outcome.failures}
         for offset, value in enumerate(outcome.values):
             index = chunk.first + offset
@@ -420,7 +430,6 @@ class _MapRun:
                 self.values[index] = value
                 self.order.append(index)
                 self.succeeded += 1
-                key = -1 if eid is None else eid
                 self.per_engine[key] = self.per_engine.get(key, 0) + 1
                 continue
             self.failed += 1
@@ -476,11 +485,11 @@ class _MapRun:
         self.retry.append(chunk)
 
     def _results(self) -> list[Any]:
-        if self.options.ordered:
-            return [
-                self.values[i] for i in range(self.next_index) if i not in self.skipped
-            ]
-        return [self.values[i] for i in self.order]
+        if not self.options.ordered:
+            return list(map(self.values.__getitem__, self.order))
+        if not self.skipped:
+            return list(map(self.values.__getitem__, range(self.next_index)))
+        return [self.values[i] for i in range(self.next_index) if i not in self.skipped]
 
     def _done_count(self) -> int:
         return len(self.values) + len(self.skipped)

@@ -48,10 +48,6 @@ def split_options(line: str) -> tuple[str, str]:
     return " ".join(options), line[pos:].strip()
 
 
-def _chunksize(text: str) -> str:
-    return text  # validated by the backend, which names the problem
-
-
 @magics_class
 class PmapMagics(Magics):
     """The ``%pmap`` magic."""
@@ -59,8 +55,7 @@ class PmapMagics(Magics):
     @magic_arguments()
     @argument(
         "--chunksize",
-        default="auto",
-        type=_chunksize,
+        default="auto",  # validated by the backend, which names the problem
         metavar="auto|N",
         help="items per chunk; auto measures items and sizes chunks to ~0.2 s",
     )

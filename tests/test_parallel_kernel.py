@@ -168,3 +168,23 @@ def _engine_pid_of(kernel: Kernel, job: str) -> int:
         "print([e.pid for e in paracell.status().engines if e.id == j.engine][0])"
     )
     return int(probe.stdout.strip())
+
+
+def test_interrupting_block_and_all_stops_the_cell_on_the_engines(kernel):
+    for cell in (
+        "%%parallel --block --name blocking\ntime.sleep(30)",
+        "%%parallel --all\ntime.sleep(30)",
+    ):
+        msg_id = kernel.client.execute(cell)
+        time.sleep(1.5)
+        tic = time.monotonic()
+        kernel.manager.interrupt_kernel()
+        while True:
+            reply = kernel.client.get_shell_msg(timeout=30)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                break
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        assert time.monotonic() - tic < 10  # a bound against hanging
+        status = kernel.run("%cluster status").displays[0]["text/plain"]
+        assert "busy" not in status, status
+    assert kernel.run("%%parallel --block\n'free'").displays[0]["text/plain"] == "'free'"
