@@ -9,6 +9,8 @@ by value (which it does by itself).
 
 from __future__ import annotations
 
+from time import perf_counter
+
 
 def double(x: int) -> int:
     """A trivial item: all that is measured is the per-item overhead."""
@@ -28,12 +30,6 @@ def busy(seconds: float) -> float:
 
     Returns ``seconds`` itself, so results are the same on every runner.
     """
-    # Imported here, not through the module's global ``time``: paracell ships
-    # this function by value (its engines cannot import ``_work``), and as of
-    # this writing it rebinds such a function's globals to the map's namespace,
-    # where ``time`` is missing (NameError on the engines).
-    from time import perf_counter
-
     end = perf_counter() + seconds
     while perf_counter() < end:
         pass
