@@ -472,17 +472,17 @@ class JobManager:
             return gone
 
     def close(self) -> None:
-        """Cancel everything (the cluster is going away)."""
+        """Cancel every job that has not ended (the cluster is going away)."""
         with self._lock:
-            jobs = [j for j in self._jobs.values() if not j.done()]
-        for job in jobs:
-            with self._lock:
-                if job.state == "queued":
-                    self.cancel(job)
-                    continue
+            active = [job for job in self._jobs.values() if not job.done()]
+            self._queue.clear()
+            self._running.clear()
+            for job in active:
                 job._cancel_reason = "cancelled"
                 job._finish("cancelled")
-                job._notify()
+        for job in active:
+            job._notify()
+            self._ended(job)
         self._wake.set()
 
     # -- the monitor -------------------------------------------------------

@@ -194,8 +194,10 @@ def test_jobs_beyond_free_engines_run_by_priority_then_submission(ip, shared_clu
     # both engines free (a task cancelled by an earlier test may still be
     # ending on one); the blockers take them, the rest queue
     assert wait_until(
-        lambda: not shared_cluster.stale_engines()
-        and all(e.state == "idle" for e in shared_cluster.status().engines),
+        lambda: (
+            not shared_cluster.stale_engines()
+            and all(e.state == "idle" for e in shared_cluster.status().engines)
+        ),
         30,
     )
     # one engine frees after 1 s, the other only after every queued job
@@ -305,3 +307,16 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def test_stopping_the_cluster_cancels_its_jobs(ip, shared_cluster):
+    ok(ip, "%%parallel --name orphan\nimport time\ntime.sleep(30)\nz = 1")
+    ok(ip, "%%parallel --name orphan2\nimport time\ntime.sleep(30)\nz = 2")
+    ok(ip, "%%parallel --name orphan3\nimport time\ntime.sleep(30)\nz = 3")
+    manager = default_jobs()
+    assert wait_until(lambda: manager.get("orphan").state == "running")
+    ok(ip, "%cluster stop")
+    for name in ("orphan", "orphan2", "orphan3"):
+        assert manager.get(name).state == "cancelled"
+        assert manager.get(name).cancelled()
+    assert "z" not in ip.user_ns

@@ -187,4 +187,6 @@ def test_interrupting_block_and_all_stops_the_cell_on_the_engines(kernel):
         assert time.monotonic() - tic < 10  # a bound against hanging
         status = kernel.run("%cluster status").displays[0]["text/plain"]
         assert "busy" not in status, status
-    assert kernel.run("%%parallel --block\n'free'").displays[0]["text/plain"] == "'free'"
+    assert (
+        kernel.run("%%parallel --block\n'free'").displays[0]["text/plain"] == "'free'"
+    )
