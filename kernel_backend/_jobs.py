@@ -158,8 +158,9 @@ class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
         self._cancel_reason: str | None = None
         self._failed_names: dict[str, str] = {}
         self._seq = 0
-        #: where the Python API brings names back (IPython: the user namespace)
-        self._namespace: dict[str, Any] | None = None
+        #: the namespace the job's names come back into
+        self._namespace: Mapping[str, Any] | None = None
+        self._shipment: Any = None
 
     # -- live facts --------------------------------------------------------
 
@@ -327,29 +328,35 @@ class JobManager:
                 )
         wanted = list(outputs) if outputs is not None else bound
         shipment = prepare_shipment(free_names(source, "exec"), namespace)
+        session = self._session
+        client = session.client
+        if not session.engine_ids():
+            raise InvalidRequest(
+                "the cluster has no engines; add some with %cluster scale N"
+            )
         with self._lock:
             if name is None:
                 name = self._fresh_name()
-            old = self._jobs.get(name)
-            if old is not None and not old.done():
-                raise InvalidRequest(
-                    f"job {name!r} is still {old.state};"
-                    f" choose another --name, or %jobs cancel {name}"
-                )
-            session = self._session
-            client = session.client
-            engines = session.engine_ids()
-            if not engines:
-                raise InvalidRequest(
-                    "the cluster has no engines; add some with %cluster scale N"
-                )
-            shipment = session.shipper.send(client, engines, shipment)
-            spec = TaskSpec(
-                key=f"job-{name}-{time.time()}",
-                **shipment.spec_names(),
-                seed=seed,
-                entropy=fresh_entropy(),
-            )
+            self._check_name_free(name)
+        # Check names and imports on the engines that are free now, without
+        # the manager's lock (it waits on the network) and without waiting
+        # behind engines busy with other jobs; the engine the job lands on
+        # gets what it lacks when the job is sent (_dispatch).
+        free = [
+            e
+            for e in session.unreserved_engine_ids()
+            if e not in session.stale_engines()
+        ]
+        if free:
+            shipment = session.shipper.send(client, free, shipment)
+        spec = TaskSpec(
+            key=f"job-{name}-{time.time()}",
+            **shipment.spec_names(),
+            seed=seed,
+            entropy=fresh_entropy(),
+        )
+        with self._lock:
+            self._check_name_free(name)
             job = CellJob(
                 self,
                 name,
@@ -363,6 +370,8 @@ class JobManager:
                 filename=f"<{name}>",
                 snapshot={n: namespace.get(n, _ABSENT) for n in wanted},
             )
+            job._shipment = shipment
+            job._namespace = namespace  # type: ignore[assignment]
             job._seq = next(self._order)
             self._jobs.pop(name, None)
             self._jobs[name] = job
@@ -370,6 +379,14 @@ class JobManager:
             self._ensure_monitor()
         self._wake.set()
         return job
+
+    def _check_name_free(self, name: str) -> None:
+        old = self._jobs.get(name)
+        if old is not None and not old.done():
+            raise InvalidRequest(
+                f"job {name!r} is still {old.state};"
+                f" choose another --name, or %jobs cancel {name}"
+            )
 
     def _fresh_name(self) -> str:
         while True:
@@ -401,9 +418,9 @@ class JobManager:
                 job._notify()
                 self._ended(job)
                 return True
-            ar, engine = job._ar, job.engine
-            job._cancel_reason = "cancelled"
-        self._interrupt(ar, engine)
+            if job._cancel_reason is None or job._cancel_reason.startswith("ran past"):
+                job._cancel_reason = "cancelled"
+            self._interrupt(job)
         return True
 
     def deliver(self, namespace: dict[str, Any]) -> list[tuple[CellJob, Delivery]]:
@@ -417,22 +434,30 @@ class JobManager:
             ready = [
                 job
                 for job in self._jobs.values()
-                if job.state == "done" and job.pull and job.delivery is None
+                if job.state == "done"
+                and job.pull
+                and job.delivery is None
+                and job._namespace is namespace
             ]
             for job in ready:
                 job.delivery = self._pull(job, namespace)
                 done.append((job, job.delivery))
         return done
 
-    def deliver_job(self, job: CellJob, namespace: dict[str, Any]) -> Delivery | None:
-        """Deliver one job now (after an explicit or implicit wait)."""
+    def deliver_job(
+        self, job: CellJob, namespace: Mapping[str, Any] | None
+    ) -> Delivery | None:
+        """Deliver one job now (after an explicit or implicit wait), into the
+        namespace it was submitted from."""
         with self._lock:
             if job.state != "done" or not job.pull or job.delivery is not None:
+                return None
+            if namespace is None or namespace is not job._namespace:
                 return None
             job.delivery = self._pull(job, namespace)
             return job.delivery
 
-    def _pull(self, job: CellJob, namespace: dict[str, Any]) -> Delivery:
+    def _pull(self, job: CellJob, namespace: Any) -> Delivery:
         delivery = Delivery()
         for name in job.outputs:
             if name in job._failed_names:
@@ -476,6 +501,8 @@ class JobManager:
         with self._lock:
             active = [job for job in self._jobs.values() if not job.done()]
             self._queue.clear()
+            for engine in self._running:
+                self._session.release(engine)
             self._running.clear()
             for job in active:
                 job._cancel_reason = "cancelled"
@@ -513,27 +540,38 @@ class JobManager:
 
     def _step(self) -> None:
         ended: list[CellJob] = []
-        with self._lock:
-            for engine, job in list(self._running.items()):
-                ar = job._ar
-                if ar is not None and ar.done():
-                    del self._running[engine]
-                    if self._collect(job, ar):
-                        ended.append(job)
-                elif job.timeout is not None and job.elapsed > job.timeout:
-                    job._cancel_reason = f"ran past its timeout of {job.timeout:g} s"
-                    self._interrupt(ar, engine)
-                else:
-                    job._notify()
-            self._dispatch()
-        for job in ended:
-            job._notify()
-            self._ended(job)
+        try:
+            with self._lock:
+                for engine, job in list(self._running.items()):
+                    ar = job._ar
+                    if ar is not None and ar.done():
+                        del self._running[engine]
+                        self._session.release(engine)
+                        if self._collect(job, ar):
+                            ended.append(job)
+                    elif (
+                        job.timeout is not None
+                        and job.elapsed > job.timeout
+                        and job._cancel_reason is None
+                    ):
+                        job._cancel_reason = (
+                            f"ran past its timeout of {job.timeout:g} s"
+                        )
+                        self._interrupt(job)
+                ended += self._dispatch()
+                running = list(self._running.values())
+        finally:
+            for job in ended:
+                job._notify()
+                self._ended(job)
+        for job in running:
+            job._notify()  # live views: elapsed time, streamed output
 
-    def _dispatch(self) -> None:
+    def _dispatch(self) -> list[CellJob]:
+        """Send queued jobs to free engines; returns jobs that failed to go."""
         session = self._session
         if not session.active:
-            return
+            return []
         client = session.client
         stale = session.stale_engines()
         free = [
@@ -541,6 +579,7 @@ class JobManager:
             for eid in session.engine_ids()
             if eid not in self._running and eid not in stale
         ]
+        failed = []
         while self._queue and free:
             _, _, job = heapq.heappop(self._queue)
             if job.done():
@@ -548,15 +587,26 @@ class JobManager:
             engine = free.pop(0)
             job.attempts += 1
             job.engine = engine
-            job.state = "running"
             job.started = job.started or time.time()
-            job._ar = client[engine].apply_async(
-                run_cell, job.spec, job.source, job.filename, job.outputs
-            )
+            try:
+                # queued on the engine ahead of the cell: no waiting here
+                session.shipper.ship(client, [engine], job._shipment, block=False)
+                job._ar = client[engine].apply_async(
+                    run_cell, job.spec, job.source, job.filename, job.outputs
+                )
+            except Exception as err:
+                job._finish(
+                    "failed", JobError(f"job '{job.name}' could not be sent: {err}")
+                )
+                failed.append(job)
+                continue
+            job.state = "running"
+            session.reserve(engine)
             # wake the monitor the moment the task ends, not at the next tick
             job._ar.add_done_callback(lambda _: self._wake.set())
             self._running[engine] = job
             job._notify()
+        return failed
 
     def _collect(self, job: CellJob, ar: Any) -> bool:
         """Take a finished task's outcome; False if the job was re-queued."""
@@ -633,24 +683,33 @@ class JobManager:
         job.finished = job.started + outcome.seconds if job.started else job.finished
         return True
 
-    def _interrupt(self, ar: Any, engine: int | None) -> None:
+    def _interrupt(self, job: CellJob) -> None:
         """Stop a running job's task on its engine, without blocking."""
+        ar, engine = job._ar, job.engine
         if ar is None or engine is None:
             return
 
         def stop() -> None:
             still_running = self._session.interrupt({ar: engine})
+            ended = False
             if still_running:
                 # it would not stop (the session keeps new work off that
-                # engine meanwhile); the job ends here
+                # engine meanwhile); the job ends here all the same
                 with self._lock:
-                    job = self._running.pop(engine, None)
-                    if job is not None:
-                        job._ar = None
-                        job._finish("cancelled")
-                if job is not None:
-                    job._notify()
-                    self._ended(job)
+                    if self._running.get(engine) is job:
+                        del self._running[engine]
+                        self._session.release(engine)
+                        if job._cancel_reason in (None, "cancelled"):
+                            job._finish("cancelled")
+                        else:
+                            job._finish(
+                                "failed",
+                                JobError(f"job '{job.name}' {job._cancel_reason}"),
+                            )
+                        ended = True
+            if ended:
+                job._notify()
+                self._ended(job)
             self._wake.set()
 
         threading.Thread(target=stop, name="paracell-cancel", daemon=True).start()
@@ -748,9 +807,20 @@ def run_everywhere(
             elif outcome.interrupted:
                 error = JobError(f"engine {eid}: interrupted")
             for name, data in outcome.values.items():
-                values[name] = cloudpickle.loads(data)
+                try:
+                    values[name] = cloudpickle.loads(data)
+                except Exception as err:
+                    error = error or JobError(
+                        f"engine {eid}: {name!r} could not come back:"
+                        f" {type(err).__name__}: {err}"
+                    )
+            for name, why in outcome.unpicklable.items():
+                error = error or JobError(
+                    f"engine {eid}: {name!r} could not come back: {why}"
+                )
             bundle = outcome.bundle
-        session.purge(ar)
+        finally:
+            session.purge(ar)
         runs.append(EngineRun(eid, stdout, stderr, values, bundle, error))
     return sorted(runs, key=lambda r: r.engine)
 

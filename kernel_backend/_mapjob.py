@@ -371,7 +371,11 @@ class _MapRun:
                 if eid not in self.engines:
                     self.engines.append(eid)
         stale = self.session.stale_engines()
-        return [e for e in self.engines if e in live and e not in stale]
+        usable = [e for e in self.engines if e in live and e not in stale]
+        # engines busy with a background job would run chunks only after it;
+        # use them only when there is nothing else
+        unreserved = set(self.session.unreserved_engine_ids())
+        return [e for e in usable if e in unreserved] or usable
 
     # -- results ---------------------------------------------------------
 

@@ -205,7 +205,8 @@ def _start_remote(
             )
         engines = list(options.targets)
     else:
-        engines = list(live)
+        # engines busy with a background job would run chunks only after it
+        engines = session.unreserved_engine_ids() or list(live)
     if not engines:
         raise InvalidRequest(
             "the cluster has no engines; add some with %cluster scale N"

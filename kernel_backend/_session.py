@@ -93,6 +93,7 @@ class ClusterSession:
         self._stale: dict[int, list[Any]] = {}
         self.shipper = NameShipper()
         self._stop_callbacks: list[Callable[[], None]] = []
+        self._reserved: set[int] = set()
 
     # -- queries -----------------------------------------------------------
 
@@ -120,6 +121,19 @@ class ClusterSession:
             return []
         removed = self._removed
         return [eid for eid in client.ids if eid not in removed]
+
+    def unreserved_engine_ids(self) -> list[int]:
+        """Engines not running a background job (maps use these first)."""
+        reserved = self._reserved
+        return [eid for eid in self.engine_ids() if eid not in reserved]
+
+    def reserve(self, engine: int) -> None:
+        """Mark ``engine`` as running a background job."""
+        self._reserved.add(engine)
+
+    def release(self, engine: int) -> None:
+        """``engine`` finished its background job."""
+        self._reserved.discard(engine)
 
     def engine_pids(self) -> dict[int, int]:
         """Engine id -> pid for every engine whose pid is known."""
@@ -257,13 +271,17 @@ class ClusterSession:
 
         Stopping with nothing active is not an error: the report says so.
         """
+        if self._client is None:
+            return StopReport("nothing")
+        # Outside the session lock: callbacks take locks of their own (the
+        # job monitor takes its lock, then this one).
+        for callback in list(self._stop_callbacks):
+            with contextlib.suppress(Exception):
+                callback()
         with self._lock:
             if self._client is None:
                 return StopReport("nothing")
             tic = time.perf_counter()
-            for callback in self._stop_callbacks:
-                with contextlib.suppress(Exception):
-                    callback()
             if self._reaper is not None:
                 self._reaper.close()
                 self._reaper = None
@@ -372,6 +390,10 @@ class ClusterSession:
                 cache.pop(msg_id, None)
             for name in ("_futures", "_output_futures"):
                 getattr(client, name, {}).pop(msg_id, None)
+        # the client also lists every message id it ever sent
+        history = getattr(client, "history", None)
+        if isinstance(history, list) and len(history) > 20_000:
+            del history[:-2_000]
 
     def interrupt(self, tasks: dict[Any, int], grace: float = 1.5) -> list[Any]:
         """Stop tasks: abort the queued, SIGINT the running, wait ``grace`` s.
@@ -595,6 +617,7 @@ class ClusterSession:
 
     def _forget(self) -> None:
         self.shipper = NameShipper()
+        self._reserved.clear()
         self._stale.clear()
         self._client = self._cluster = None
         self._ownership = self._launcher = self._profile = None

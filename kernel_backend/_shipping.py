@@ -163,8 +163,19 @@ class NameShipper:
         self.bytes_sent = 0
         self.objects_sent = 0
 
-    def ship(self, client: Any, engine_ids: Iterable[int], shipment: Shipment) -> None:
-        """Send each engine what it lacks of ``shipment``; wait until stored."""
+    def ship(
+        self,
+        client: Any,
+        engine_ids: Iterable[int],
+        shipment: Shipment,
+        *,
+        block: bool = True,
+    ) -> None:
+        """Send each engine what it lacks of ``shipment``.
+
+        ``block=False`` returns at once: an engine runs its tasks in order,
+        so code sent after this finds the names stored.
+        """
         pending = []
         for eid in engine_ids:
             held = self._held.setdefault(eid, {})
@@ -196,13 +207,15 @@ class NameShipper:
             )
             pending.append((eid, ar, size, len(entries)))
         for eid, ar, size, count in pending:
-            ar.get()
+            if block:
+                ar.get()
             held = self._held[eid]
             held.update(shipment.digests)
             self.bytes_sent += size
             self.objects_sent += count
-            with contextlib.suppress(Exception):
-                client.purge_local_results(jobs=[ar])
+            if block:
+                with contextlib.suppress(Exception):
+                    client.purge_local_results(jobs=[ar])
 
     def send(
         self,

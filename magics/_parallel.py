@@ -294,7 +294,11 @@ class ParallelMagics(Magics):
             print(f"paracell: job '{job.name}' already {job.state}")
             return
         job.cancel()
-        default_jobs().wait([job], timeout=5)
+        try:
+            default_jobs().wait([job], timeout=5)
+        except TimeoutError:
+            print(f"paracell: job '{job.name}' is still stopping")
+            return
         print(f"paracell: job '{job.name}' {job.state}")
 
     def _jobs_result(self, names: list[str]) -> JobView:

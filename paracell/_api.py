@@ -232,7 +232,6 @@ def parallel(
         timeout=timeout,
         priority=priority,
     )
-    job._namespace = ns
     if not block:
         return job
     wait(job)
@@ -255,8 +254,7 @@ def wait(*jobs_or_names: CellJob | str) -> None:
     ] or manager.jobs()
     manager.wait(chosen)
     for job in chosen:
-        target = getattr(job, "_namespace", None) or _user_namespace()
-        delivery = manager.deliver_job(job, target)
+        delivery = manager.deliver_job(job, job._namespace)
         if delivery is not None:
             for note in delivery.notes(job.name):
                 print(note, file=sys.stderr)

@@ -320,3 +320,30 @@ def test_stopping_the_cluster_cancels_its_jobs(ip, shared_cluster):
         assert manager.get(name).state == "cancelled"
         assert manager.get(name).cancelled()
     assert "z" not in ip.user_ns
+
+
+def test_a_new_job_does_not_wait_behind_an_engine_busy_with_another(ip, shared_cluster):
+    ok(ip, "import time")
+    ok(ip, "%%parallel --name occupant\ntime.sleep(6)\noccupied = 1")
+    manager = default_jobs()
+    assert wait_until(lambda: manager.get("occupant").state == "running")
+    ok(ip, "fresh_input = 21")
+    tic = time.monotonic()
+    assert (
+        ok(ip, "%%parallel --block\nfresh_output = fresh_input * 2\nfresh_output") == 42
+    )
+    assert time.monotonic() - tic < 4  # the other engine took it at once
+    # and a map uses the free engine rather than queue behind the job
+    tic = time.monotonic()
+    assert ok(ip, "%pmap --no-progress x + 1 for x in range(4)") == [1, 2, 3, 4]
+    assert time.monotonic() - tic < 4
+
+
+def test_the_python_twin_delivers_into_its_own_namespace(ip, shared_cluster):
+    ns = {"base": 1}
+    job = paracell.parallel("twin_only = base + 1", namespace=ns)
+    default_jobs().wait([job])
+    ok(ip, "pass")  # a cell boundary: the shell delivers its own jobs only
+    assert "twin_only" not in ip.user_ns
+    paracell.wait(job)
+    assert ns["twin_only"] == 2
