@@ -240,6 +240,9 @@ class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
         self.state = state
         self.finished = time.time()
         if self._ar is not None:
+            # the result can arrive before the last of the cell's output
+            with contextlib.suppress(Exception):
+                self._ar.wait_for_output(1.0)
             self._stdout = getattr(self._ar, "stdout", "")
             self._stderr = getattr(self._ar, "stderr", "")
             self._manager._purge(self._ar)
@@ -789,6 +792,8 @@ def run_everywhere(
         raise
     runs = []
     for ar, eid in tasks.items():
+        with contextlib.suppress(Exception):
+            ar.wait_for_output(1.0)  # the result can arrive before the output
         stdout, stderr = getattr(ar, "stdout", ""), getattr(ar, "stderr", "")
         error: JobError | None = None
         values: dict[str, Any] = {}

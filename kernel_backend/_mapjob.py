@@ -253,7 +253,7 @@ class _MapRun:
         engines: list[int],
     ) -> None:
         self.session = session
-        self.client = session.client
+        self.client = session.client if session is not None else None
         self.spec = spec
         self.items = items
         self.options = options
@@ -266,7 +266,6 @@ class _MapRun:
         self.values: dict[int, Any] = {}
         self.order: list[int] = []  # completion order, for unordered maps
         self.skipped: set[int] = set()
-        self.inputs: dict[int, Any] = {}
         self.failed = 0
         self.succeeded = 0
         self.per_engine: dict[int, int] = {}
@@ -563,25 +562,8 @@ class _LocalRun(_MapRun):
         star: bool,
         namespace: dict[str, Any],
     ) -> None:
-        self.spec = spec
-        self.items = items
-        self.options = options
-        self.job = job
-        self.star = star
+        super().__init__(None, spec, items, options, job, star=star, engines=[])
         self.namespace = namespace
-        self.sizer = ChunkSizer(engines=1, total=job.total, chunksize=options.chunksize)
-        self.values = {}
-        self.order = []
-        self.skipped = set()
-        self.failed = 0
-        self.succeeded = 0
-        self.per_engine = {}
-        self.in_flight = {}
-        self.retry = []
-        self.next_index = 0
-        self.exhausted = False
-        self.started = time.perf_counter()
-        self.last_emit = 0.0
 
     def run(self) -> list[Any]:
         import random

@@ -65,6 +65,14 @@ class Kernel:
         result.reply = self.client.get_shell_msg(timeout=timeout)["content"]
         return result
 
+    def interrupt(self, msg_id: str, timeout: float = 30) -> dict[str, Any]:
+        """Interrupt the kernel and return the reply to ``msg_id``."""
+        self.manager.interrupt_kernel()
+        while True:
+            reply = self.client.get_shell_msg(timeout=timeout)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply  # type: ignore[no-any-return]
+
     def shutdown(self) -> None:
         self.client.stop_channels()
         if self.manager.is_alive():

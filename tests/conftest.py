@@ -12,6 +12,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -54,6 +55,16 @@ def wait_for_no_new_processes(
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.1)
+
+
+def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until it holds; False after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def kill_all(pids: set[int] | dict[int, str]) -> None:
@@ -116,3 +127,11 @@ def ip():
     shell = start_ipython()
     shell.run_line_magic("load_ext", "paracell")
     return shell
+
+
+@pytest.fixture
+def no_other_cluster() -> None:
+    """Stop the shared cluster: the test counts cluster processes itself."""
+    from paracell.kernel_backend import default_session
+
+    default_session().stop()

@@ -22,9 +22,9 @@ from paracell.kernel_backend import (
     NoCluster,
 )
 
-from conftest import cluster_processes
+from conftest import cluster_processes, wait_until
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("no_other_cluster")]
 
 
 @ipp.interactive
@@ -47,15 +47,6 @@ def session() -> Iterator[ClusterSession]:
     s = ClusterSession()
     yield s
     s.stop()
-
-
-def _wait_until(predicate, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_start_registers_every_engine_and_reports_where(session: ClusterSession):
@@ -103,7 +94,7 @@ def test_status_rows_show_host_pid_state_and_tasks_done(session: ClusterSession)
 def test_status_shows_busy_engines(session: ClusterSession):
     session.start(2)
     ar = session.client[0].apply_async(time.sleep, 2)
-    assert _wait_until(lambda: session.status().engines[0].state == "busy", 5)
+    assert wait_until(lambda: session.status().engines[0].state == "busy", 5)
     assert session.status().engines[1].state == "idle"
     ar.get()
 
@@ -130,7 +121,7 @@ def test_scale_down_removes_idle_engines_before_busy_ones(session: ClusterSessio
     session.start(3)
     busy = session.status().engines[-1].id  # the newest: removed first if idle
     ar = session.client[busy].apply_async(time.sleep, 3)
-    assert _wait_until(lambda: session.status().engines[-1].state == "busy", 5)
+    assert wait_until(lambda: session.status().engines[-1].state == "busy", 5)
     session.scale(1)
     assert [e.id for e in session.status().engines] == [busy]
     assert ar.get(timeout=10) is None
@@ -155,7 +146,7 @@ def test_a_dead_engine_is_a_state_not_an_exception(session: ClusterSession):
     session.start(2)
     victim = session.status().engines[1]
     os.kill(victim.pid, signal.SIGKILL)
-    assert _wait_until(
+    assert wait_until(
         lambda: [e.state for e in session.status().engines] == ["idle", "dead"], 10
     )
     status = session.status()
@@ -182,7 +173,7 @@ def test_idle_timeout_stops_engines_and_next_use_restarts_them(
     session: ClusterSession,
 ):
     session.start(2, idle_timeout=1.0)
-    assert _wait_until(lambda: session.status().live_engines == 0, 15)
+    assert wait_until(lambda: session.status().live_engines == 0, 15)
     status = session.status()
     assert status.state == "running"
     assert status.idle_stopped == 2
@@ -255,7 +246,7 @@ def test_connect_to_a_cluster_started_elsewhere_and_disconnect(tmp_path):
         first = ClusterSession()
         report = first.connect(profile="elsewhere")
         assert report.ownership == "connected"
-        assert _wait_until(lambda: first.status().live_engines == 1, 30)
+        assert wait_until(lambda: first.status().live_engines == 1, 30)
         assert first.client[:].apply_sync(_seven) == [7]
         with pytest.raises(InvalidRequest, match="did not start"):
             first.scale(3)
@@ -273,7 +264,7 @@ def test_connect_to_a_cluster_started_elsewhere_and_disconnect(tmp_path):
             f"ipcontroller-{outside.cluster_id}-client.json",
         )
         third.connect(file=path)
-        assert _wait_until(lambda: third.status().live_engines == 1, 30)
+        assert wait_until(lambda: third.status().live_engines == 1, 30)
         third.stop()
         # disconnecting left the outside cluster running
         assert outside.controller.state == "running"

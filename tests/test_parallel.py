@@ -11,6 +11,8 @@ import pytest
 import paracell
 from paracell.kernel_backend import default_jobs
 
+from conftest import wait_until
+
 pytestmark = pytest.mark.cluster
 
 
@@ -298,15 +300,6 @@ def test_the_python_twin_runs_code_and_brings_names_back(shared_cluster):
     assert job.result() == 42
     assert paracell.parallel("q = 1\nq + 1", namespace={}, block=True) == 2
     assert job in paracell.jobs()
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_stopping_the_cluster_cancels_its_jobs(ip, shared_cluster):

@@ -81,11 +81,7 @@ def test_a_reader_waits_and_interrupting_the_wait_leaves_the_job_running(kernel)
             and "waiting for job 'long' (result)…" in m["content"]["text"]
         ),
     )
-    kernel.manager.interrupt_kernel()
-    while True:
-        reply = kernel.client.get_shell_msg(timeout=30)
-        if reply["parent_header"].get("msg_id") == msg_id:
-            break
+    reply = kernel.interrupt(msg_id)
     assert reply["content"]["ename"] == "KeyboardInterrupt"
     table = kernel.run("%jobs").displays[0]["text/plain"]
     assert "long" in table and "running" in table
@@ -178,11 +174,7 @@ def test_interrupting_block_and_all_stops_the_cell_on_the_engines(kernel):
         msg_id = kernel.client.execute(cell)
         time.sleep(1.5)
         tic = time.monotonic()
-        kernel.manager.interrupt_kernel()
-        while True:
-            reply = kernel.client.get_shell_msg(timeout=30)
-            if reply["parent_header"].get("msg_id") == msg_id:
-                break
+        reply = kernel.interrupt(msg_id)
         assert reply["content"]["ename"] == "KeyboardInterrupt"
         assert time.monotonic() - tic < 10  # a bound against hanging
         status = kernel.run("%cluster status").displays[0]["text/plain"]
