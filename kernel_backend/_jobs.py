@@ -27,6 +27,7 @@ from ._analysis import free_names
 from ._engine import CellOutcome, ItemFailure, TaskSpec, run_cell
 from ._errors import InvalidRequest
 from ._seeding import fresh_entropy
+from ._session import is_engine_death
 from ._shipping import prepare_shipment
 
 __all__ = [
@@ -619,10 +620,7 @@ class JobManager:
         try:
             outcome: CellOutcome = ar.get(0)
         except Exception as err:
-            died = isinstance(err, ipp.error.EngineError) or (
-                isinstance(err, ipp.error.RemoteError) and err.ename == "EngineError"
-            )
-            if died:
+            if is_engine_death(err):
                 self._session.forget_engines([job.engine])
                 if job.attempts <= job.retries and job._cancel_reason is None:
                     self._purge(ar)

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from ._chunking import ChunkSizer
 from ._engine import ChunkOutcome, ItemFailure, TaskSpec, UndefinedNames, run_chunk
 from ._errors import InvalidRequest
+from ._session import is_engine_death
 
 __all__ = [
     "ChunkRecord",
@@ -460,10 +461,7 @@ class _MapRun:
             and err.ename == UndefinedNames.__name__
         ):
             raise InvalidRequest(err.evalue) from None
-        died = isinstance(err, ipp.error.EngineError) or (
-            isinstance(err, ipp.error.RemoteError) and err.ename == "EngineError"
-        )
-        if not died:
+        if not is_engine_death(err):
             if (
                 isinstance(err, ipp.error.RemoteError)
                 and err.ename == "KeyboardInterrupt"

@@ -91,7 +91,7 @@ class ClusterSession:
         self._in_use = 0
         self._atexit_registered = False
         self._stale: dict[int, list[Any]] = {}
-        self.shipper = NameShipper()
+        self.shipper = NameShipper(self.purge)
         self._stop_callbacks: list[Callable[[], None]] = []
         self._reserved: set[int] = set()
 
@@ -376,13 +376,13 @@ class ClusterSession:
         with self._lock:
             self._stale.setdefault(engine, []).append(result)
 
-    def purge(self, result: Any) -> None:
+    def purge(self, result: Any, client: ipp.Client | None = None) -> None:
         """Drop a finished task from ipyparallel's client-side caches.
 
         Results are paracell's once taken; the client would otherwise keep
         every task's result for the life of the kernel.
         """
-        client = self._client
+        client = client or self._client
         if client is None:
             return
         for msg_id in result.msg_ids:
@@ -553,8 +553,7 @@ class ClusterSession:
                 rec.pending_probe = None
                 with contextlib.suppress(Exception):
                     rec.host, rec.pid = ar.get(0)
-                with contextlib.suppress(Exception):
-                    client.purge_local_results(ar)
+                self.purge(ar, client)
 
     def _process_alive(self, rec: _EngineRecord) -> bool:
         """For engines started here, ask the process table, not the heartbeat."""
@@ -616,7 +615,7 @@ class ClusterSession:
             )
 
     def _forget(self) -> None:
-        self.shipper = NameShipper()
+        self.shipper = NameShipper(self.purge)
         self._reserved.clear()
         self._stale.clear()
         self._client = self._cluster = None
@@ -936,6 +935,17 @@ def _reap_processes(pids: list[int], grace: float = 0.3) -> None:
             with contextlib.suppress(psutil.Error):
                 getattr(proc, sig)()
         _, alive = psutil.wait_procs(alive, timeout=3)
+
+
+def is_engine_death(err: BaseException) -> bool:
+    """Whether a task failed because its engine died (not because of its code).
+
+    ipyparallel reports it as ``EngineError`` raised here, or wrapped in a
+    ``RemoteError`` when the hub reports the death.
+    """
+    return isinstance(err, ipp.error.EngineError) or (
+        isinstance(err, ipp.error.RemoteError) and err.ename == "EngineError"
+    )
 
 
 _default: ClusterSession | None = None

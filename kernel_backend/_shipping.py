@@ -10,13 +10,12 @@ as cloudpickle bytes (notebook functions with their globals stripped).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import linecache
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import FunctionType
 from typing import Any
@@ -157,7 +156,8 @@ class NameShipper:
     Belongs to one cluster: engine ids are only unique within a controller.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, purge: Callable[[Any], None]) -> None:
+        self._purge = purge  # drops a finished task from the client's caches
         self._held: dict[int, dict[str, str]] = {}
         self._importable: set[str] = set()
         self.bytes_sent = 0
@@ -214,8 +214,7 @@ class NameShipper:
             self.bytes_sent += size
             self.objects_sent += count
             if block:
-                with contextlib.suppress(Exception):
-                    client.purge_local_results(jobs=[ar])
+                self._purge(ar)
 
     def send(
         self,

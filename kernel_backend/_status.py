@@ -106,6 +106,10 @@ class StartReport:
             f" in {self.seconds:.1f} s"
         )
 
+    def started_on_demand(self) -> str:
+        """The line said when a call started this cluster by itself."""
+        return f"{self} (no cluster was active; %cluster stop ends it)"
+
 
 @dataclass(frozen=True)
 class StopReport:

@@ -239,7 +239,7 @@ class ParallelMagics(Magics):
     def _ensure_engines(self) -> None:
         report = default_session().ensure_engines()
         if report is not None:
-            print(f"{report} (no cluster was active; %cluster stop ends it)")
+            print(report.started_on_demand())
 
     # -- %jobs -----------------------------------------------------------------
 

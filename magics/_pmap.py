@@ -111,7 +111,7 @@ class PmapMagics(Magics):
             if not args.local:
                 report = session.ensure_engines()
                 if report is not None:
-                    print(f"{report} (no cluster was active; %cluster stop ends it)")
+                    print(report.started_on_demand())
             show = not args.no_progress and not args.run_async
             job = map_comprehension(
                 session,

@@ -174,7 +174,7 @@ def pmap(
 def _announce(report: StartReport | None) -> None:
     """Say in one line that a cluster was started on the caller's behalf."""
     if report is not None:
-        print(f"{report} (no cluster was active; %cluster stop ends it)")
+        print(report.started_on_demand())
 
 
 def _show_progress(progress: bool | str, block: bool) -> bool:

@@ -112,6 +112,7 @@ def test_out_and_no_pull_choose_what_comes_back(ip, shared_cluster):
 def test_a_value_that_cannot_come_back_is_named_and_the_rest_arrive(
     ip, shared_cluster, capsys
 ):
+    ip.user_ns.pop("guard", None)  # another test's 'guard' must not hide a bug
     ok(ip, "%%parallel --block\nimport threading\nguard = threading.Lock()\nfine = 5")
     assert ip.user_ns["fine"] == 5
     assert "guard" not in ip.user_ns
