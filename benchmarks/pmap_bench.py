@@ -398,9 +398,9 @@ def bench_a(r: Runners, s: Sizes, report: Report) -> None:
         # One more paracell run, not timed, to see how it chunked the map.
         job = paracell.pmap(_work.double, items, progress=False, block=False)
         job.result()
-        engine_s = sum(c.seconds for c in job.timeline)
+        engine_s = sum(c.seconds for c in job.chunks)
         diag = (
-            f"; a further run used {len(job.timeline)} chunks,"
+            f"; a further run used {len(job.chunks)} chunks,"
             f" {engine_s:.2f} s engine compute{by_value_note()}"
         )
 

@@ -32,6 +32,7 @@ from ._mapjob import (
     MapOptions,
     MapProgress,
     RemoteItemError,
+    Timeline,
 )
 from ._maps import map_comprehension, map_function
 from ._seeding import rng
@@ -62,6 +63,7 @@ __all__ = [
     "RemoteItemError",
     "StartReport",
     "StopReport",
+    "Timeline",
     "bound_names",
     "default_jobs",
     "default_session",

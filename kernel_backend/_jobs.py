@@ -275,7 +275,26 @@ class JobManager:
         self._delivered: dict[str, tuple[Any, int]] = {}
         #: called (from the monitor thread) when a job ends
         self.on_finished: Callable[[CellJob], None] | None = None
+        self._observers: list[Callable[[], None]] = []
         session.on_stop(self.close)
+
+    # -- change events -------------------------------------------------------
+
+    def subscribe(self, observer: Callable[[], None]) -> Callable[[], None]:
+        """Call ``observer()`` when a job is added, changes or is cleared (in
+        the thread that changed it).  Returns a function that unsubscribes."""
+        self._observers.append(observer)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._observers.remove(observer)
+
+        return unsubscribe
+
+    def _changed(self, *_: Any) -> None:
+        for observer in list(self._observers):
+            with contextlib.suppress(Exception):
+                observer()
 
     # -- queries -----------------------------------------------------------
 
@@ -381,6 +400,8 @@ class JobManager:
             self._jobs[name] = job
             heapq.heappush(self._queue, (-priority, next(self._order), job))
             self._ensure_monitor()
+        job.subscribe(self._changed)
+        self._changed()
         self._wake.set()
         return job
 
@@ -498,7 +519,9 @@ class JobManager:
             gone = [n for n, j in self._jobs.items() if j.done()]
             for name in gone:
                 del self._jobs[name]
-            return gone
+        if gone:
+            self._changed()
+        return gone
 
     def close(self) -> None:
         """Cancel every job that has not ended (the cluster is going away)."""
@@ -605,7 +628,7 @@ class JobManager:
                 failed.append(job)
                 continue
             job.state = "running"
-            session.reserve(engine)
+            session.reserve(engine, job.name)
             # wake the monitor the moment the task ends, not at the next tick
             job._ar.add_done_callback(lambda _: self._wake.set())
             self._running[engine] = job

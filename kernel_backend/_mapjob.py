@@ -34,6 +34,7 @@ __all__ = [
     "MapOptions",
     "MapProgress",
     "RemoteItemError",
+    "Timeline",
 ]
 
 OnError = Literal["raise", "collect", "skip"]
@@ -117,13 +118,76 @@ class MapProgress:
 
 @dataclass(frozen=True)
 class ChunkRecord:
-    """Which engine ran which items when (for timelines)."""
+    """Which engine ran which items when (for timelines).
+
+    ``started`` is the engine's clock (``time.time()``); ``engine`` is -1 for
+    a ``--local`` run.
+    """
 
     engine: int
     first: int
     count: int
     started: float
     seconds: float
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The chunks of one map: which engine ran which items when.
+
+    A sequence of :class:`ChunkRecord` plus the map's own start and end
+    (``time.time()``).  ``paracell.widgets`` draws it as a Gantt chart.
+    """
+
+    chunks: tuple[ChunkRecord, ...]
+    started: float
+    finished: float | None
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __iter__(self) -> Iterator[ChunkRecord]:
+        return iter(self.chunks)
+
+    @property
+    def engines(self) -> list[int]:
+        """The engines that ran chunks, in order."""
+        return sorted({c.engine for c in self.chunks})
+
+    @property
+    def span(self) -> tuple[float, float]:
+        """(first start, last end) over the map and its chunks."""
+        ends = [c.started + c.seconds for c in self.chunks]
+        starts = [c.started for c in self.chunks]
+        first = min([self.started, *starts])
+        last = max([*ends, self.finished or first])
+        return first, last
+
+    def busy(self) -> dict[int, float]:
+        """Engine -> fraction of the map's wall time it spent running chunks."""
+        first, last = self.span
+        wall = max(last - first, 1e-9)
+        out: dict[int, float] = {}
+        for c in self.chunks:
+            out[c.engine] = out.get(c.engine, 0.0) + c.seconds
+        return {e: min(1.0, t / wall) for e, t in sorted(out.items())}
+
+    def summary(self) -> str:
+        """E.g. ``timeline: 12 chunks on 2 engines over 3.1 s (busy: 0 98%, 1 91%)``."""
+        if not self.chunks:
+            return "timeline: no chunks ran"
+        first, last = self.span
+        busy = ", ".join(
+            f"{'local' if e < 0 else e} {f:.0%}" for e, f in self.busy().items()
+        )
+        n = len(self.engines)
+        return (
+            f"timeline: {len(self.chunks)} chunks on {n} engine{'s' * (n != 1)}"
+            f" over {last - first:.2f} s (busy: {busy})"
+        )
+
+    def __repr__(self) -> str:
+        return self.summary()
 
 
 class MapFailed(Exception):
@@ -190,14 +254,18 @@ class MapJob(concurrent.futures.Future):  # type: ignore[type-arg]
     """Handle of a running map: a ``Future`` (``result()``, ``done()``,
     ``cancel()``, ``add_done_callback``) that is also awaitable.
 
-    ``progress`` is the latest :class:`MapProgress`; ``timeline`` the chunks
-    run so far.  Displayed, it shows its progress in words.
+    ``progress`` is the latest :class:`MapProgress`; ``chunks`` the chunks
+    run so far and :meth:`timeline` a picture of them.  Displayed, it shows
+    its progress.
     """
 
     def __init__(self, total: int | None) -> None:
         super().__init__()
         self.total = total
-        self.timeline: list[ChunkRecord] = []
+        self.chunks: list[ChunkRecord] = []
+        self.started_at = time.time()
+        self.finished_at: float | None = None
+        self.add_done_callback(self._note_finish)
         self._progress = MapProgress("queued", 0, 0, total, 0.0, {})
         self._observers: list[Callable[[MapProgress], None]] = []
         self._running = False
@@ -206,6 +274,13 @@ class MapJob(concurrent.futures.Future):  # type: ignore[type-arg]
     @property
     def progress(self) -> MapProgress:
         return self._progress
+
+    def timeline(self) -> Timeline:
+        """Which engine ran which chunk when; displayed, a Gantt chart."""
+        return Timeline(tuple(self.chunks), self.started_at, self.finished_at)
+
+    def _note_finish(self, _: Any) -> None:
+        self.finished_at = time.time()
 
     def subscribe(self, observer: Callable[[MapProgress], None]) -> None:
         """Call ``observer`` with every progress event (in the map's thread)."""
@@ -407,7 +482,7 @@ class _MapRun:
         if outcome.interrupted:
             raise KeyboardInterrupt()
         self.sizer.record(len(outcome.values), outcome.seconds)
-        self.job.timeline.append(
+        self.job.chunks.append(
             ChunkRecord(
                 -1 if eid is None else eid,
                 chunk.first,

@@ -222,6 +222,7 @@ def _start_remote(
     job = MapJob(total)
     for observer in observers:
         job.subscribe(observer)
+    job.add_done_callback(session.mapping(engines))
     run = _MapRun(session, spec, items, options, job, star=star, engines=engines)
     return _launch(job, run.run, block, session)
 

@@ -93,7 +93,10 @@ class ClusterSession:
         self._stale: dict[int, list[Any]] = {}
         self.shipper = NameShipper(self.purge)
         self._stop_callbacks: list[Callable[[], None]] = []
-        self._reserved: set[int] = set()
+        self._reserved: dict[int, str] = {}  # engine -> background job's name
+        self._mapping: dict[int, int] = {}  # engine -> maps using it
+        self._phase: str | None = None
+        self._observers: list[Callable[[], None]] = []
 
     # -- queries -----------------------------------------------------------
 
@@ -127,13 +130,74 @@ class ClusterSession:
         reserved = self._reserved
         return [eid for eid in self.engine_ids() if eid not in reserved]
 
-    def reserve(self, engine: int) -> None:
-        """Mark ``engine`` as running a background job."""
-        self._reserved.add(engine)
+    def reserve(self, engine: int, label: str = "job") -> None:
+        """Mark ``engine`` as running a background job (``label``: its name)."""
+        self._reserved[engine] = label
 
     def release(self, engine: int) -> None:
         """``engine`` finished its background job."""
-        self._reserved.discard(engine)
+        self._reserved.pop(engine, None)
+
+    def mapping(self, engines: Iterable[int]) -> Callable[[], None]:
+        """Note that a map runs on ``engines``; call the result when it ends."""
+        engines = list(engines)
+        for eid in engines:
+            self._mapping[eid] = self._mapping.get(eid, 0) + 1
+
+        def done(*_: Any) -> None:
+            for eid in engines:
+                left = self._mapping.get(eid, 0) - 1
+                if left > 0:
+                    self._mapping[eid] = left
+                else:
+                    self._mapping.pop(eid, None)
+
+        return done
+
+    def current_work(self, engine: int) -> str | None:
+        """What ``engine`` is doing: a background job's name, ``pmap``, or None."""
+        if engine in self._reserved:
+            return self._reserved[engine]
+        return "pmap" if self._mapping.get(engine) else None
+
+    # -- change events -------------------------------------------------------
+
+    @property
+    def phase(self) -> str | None:
+        """A change under way: ``starting``, ``stopping``, ``scaling``,
+        ``restarting``, ``connecting``, or None."""
+        return self._phase
+
+    def subscribe(self, observer: Callable[[], None]) -> Callable[[], None]:
+        """Call ``observer()`` when the cluster starts, stops or changes size,
+        in the thread that changed it.  Returns a function that unsubscribes.
+        """
+        self._observers.append(observer)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._observers.remove(observer)
+
+        return unsubscribe
+
+    def _changed(self) -> None:
+        for observer in list(self._observers):
+            with contextlib.suppress(Exception):
+                observer()
+
+    @contextlib.contextmanager
+    def _changing(self, phase: str) -> Iterator[None]:
+        """Announce ``phase`` while a change runs (outermost change only)."""
+        outer = self._phase is None
+        if outer:
+            self._phase = phase
+            self._changed()
+        try:
+            yield
+        finally:
+            if outer:
+                self._phase = None
+                self._changed()
 
     def engine_pids(self) -> dict[int, int]:
         """Engine id -> pid for every engine whose pid is known."""
@@ -169,7 +233,16 @@ class ClusterSession:
                     state = "busy" if busy else "idle"
                 else:
                     state = "idle" if alive else "dead"
-                rows.append(EngineRow(eid, rec.host, rec.pid, state, rec.tasks_done))
+                rows.append(
+                    EngineRow(
+                        eid,
+                        rec.host,
+                        rec.pid,
+                        state,
+                        rec.tasks_done,
+                        self.current_work(eid) if state != "dead" else None,
+                    )
+                )
             return ClusterStatus(
                 state="running",
                 ownership=self._ownership,
@@ -216,6 +289,9 @@ class ClusterSession:
                     f"a cluster is already active ({self.status().summary()});"
                     " use %cluster stop first, or %cluster scale N to resize it"
                 )
+        with self._changing("starting"), self._lock:
+            if self._client is not None:
+                raise InvalidRequest("a cluster was started meanwhile")
             tic = time.perf_counter()
             cluster = _make_cluster(launcher, profile)
             try:
@@ -246,7 +322,7 @@ class ClusterSession:
         """
         if cluster_id is not None and file is not None:
             raise InvalidRequest("give --cluster-id or --file, not both")
-        with self._lock:
+        with self._changing("connecting"), self._lock:
             if self._client is not None:
                 raise InvalidRequest(
                     f"a cluster is already active ({self.status().summary()});"
@@ -273,6 +349,10 @@ class ClusterSession:
         """
         if self._client is None:
             return StopReport("nothing")
+        with self._changing("stopping"):
+            return self._stop()
+
+    def _stop(self) -> StopReport:
         # Outside the session lock: callbacks take locks of their own (the
         # job monitor takes its lock, then this one).
         for callback in list(self._stop_callbacks):
@@ -305,7 +385,7 @@ class ClusterSession:
         ones first, newest first; the others are not disturbed.
         """
         _check_count(n, "engine count", minimum=0)
-        with self._lock:
+        with self._changing("scaling"), self._lock:
             client, cluster = self._require_owned("scale")
             self._forget_dead(client)
             live = [eid for eid in client.ids if eid not in self._removed]
@@ -320,7 +400,7 @@ class ClusterSession:
 
     def restart(self, *, timeout: float = _DEFAULT_START_TIMEOUT) -> StartReport:
         """Replace every engine with a fresh one (clean namespaces), same count."""
-        with self._lock:
+        with self._changing("restarting"), self._lock:
             client, cluster = self._require_owned("restart")
             n = max(self._target, len(client.ids))
             tic = time.perf_counter()
@@ -347,6 +427,9 @@ class ClusterSession:
             if self._client is None:
                 return self.start()
             if not self._idle_stopped or self._cluster is None:
+                return None
+        with self._changing("starting"), self._lock:
+            if not self._idle_stopped or self._cluster is None or self._client is None:
                 return None
             tic = time.perf_counter()
             missing = len(self._idle_stopped)
@@ -705,6 +788,7 @@ class _IdleReaper(threading.Thread):
                     with self._session._lock:
                         if not self._stopping.is_set():
                             self._session._stop_idle(due)
+                    self._session._changed()
                     for eid in due:
                         idle_since.pop(eid, None)
         finally:

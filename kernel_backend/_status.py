@@ -33,6 +33,7 @@ class EngineRow:
     pid: int | None
     state: EngineState
     tasks_done: int
+    current: str | None = None  # a background job's name, "pmap", or None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..widgets import register_formatters
 from . import _delivery
 from ._cluster import ClusterMagics
 from ._parallel import ParallelMagics
@@ -22,6 +23,7 @@ def register(ipython: InteractiveShell) -> None:
     for cls in _MAGIC_CLASSES:
         ipython.register_magics(cls)
     _delivery.install(ipython)
+    register_formatters(ipython)
 
 
 def unregister(ipython: InteractiveShell) -> None:

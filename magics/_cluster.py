@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from ..kernel_backend import LAUNCHERS, default_session
-from ..widgets import ClusterStatusView
+from ..widgets import ClusterStatusView, cluster_panel
 from ._common import non_negative_int, positive_float, positive_int, user_errors
 
 __all__ = ["ClusterMagics"]
@@ -21,7 +22,7 @@ class ClusterMagics(Magics):
     """The ``%cluster`` magic: one cluster per kernel, started or connected."""
 
     @line_magic
-    def cluster(self, line: str) -> ClusterStatusView | None:
+    def cluster(self, line: str) -> Any:
         # The docstring is assembled from the subcommands' own help below.
         command, _, rest = line.strip().partition(" ")
         handler = self._subcommands().get(command or "status")
@@ -33,7 +34,7 @@ class ClusterMagics(Magics):
         with user_errors():
             return handler(rest)
 
-    def _subcommands(self) -> dict[str, Callable[[str], ClusterStatusView | None]]:
+    def _subcommands(self) -> dict[str, Callable[[str], Any]]:
         return {
             "start": self._start,
             "connect": self._connect,
@@ -41,6 +42,7 @@ class ClusterMagics(Magics):
             "scale": self._scale,
             "restart": self._restart,
             "stop": self._stop,
+            "panel": self._panel,
         }
 
     @magic_arguments(name="cluster start")
@@ -140,6 +142,15 @@ class ClusterMagics(Magics):
         parse_argstring(self._stop, rest)
         print(default_session().stop())
 
+    @magic_arguments(name="cluster panel")
+    def _panel(self, rest: str) -> Any:
+        """A live control panel: state, Start / Stop / Scale, engines and their jobs.
+
+        In a terminal (no widgets), the cluster's status instead.
+        """
+        parse_argstring(self._panel, rest)
+        return cluster_panel(default_session())
+
 
 def _cluster_doc() -> str:
     parts = [
@@ -148,7 +159,7 @@ def _cluster_doc() -> str:
         "One cluster per kernel. `%cluster` alone is `%cluster status`.",
     ]
     magics = ClusterMagics
-    for name in ("start", "connect", "status", "scale", "restart", "stop"):
+    for name in ("start", "connect", "status", "scale", "restart", "stop", "panel"):
         method = getattr(magics, f"_{name}")
         parts += ["", getattr(method, "__doc__", "") or ""]
     return "\n".join(parts)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +12,6 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import display
 
 from ..kernel_backend import (
     CellJob,
@@ -23,13 +21,11 @@ from ..kernel_backend import (
     run_everywhere,
 )
 from ..kernel_backend._seeding import validate_seed
-from ..widgets import JobsTable, JobView
+from ..widgets import JobsTable, JobView, jobs_panel, show_job
 from . import _delivery
 from ._common import run_options, user_errors
 
 __all__ = ["ParallelMagics"]
-
-_REFRESH = 0.5  # seconds between live updates of a job's view
 
 
 def _names(text: str) -> list[str]:
@@ -174,20 +170,7 @@ class ParallelMagics(Magics):
         return _Rich(job.bundle) if job.bundle else None
 
     def _show_live(self, job: CellJob) -> None:
-        view = JobView(job)
-        if not _in_kernel():
-            print(job.summary())
-            return
-        handle = display(view, display_id=True)
-        last = [0.0]
-
-        def refresh(job: CellJob) -> None:
-            now = time.monotonic()
-            if job.done() or now - last[0] >= _REFRESH:
-                last[0] = now
-                handle.update(view)
-
-        job.subscribe(refresh)
+        show_job(job)
 
     def _everywhere(
         self, args: argparse.Namespace, source: str, seed: int | None
@@ -252,6 +235,7 @@ class ParallelMagics(Magics):
         ``%jobs cancel NAME``      queued: removed; running: interrupted
         ``%jobs result NAME``      the job's view again: value, output, names
         ``%jobs clear``            forget finished jobs
+        ``%jobs panel``            the table, live, with Cancel per job
         """
         command, *names = line.split() or ["list"]
         commands: dict[str, Callable[[list[str]], Any]] = {
@@ -260,6 +244,7 @@ class ParallelMagics(Magics):
             "cancel": self._jobs_cancel,
             "result": self._jobs_result,
             "clear": self._jobs_clear,
+            "panel": self._jobs_panel,
         }
         handler = commands.get(command)
         if handler is None:
@@ -308,6 +293,11 @@ class ParallelMagics(Magics):
             )
         return JobView(default_jobs().get(names[0]))
 
+    def _jobs_panel(self, names: list[str]) -> Any:
+        if names:
+            raise UsageError("%jobs panel takes no job names: it shows every job")
+        return jobs_panel(default_jobs())
+
     def _jobs_clear(self, names: list[str]) -> None:
         gone = default_jobs().clear()
         print(
@@ -326,10 +316,3 @@ class _Rich:
 
     def __repr__(self) -> str:
         return str(self.bundle.get("text/plain", ""))
-
-
-def _in_kernel() -> bool:
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"

@@ -8,6 +8,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
 
 from ..kernel_backend import (
     MapJob,
@@ -16,7 +17,7 @@ from ..kernel_backend import (
     map_comprehension,
 )
 from ..kernel_backend._analysis import parse_comprehension
-from ..widgets import TextProgress
+from ..widgets import TimelineView, map_observers
 from ._common import run_options, user_errors
 
 __all__ = ["PmapMagics", "split_options"]
@@ -68,7 +69,12 @@ class PmapMagics(Magics):
         help="raise (default): stop and raise; collect: the exception takes the"
         " item's place; skip: leave the item out",
     )
-    @argument("--no-progress", action="store_true", help="no progress line")
+    @argument("--no-progress", action="store_true", help="no progress bar")
+    @argument(
+        "--timeline",
+        action="store_true",
+        help="after the map, draw which engine ran which chunk when",
+    )
     @argument(
         "--async", action="store_true", dest="run_async", help="return a job at once"
     )
@@ -96,6 +102,11 @@ class PmapMagics(Magics):
         args = parse_argstring(self.pmap, option_text)
         if not body:
             raise UsageError("%pmap needs a comprehension, e.g. %pmap f(x) for x in xs")
+        if args.timeline and args.run_async:
+            raise UsageError(
+                "--timeline draws a finished map: with --async, display"
+                " job.timeline() once the job is done"
+            )
         with user_errors():
             comp = parse_comprehension(body)
             options = MapOptions(
@@ -120,8 +131,11 @@ class PmapMagics(Magics):
                 options,
                 block=not args.run_async,
                 local=args.local,
-                observers=[TextProgress()] if show else [],
+                observers=map_observers(show),
             )
         if args.run_async:
             return job
-        return job.result()  # type: ignore[no-any-return]
+        results = job.result()
+        if args.timeline:
+            display(TimelineView(job.timeline()))
+        return results  # type: ignore[no-any-return]

@@ -19,13 +19,16 @@ from .kernel_backend import (
     run_everywhere,
 )
 from .kernel_backend._seeding import validate_seed
-from .widgets import TextProgress
+from .widgets import cluster_panel, map_observers, register_formatters
+from .widgets import jobs_panel as jobs_panel_view
 
 __all__ = [
     "cancel",
     "clear_jobs",
     "connect",
     "jobs",
+    "jobs_panel",
+    "panel",
     "parallel",
     "pmap",
     "restart",
@@ -164,11 +167,34 @@ def pmap(
     session = default_session()
     if not local:
         _announce(session.ensure_engines())
-    observers = [TextProgress()] if _show_progress(progress, block) else []
+    _display_hooks()
+    observers = map_observers(_show_progress(progress, block))
     job = map_function(
         session, func, iterable, options, block=block, local=local, observers=observers
     )
     return job.result() if block else job
+
+
+def panel() -> Any:
+    """The cluster control panel (``%cluster panel``): state, Start / Stop /
+    Scale, launcher, idle timeout and a live table of engines.
+
+    A widget in a notebook; in a terminal, the cluster's status.
+    """
+    return cluster_panel(default_session())
+
+
+def jobs_panel() -> Any:
+    """Every background job, live, with Cancel per job (``%jobs panel``)."""
+    return jobs_panel_view(default_jobs())
+
+
+def _display_hooks() -> None:
+    """In IPython, show jobs and timelines as their views when displayed."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is not None:
+        register_formatters(shell)
 
 
 def _announce(report: StartReport | None) -> None:
@@ -214,6 +240,7 @@ def parallel(
     returns a list of :class:`EngineRun`.
     """
     ns = _user_namespace() if namespace is None else namespace
+    _display_hooks()
     session = default_session()
     _announce(session.ensure_engines())
     if targets is not None:

@@ -1,20 +1,48 @@
-"""Views of paracell's state: rich reprs and (later) ipywidgets.
+"""Views of paracell's state: ipywidgets where a widget front end is there,
+rich reprs and text everywhere else.
 
-Renders what ``paracell.kernel_backend`` reports; never talks to the cluster.
+Views render what ``paracell.kernel_backend`` reports (its events and
+records); the panel's buttons call the backend, never ipyparallel.  The
+ipywidgets views live in modules imported only when widgets are used, so a
+terminal, a script or an engine never imports ipywidgets.
 """
 
 from __future__ import annotations
 
+from ._frontend import use_widgets
 from ._jobs import JobsTable, JobView
-from ._progress import TextProgress, format_progress
+from ._progress import TextProgress, format_progress, progress_facts
 from ._tables import ClusterStatusView, html_table, text_table
+from ._timeline import timeline_html, timeline_text
+from ._views import (
+    TimelineView,
+    cluster_panel,
+    job_view,
+    jobs_panel,
+    map_observers,
+    map_view,
+    register_formatters,
+    show_job,
+)
 
 __all__ = [
     "ClusterStatusView",
     "JobView",
     "JobsTable",
     "TextProgress",
+    "TimelineView",
+    "cluster_panel",
     "format_progress",
     "html_table",
+    "job_view",
+    "jobs_panel",
+    "map_observers",
+    "map_view",
+    "progress_facts",
+    "register_formatters",
+    "show_job",
     "text_table",
+    "timeline_html",
+    "timeline_text",
+    "use_widgets",
 ]

@@ -12,22 +12,16 @@ from typing import TextIO
 
 from ..kernel_backend import MapProgress
 
-__all__ = ["TextProgress", "format_progress"]
+__all__ = ["TextProgress", "format_progress", "progress_facts"]
 
 _BAR = 20
 
 
-def format_progress(event: MapProgress) -> str:
-    """One line: bar, ``done/total``, rate, elapsed, ETA, failures."""
+def progress_facts(event: MapProgress) -> list[str]:
+    """``done/total``, rate, elapsed, ETA and failures, as short phrases."""
     done, total = event.done, event.total
     shown = done + event.partial
-    parts = []
-    if total:
-        filled = int(_BAR * min(1.0, shown / total))
-        parts.append("[" + "#" * filled + "." * (_BAR - filled) + "]")
-        parts.append(f"{done}/{total}")
-    else:
-        parts.append(f"{done} done")
+    parts = [f"{done}/{total}" if total else f"{done} done"]
     parts.append(f"{event.rate:.1f} items/s")
     parts.append(f"{event.elapsed:.1f} s")
     if total and event.state == "running" and 0 < shown < total:
@@ -37,7 +31,17 @@ def format_progress(event: MapProgress) -> str:
         parts.append(f"{event.failed} failed")
     if event.state in ("failed", "cancelled"):
         parts.append(event.state.upper())
-    return "pmap: " + " ".join(parts)
+    return parts
+
+
+def format_progress(event: MapProgress) -> str:
+    """One line: bar, ``done/total``, rate, elapsed, ETA, failures."""
+    bar = []
+    if event.total:
+        shown = event.done + event.partial
+        filled = int(_BAR * min(1.0, shown / event.total))
+        bar.append("[" + "#" * filled + "." * (_BAR - filled) + "]")
+    return "pmap: " + " ".join(bar + progress_facts(event))
 
 
 class TextProgress:

@@ -12,9 +12,15 @@ from typing import Any
 
 from ..kernel_backend import ClusterStatus
 
-__all__ = ["ClusterStatusView", "html_table", "text_table"]
+__all__ = [
+    "ENGINE_COLUMNS",
+    "ClusterStatusView",
+    "engine_rows",
+    "html_table",
+    "text_table",
+]
 
-_ENGINE_COLUMNS = ("id", "host", "pid", "state", "tasks done")
+ENGINE_COLUMNS = ("id", "host", "pid", "state", "tasks done", "current job")
 
 
 def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -42,6 +48,13 @@ def html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def engine_rows(status: ClusterStatus) -> list[tuple[Any, ...]]:
+    """One row per engine, in the order of :data:`ENGINE_COLUMNS`."""
+    return [
+        (e.id, e.host, e.pid, e.state, e.tasks_done, e.current) for e in status.engines
+    ]
+
+
 class ClusterStatusView:
     """Displays a :class:`~paracell.kernel_backend.ClusterStatus`.
 
@@ -53,14 +66,12 @@ class ClusterStatusView:
         self.status = status
 
     def _rows(self) -> list[tuple[Any, ...]]:
-        return [
-            (e.id, e.host, e.pid, e.state, e.tasks_done) for e in self.status.engines
-        ]
+        return engine_rows(self.status)
 
     def __repr__(self) -> str:
         text = self.status.summary()
         if self.status.engines:
-            text += "\n" + text_table(_ENGINE_COLUMNS, self._rows())
+            text += "\n" + text_table(ENGINE_COLUMNS, self._rows())
         return text
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
@@ -69,5 +80,5 @@ class ClusterStatusView:
     def _repr_html_(self) -> str:
         html = f"<p><b>cluster</b> {escape(self.status.summary())}</p>"
         if self.status.engines:
-            html += html_table(_ENGINE_COLUMNS, self._rows())
+            html += html_table(ENGINE_COLUMNS, self._rows())
         return f'<div class="paracell-cluster-status">{html}</div>'

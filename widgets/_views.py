@@ -1,0 +1,185 @@
+"""One door to every view: a widget where a widget front end is there, text
+otherwise.  The magics and the Python API call these and never choose.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..kernel_backend import (
+    CellJob,
+    ClusterSession,
+    JobManager,
+    MapJob,
+    MapProgress,
+    Timeline,
+)
+from ._frontend import use_widgets
+from ._jobs import JobsTable, JobView
+from ._progress import TextProgress
+from ._tables import ClusterStatusView
+from ._timeline import timeline_html, timeline_text
+
+__all__ = [
+    "TimelineView",
+    "cluster_panel",
+    "job_view",
+    "jobs_panel",
+    "map_observers",
+    "map_view",
+    "register_formatters",
+    "show_job",
+]
+
+_REFRESH = 0.25  # seconds between redraws of a text job view
+
+
+class _DisplayedProgress:
+    """Shows a map's progress widget on the first event, then feeds it.
+
+    On the final event the display is replaced once more, so the output saved
+    in the notebook carries the final state in its ``text/plain`` too.
+    """
+
+    def __init__(self) -> None:
+        self.widget: Any = None
+        self._handle: Any = None
+
+    def __call__(self, event: MapProgress) -> None:
+        if self.widget is None:
+            from IPython.display import display
+
+            from ._mapview import MapProgressWidget
+
+            self.widget = MapProgressWidget(event.total)
+            self._handle = display(self.widget, display_id=True)
+        self.widget(event)
+        if event.state in ("done", "failed", "cancelled") and self._handle:
+            self._handle.update(self.widget)
+
+
+def map_observers(show: bool) -> list[Callable[[MapProgress], None]]:
+    """Progress observers for a blocking map: a widget bar, a text line, or none."""
+    if not show:
+        return []
+    if use_widgets():
+        return [_DisplayedProgress()]
+    return [TextProgress()]
+
+
+def map_view(job: MapJob) -> Any:
+    """A live view of ``job`` (with Cancel), or None without widgets."""
+    if not use_widgets():
+        return None
+    from ._mapview import MapProgressWidget
+
+    return MapProgressWidget(job.total, job=job)
+
+
+def job_view(job: CellJob) -> Any:
+    """A live widget of a ``%%parallel`` job, or its rich-repr snapshot."""
+    if use_widgets():
+        from ._jobview import JobWidget
+
+        return JobWidget(job)
+    return JobView(job)
+
+
+def show_job(job: CellJob) -> None:
+    """Display ``job`` live in the notebook; in a terminal, print its state."""
+    from IPython.display import display
+
+    if use_widgets():
+        from ._jobview import JobWidget
+
+        widget = JobWidget(job)
+        handle = display(widget, display_id=True)
+        # once more at the end: the saved output's text/plain is final
+        job.add_done_callback(lambda _: handle.update(widget))
+        return
+    if not _in_kernel():
+        print(job.summary())
+        return
+    view = JobView(job)
+    handle = display(view, display_id=True)
+    last = [0.0]
+
+    def refresh(job: CellJob) -> None:
+        now = time.monotonic()
+        if job.done() or now - last[0] >= _REFRESH:
+            last[0] = now
+            handle.update(view)
+
+    job.subscribe(refresh)
+
+
+def cluster_panel(session: ClusterSession) -> Any:
+    """The cluster control panel, or (text front ends) the cluster's status."""
+    if use_widgets():
+        from ._panel import ClusterPanel
+
+        return ClusterPanel(session)
+    return ClusterStatusView(session.status())
+
+
+def jobs_panel(manager: JobManager) -> Any:
+    """The live jobs panel, or (text front ends) the ``%jobs`` table."""
+    if use_widgets():
+        from ._jobview import JobsPanel
+
+        return JobsPanel(manager)
+    return JobsTable(manager.jobs())
+
+
+class TimelineView:
+    """Displays a :class:`~paracell.kernel_backend.Timeline`: SVG or text."""
+
+    def __init__(self, timeline: Timeline) -> None:
+        self.timeline = timeline
+
+    def _repr_html_(self) -> str:
+        return timeline_html(self.timeline)
+
+    def __repr__(self) -> str:
+        return timeline_text(self.timeline)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
+
+
+def _map_job_bundle(job: MapJob) -> dict[str, Any] | None:
+    widget = map_view(job)
+    if widget is None:
+        return {"text/plain": repr(job)}
+    return widget._repr_mimebundle_()  # type: ignore[no-any-return]
+
+
+def _cell_job_bundle(job: CellJob) -> dict[str, Any]:
+    view = job_view(job)
+    return view._repr_mimebundle_()  # type: ignore[no-any-return]
+
+
+def register_formatters(shell: Any) -> None:
+    """Teach IPython's display how to show paracell's backend objects.
+
+    A displayed ``MapJob`` or ``CellJob`` becomes its live view; a
+    ``Timeline`` its chart.  (``kernel_backend`` knows nothing of display.)
+    """
+    formatter = getattr(shell, "display_formatter", None)
+    if formatter is None:
+        return
+    formatter.mimebundle_formatter.for_type(MapJob, _map_job_bundle)
+    formatter.mimebundle_formatter.for_type(CellJob, _cell_job_bundle)
+    formatter.formatters["text/html"].for_type(Timeline, timeline_html)
+    formatter.formatters["text/plain"].for_type(
+        Timeline, lambda tl, p, cycle: p.text(timeline_text(tl))
+    )
+
+
+def _in_kernel() -> bool:
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
