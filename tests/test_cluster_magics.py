@@ -80,6 +80,8 @@ def test_start_status_scale_stop_through_the_magic(ip, capsys):
         "state",
         "tasks",
         "done",
+        "current",
+        "job",
     ]
 
     ip.run_line_magic("cluster", "scale 3")

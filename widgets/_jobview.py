@@ -109,7 +109,14 @@ class JobWidget(PlainText, w.VBox):  # type: ignore[misc]
                     )
             if job.state == "done" and job.bundle and not self._shown_value:
                 self._shown_value = True
-                self.value.append_display_data(_Bundle(job.bundle))
+                # the engine computed the value's rich forms already
+                self.value.outputs = (
+                    {
+                        "output_type": "display_data",
+                        "data": dict(job.bundle),
+                        "metadata": {},
+                    },
+                )
 
     def _names_html(self) -> str:
         job = self.job
@@ -142,19 +149,6 @@ def _pre(text: str, cls: str) -> str:
         f'<pre class="paracell-{cls}" style="margin:2px 0;color:{color};'
         f'max-height:16em;overflow:auto">{escape(text[-_TAIL:])}</pre>'
     )
-
-
-class _Bundle:
-    """Shows a mime bundle computed on the engine, every rich form kept."""
-
-    def __init__(self, bundle: dict[str, Any]) -> None:
-        self.bundle = bundle
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        return self.bundle
-
-    def __repr__(self) -> str:
-        return str(self.bundle.get("text/plain", ""))
 
 
 class JobsPanel(PlainText, w.VBox):  # type: ignore[misc]
