@@ -87,3 +87,48 @@ def test_tutorial_shows_the_cluster_lifecycle():
         and "paracell-cluster-status" in out.data.get("text/html", "")
     ]
     assert len(html) == 3 and all("<table>" in h for h in html)
+
+
+def test_tutorial_shows_every_view():
+    nb = executed(os.path.join(HERE, "..", "notebooks", "tutorial.ipynb"))
+    widget = "application/vnd.jupyter.widget-view+json"
+
+    def outputs_of(source: str) -> list[dict]:
+        return [
+            out.data
+            for c in nb.cells
+            if c.cell_type == "code" and c.source.strip() == source
+            for out in c.get("outputs", [])
+            if out.output_type in ("execute_result", "display_data")
+        ]
+
+    # a blocking map: a progress widget whose saved text is its final state
+    bars = [
+        out.data
+        for c in nb.cells
+        if c.cell_type == "code" and c.source.startswith("means = %pmap")
+        for out in c.get("outputs", [])
+        if out.output_type == "display_data"
+    ]
+    assert bars and widget in bars[0]
+    assert bars[0]["text/plain"].startswith("pmap: 2000/2000 done in")
+    # the async job, the timeline, the panels
+    (timeline,) = outputs_of("job.timeline()")
+    assert timeline["text/plain"].startswith("timeline: ")
+    assert "<svg" in timeline["text/html"]
+    (jobs,) = outputs_of("%jobs panel")
+    assert widget in jobs and "fit" in jobs["text/plain"]
+    (panel,) = outputs_of("%cluster panel")
+    assert widget in panel
+    assert panel["text/plain"] == (
+        "cluster panel: running: 2 engines (started here; local, 127.0.0.1)"
+    )
+    (job_view,) = [
+        out.data
+        for c in nb.cells
+        if c.cell_type == "code" and c.source.startswith("%%parallel --name fit")
+        for out in c.get("outputs", [])
+        if out.output_type == "display_data"
+    ]
+    assert widget in job_view
+    assert job_view["text/plain"].startswith("job 'fit': done on engine")

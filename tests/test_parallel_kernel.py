@@ -44,7 +44,12 @@ def _plain(msg: dict) -> str:
     return msg["content"].get("data", {}).get("text/plain", "")
 
 
-def test_the_cell_returns_at_once_its_view_goes_live_and_names_arrive(kernel):
+@pytest.mark.parametrize("front_end", ["widgets", "text"])
+def test_the_cell_returns_at_once_its_view_goes_live_and_names_arrive(
+    kernel, front_end
+):
+    if front_end == "text":
+        kernel.run("os.environ['PARACELL_WIDGETS'] = '0'")
     tic = time.monotonic()
     submitted = kernel.run(
         "%%parallel --name fit\nprint('fitting')\ntime.sleep(1.5)\nmodel = {'w': 3}\nscore = 0.9\nscore"
@@ -54,6 +59,8 @@ def test_the_cell_returns_at_once_its_view_goes_live_and_names_arrive(kernel):
     (first_view,) = submitted.displays
     assert first_view["text/plain"].startswith("job 'fit': ")
     assert "will bring back: model, score" in first_view["text/plain"]
+    widget = "application/vnd.jupyter.widget-view+json"
+    assert (widget in first_view) == (front_end == "widgets")
     # the view updates itself while the job runs, then shows the value
     updates = _iopub_until(
         kernel,
@@ -62,9 +69,19 @@ def test_the_cell_returns_at_once_its_view_goes_live_and_names_arrive(kernel):
             and "names now in the notebook: model, score" in _plain(m)
         ),
     )
-    texts = [_plain(m) for m in updates if m["msg_type"] == "update_display_data"]
-    assert any("running on engine" in t for t in texts)
-    final = texts[-1]
+    if front_end == "text":
+        texts = [_plain(m) for m in updates if m["msg_type"] == "update_display_data"]
+        assert any("running on engine" in t for t in texts)
+    else:
+        # the widget's own messages: its header said "running" while it ran
+        states = [
+            str(m["content"].get("data", {}).get("state", {}))
+            for m in updates
+            if m["msg_type"] == "comm_msg"
+        ]
+        assert any('data-state="running"' in s for s in states)
+        assert any("fitting" in s for s in states)
+    final = _plain(updates[-1])
     assert "done on engine" in final and "fitting" in final and "0.9" in final
     # delivered between cells: the next cell needs no wait
     after = kernel.run("print(model['w'] * 2, score)")

@@ -235,7 +235,9 @@ def test_jobs_panel_lists_jobs_live_with_cancel(shared_cluster):
             "import time\ntime.sleep(60)", namespace={}, name="slow"
         )
         names = lambda: [  # noqa: E731
-            c.value for c in panel.grid.children if "paracell-job-name" in c._dom_classes
+            c.value
+            for c in panel.grid.children
+            if "paracell-job-name" in c._dom_classes
         ]
         assert wait_until(lambda: {"quick", "slow"} <= set(names()), 10)
         assert wait_until(first.done, 30)
@@ -308,7 +310,9 @@ def test_cluster_panel_reports_a_failed_start_in_one_line(no_other_cluster):
 
 @pytest.mark.cluster
 def test_status_rows_name_what_engines_run(shared_cluster):
-    job = paracell.parallel("import time\ntime.sleep(60)", namespace={}, name="busy-one")
+    job = paracell.parallel(
+        "import time\ntime.sleep(60)", namespace={}, name="busy-one"
+    )
     try:
         assert wait_until(lambda: job.state == "running", 30)
         rows = shared_cluster.status().engines
@@ -319,9 +323,7 @@ def test_status_rows_name_what_engines_run(shared_cluster):
     assert wait_until(
         lambda: all(r.current is None for r in shared_cluster.status().engines), 5
     )
-    mapping = paracell.pmap(
-        time.sleep, [0.3] * 4, block=False, progress=False
-    )
+    mapping = paracell.pmap(time.sleep, [0.3] * 4, block=False, progress=False)
     assert wait_until(
         lambda: any(r.current == "pmap" for r in shared_cluster.status().engines), 5
     )

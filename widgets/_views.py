@@ -96,8 +96,16 @@ def show_job(job: CellJob) -> None:
 
         widget = JobWidget(job)
         handle = display(widget, display_id=True)
-        # once more at the end: the saved output's text/plain is final
-        job.add_done_callback(lambda _: handle.update(widget))
+        finalized = [False]
+
+        def finalize(job: CellJob) -> None:
+            # once more at the very end (names delivered, or none to come),
+            # so the output saved in the notebook carries the final text
+            if job.done() and not job.pending_names and not finalized[0]:
+                finalized[0] = True
+                handle.update(widget)
+
+        job.subscribe(finalize)
         return
     if not _in_kernel():
         print(job.summary())
