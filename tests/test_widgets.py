@@ -73,7 +73,7 @@ def test_map_bar_follows_events_and_ends_green():
     assert bar.bar.bar_style == "info"
     text = bar.label.value
     assert "30/60" in text and "items/s" in text and "ETA" in text
-    assert "engine 0" in bar.engines.value and "16" in bar.engines.value
+    assert "engine 0" in bar.label.value and "16 items" in bar.label.value
     bar(event("done", done=60, elapsed=3.1, per_engine={0: 31, 1: 29}))
     assert bar.bar.value == 60 and bar.bar.bar_style == "success"
     assert "60/60" in bar.label.value and "ETA" not in bar.label.value
@@ -267,8 +267,10 @@ def test_cluster_panel_buttons_start_scale_stop(no_other_cluster):
         assert panel.words() == "stopped"
         assert not panel.start_button.disabled and panel.stop_button.disabled
         panel.count.value = 1
+        panel.idle.value = 300
         panel.start_button.click()
         assert "starting…" in seen
+        assert session.status().idle_timeout == 300 and panel.idle.disabled
         assert panel.words() == "running"
         assert panel.status is not None and panel.status.live_engines == 1
         assert "started 1 engine" in panel.message.value

@@ -66,8 +66,9 @@ class MapProgressWidget(PlainText, w.VBox):  # type: ignore[misc]
             bar_style="info",
             layout=w.Layout(width="280px"),
         )
+        # counts, rate, times and the per-engine row in one widget: one
+        # message per redraw for all the text
         self.label = w.HTML("")
-        self.engines = w.HTML("")
         self.cancel_button = w.Button(
             description="Cancel",
             button_style="warning",
@@ -80,7 +81,7 @@ class MapProgressWidget(PlainText, w.VBox):  # type: ignore[misc]
             [self.title, self.bar, self.label, self.cancel_button],
             layout=w.Layout(align_items="center"),
         )
-        super().__init__([row, self.engines])
+        super().__init__([row])
         self.add_class("paracell-map")
         self.job = job
         self.event = MapProgress("queued", 0, 0, total, 0.0, {})
@@ -113,8 +114,8 @@ class MapProgressWidget(PlainText, w.VBox):  # type: ignore[misc]
                 '<span class="paracell-progress-text">'
                 + escape(" · ".join(progress_facts(event)))
                 + "</span>"
+                + engines_html(event.per_engine)
             )
-            self.engines.value = engines_html(event.per_engine)
             if final:
                 self.cancel_button.layout.display = "none"
         self.draws += 1

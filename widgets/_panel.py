@@ -157,6 +157,11 @@ class ClusterPanel(PlainText, w.VBox):  # type: ignore[misc]
             self.scale_button.disabled = not (idle and owned)
             self.launcher.disabled = running or not idle
             self.idle.disabled = running or not idle
+            if running and status is not None:
+                # what the running cluster uses, not what was last typed
+                if status.launcher in LAUNCHERS:
+                    self.launcher.value = status.launcher
+                self.idle.value = status.idle_timeout or 0.0
             if running and status is not None and status.engines:
                 self.engines.value = html_table(ENGINE_COLUMNS, engine_rows(status))
             else:
