@@ -163,7 +163,9 @@ class ClusterPanel(PlainText, w.VBox):  # type: ignore[misc]
                     self.launcher.value = status.launcher
                 self.idle.value = status.idle_timeout or 0.0
             if running and status is not None and status.engines:
-                self.engines.value = html_table(ENGINE_COLUMNS, engine_rows(status))
+                self.engines.value = html_table(
+                    ENGINE_COLUMNS, engine_rows(status), padded=True
+                )
             else:
                 self.engines.value = ""
 

@@ -36,12 +36,19 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain HTML table; every cell escaped."""
-    head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
+def html_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], *, padded: bool = False
+) -> str:
+    """A plain HTML table; every cell escaped.
+
+    ``padded`` spaces the columns itself, for places (inside a widget) where
+    the notebook's own table style does not reach.
+    """
+    style = ' style="padding:1px 14px 1px 0;text-align:left"' if padded else ""
+    head = "".join(f"<th{style}>{escape(str(h))}</th>" for h in headers)
     body = "".join(
         "<tr>"
-        + "".join(f"<td>{escape('-' if c is None else str(c))}</td>" for c in r)
+        + "".join(f"<td{style}>{escape('-' if c is None else str(c))}</td>" for c in r)
         + "</tr>"
         for r in rows
     )
