@@ -19,6 +19,7 @@ import itertools
 import symtable
 import threading
 import time
+import types
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -71,6 +72,18 @@ def bound_names(source: str) -> list[str]:
             where = (getattr(node, "lineno", 0), getattr(node, "col_offset", 0))
             first_seen[name] = min(first_seen.get(name, where), where)
     return sorted(first_seen, key=first_seen.__getitem__)
+
+
+def modules_already_here(source: str, namespace: Mapping[str, Any]) -> set[str]:
+    """Names the cell only imports, that are modules in ``namespace`` already."""
+    table = symtable.symtable(source, "<cell>", "exec")
+    return {
+        s.get_name()
+        for s in table.get_symbols()
+        if s.is_imported()
+        and not s.is_assigned()
+        and isinstance(namespace.get(s.get_name()), types.ModuleType)
+    }
 
 
 class JobError(Exception):
@@ -349,7 +362,13 @@ class JobManager:
                     f"--out names {unknown[0]!r}, which the cell does not assign"
                     f" (it assigns: {', '.join(bound) or 'nothing'})"
                 )
-        wanted = list(outputs) if outputs is not None else bound
+        if outputs is not None:
+            wanted = list(outputs)
+        else:
+            # ``import time`` in a job brings nothing new where the notebook
+            # has that module already: no name to wait for, nothing to send
+            here = modules_already_here(source, namespace)
+            wanted = [n for n in bound if n not in here]
         shipment = prepare_shipment(free_names(source, "exec"), namespace)
         session = self._session
         client = session.client

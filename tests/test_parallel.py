@@ -341,3 +341,20 @@ def test_the_python_twin_delivers_into_its_own_namespace(ip, shared_cluster):
     assert "twin_only" not in ip.user_ns
     paracell.wait(job)
     assert ns["twin_only"] == 2
+
+
+def test_modules_the_notebook_has_are_not_waited_for(ip, shared_cluster):
+    ok(ip, "import json")
+    ip.user_ns.pop("csv", None)
+    ok(
+        ip,
+        "%%parallel --name imports\nimport json, csv\nimport time\ntime.sleep(0.5)\n"
+        "out = json.dumps([1])",
+    )
+    job = default_jobs().get("imports")
+    # json is the notebook's already; csv is not: it comes back
+    assert "json" not in job.pending_names
+    assert {"csv", "out"} <= set(job.pending_names)
+    paracell.wait(job)
+    ok(ip, "pass")
+    assert ip.user_ns["out"] == "[1]" and ip.user_ns["csv"].__name__ == "csv"
