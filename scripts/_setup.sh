@@ -1,11 +1,40 @@
 # Shared set-up for scripts/demo and scripts/test (sourced, not run).
-# Creates .venv when missing and installs paracell with what the tests need;
-# re-running it is cheap: pip skips what is already there.
+# Installs Debian's Chromium when missing (the browser tests drive JupyterLab
+# with it), creates .venv when missing and installs paracell with what the
+# tests need; re-running it is cheap: each step skips what is already there.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
+CHROMIUM=/usr/bin/chromium
+
+# The browser tests use the system's Chromium; Playwright never downloads one.
+if [ ! -x "$CHROMIUM" ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        AS_ROOT=()
+    elif command -v sudo >/dev/null 2>&1; then
+        AS_ROOT=(sudo -n)  # never waits for a password: CI runs unattended
+    else
+        echo "paracell: $CHROMIUM is missing; install Debian's chromium package (apt-get install chromium) as root" >&2
+        exit 1
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "paracell: $CHROMIUM is missing and there is no apt-get; install Chromium at $CHROMIUM" >&2
+        exit 1
+    fi
+    echo "paracell: installing Chromium for the browser tests (apt-get install chromium)" >&2
+    # through env: sudo does not pass the caller's environment on
+    {
+        "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+        "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends chromium
+    } >&2 || true
+    if [ ! -x "$CHROMIUM" ]; then
+        echo "paracell: could not install Debian's chromium package (apt-get install chromium); the browser tests need $CHROMIUM" >&2
+        exit 1
+    fi
+fi
 
 if [ ! -x "$PY" ]; then
     echo "paracell: creating $VENV" >&2
@@ -18,6 +47,6 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || ! "$PY" -c "i
     echo "paracell: installing paracell and its test tools into $VENV" >&2
     "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
     "$PY" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-    "$PY" -c "import paracell" || { echo "paracell: installation failed" >&2; exit 1; }
+    "$PY" -c "import paracell, jupyterlab, playwright" || { echo "paracell: installation failed" >&2; exit 1; }
     touch "$STAMP"
 fi

@@ -135,3 +135,75 @@ def no_other_cluster() -> None:
     from paracell.kernel_backend import default_session
 
     default_session().stop()
+
+
+# -- browser tests: a real JupyterLab driven by Chromium (see tests/_lab.py) --
+
+_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test, for fixtures to see failures."""
+    report = yield
+    item.stash.setdefault(_REPORTS, {})[report.when] = report
+    return report
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Any]:
+    """A JupyterLab server shared by the run's browser tests (a ``_lab.Lab``)."""
+    from _lab import Lab
+
+    with Lab() as server:
+        yield server
+
+
+@pytest.fixture
+def chromium() -> Iterator[Any]:
+    """Headless Chromium under Playwright, for one test (a ``_lab.Browser``).
+
+    Not shared across tests: while Playwright's sync API runs, its event loop
+    counts as running in the main thread, and ``asyncio.run`` there fails.
+    """
+    from _lab import Browser
+
+    with Browser() as browser:
+        yield browser
+
+
+@pytest.fixture
+def open_notebook(
+    request: pytest.FixtureRequest, lab: Any, chromium: Any
+) -> Iterator[Any]:
+    """``open_notebook(nb, name="")``: a ``_lab.Notebook`` open in a fresh page,
+    its kernel idle; ``nb`` is an nbformat notebook or an ``.ipynb`` path.
+
+    After the test, a failed test leaves a screenshot and the server's log in
+    test-artifacts/; then the pages close and every kernel is shut down.
+    """
+    from _lab import Notebook
+
+    test = "".join(c if c.isalnum() or c in "-_." else "_" for c in request.node.name)
+    opened: list[Any] = []
+
+    def open_(nb: Any, name: str = "") -> Any:
+        name = lab.add_notebook(nb, name or f"{test}-{len(opened)}.ipynb")
+        notebook = Notebook(lab, chromium.new_page(), name, ARTIFACTS)
+        opened.append(notebook)
+        return notebook.open()
+
+    yield open_
+    call = request.node.stash.get(_REPORTS, {}).get("call")
+    failed = call is not None and call.failed
+    for i, notebook in enumerate(opened):
+        if failed:
+            with contextlib.suppress(Exception):
+                notebook.screenshot(f"{test}-failed-{i}")
+        with contextlib.suppress(Exception):
+            notebook.page.context.close()
+    if failed:
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        with open(os.path.join(ARTIFACTS, f"{test}-failed-server.log"), "w") as log:
+            log.write(lab.log_tail(100_000))
+    lab.shutdown_kernels()
