@@ -14,7 +14,7 @@ import nbformat
 import pytest
 
 from _lab import Notebook
-from conftest import cluster_processes, wait_until
+from conftest import ARTIFACTS, cluster_processes, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.kernel, pytest.mark.cluster]
 
@@ -145,3 +145,38 @@ def test_every_view_in_jupyterlab(open_notebook):
     notebook.click_button(8, "Stop")
     expect_text(panel, "stopped", timeout=60)
     assert wait_until(lambda: not cluster_processes(), 15), cluster_processes()
+
+
+def test_views_in_notebook_7(lab, chromium):
+    """The same widgets in Notebook 7's own page (served by the same server)."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(src)
+        for src in (
+            "%load_ext paracell",
+            "%cluster start -n 2",
+            "r = %pmap x * x for x in range(30)",
+            "%cluster panel",
+        )
+    ]
+    name = lab.add_notebook(nb, "views-notebook7.ipynb")
+    notebook = Notebook(lab, chromium.new_page(), name, ARTIFACTS)
+    notebook.url = f"{lab.url}/notebooks/{name}?token={lab.token}"
+    try:
+        notebook.open()
+        notebook.run_all()
+        bar = notebook.output(2)
+        expect_text(bar, "30/30")
+        assert "success" in bar.locator(".progress-bar").first.get_attribute("class")
+        panel = notebook.output(3)
+        expect_text(panel, "running")
+        notebook.screenshot("widget-notebook7")
+        notebook.click_button(3, "Stop")
+        expect_text(panel, "stopped", timeout=60)
+        assert wait_until(lambda: not cluster_processes(), 15), cluster_processes()
+    except BaseException:
+        notebook.screenshot("widget-notebook7-failed")
+        raise
+    finally:
+        notebook.page.context.close()
+        lab.shutdown_kernels()
