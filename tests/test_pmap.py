@@ -403,3 +403,7 @@ def test_functions_of_modules_only_the_notebook_can_import_still_run(
     import cloudpickle
 
     assert "notebook_helpers" not in cloudpickle.list_registry_pickle_by_value()
+    # the engines are not asked again: what they could not import is known
+    for eid in shared_cluster.engine_ids():
+        assert "notebook_helpers" in shared_cluster.shipper._unimportable[eid]
+    assert paracell.pmap(notebook_helpers.scaled_root, [16], progress=False) == [12.0]
