@@ -358,12 +358,8 @@ class _MapRun:
             if eid in load:
                 load[eid] += 1
                 queued[eid] += len(chunk.items)
-        # until a chunk is measured, one probe per engine: a second one
-        # would be sized blind, and cost a message when items are cheap
-        probing = self.options.chunksize == "auto" and not self.sizer.measured
-        per_engine = 1 if probing else _PER_ENGINE
         while len(self.in_flight) < self.sizer.max_in_flight:
-            free = [eid for eid in usable if load[eid] < per_engine]
+            free = [eid for eid in usable if load[eid] < _PER_ENGINE]
             if not free:
                 return
             chunk = self._next_chunk()
