@@ -89,6 +89,8 @@ class ChunkSizer:
     min_seconds
         The end-of-map cap never shrinks a chunk below this much estimated
         compute, so cheap items are not sent in costly little chunks.
+    probe_seconds
+        Time budget of a time-boxed probe (see Notes).
 
     Notes
     -----
@@ -96,12 +98,26 @@ class ChunkSizer:
     probes: one item per engine, then two per engine, then four, and so on,
     so the first measurements arrive after very little work. Afterwards a
     chunk holds ``target_seconds / seconds_per_item`` items, clamped to
-    ``[1, max_chunksize]`` and to the end-of-map cap above.
+    ``[1, max_chunksize]`` and to the end-of-map cap above.  When what is
+    left holds less than ``min_seconds`` of work per engine, it is split
+    once into one equal chunk per engine (cheap items: a map of 200,000
+    trivial items ends in one chunk per engine, not a big chunk and a
+    remainder that leaves an engine idle).
     ``seconds_per_item`` is a decayed, item-weighted mean: total seconds over
     total items of the recorded chunks, each older chunk's share multiplied
     by 0.9 per newer chunk. Weighting by items keeps a one-item probe from
     outweighing a thousand-item chunk; the decay lets the estimate follow
     items that grow slower or faster as the map goes on.
+
+    A caller that can send many items at no cost (a slice of a ``range``)
+    may ask for a *time-boxed* probe instead: ``next_size(timeboxed=True)``
+    before the first measurement gives an engine's even share of the map,
+    ``ceil(total / engines)`` (at most ``max_chunksize``), and the caller has
+    the engine stop starting items once ``probe_seconds`` have passed, and
+    hands back what it did not run with :meth:`give_back`.  Cheap items are
+    then measured over thousands of them, not one, and a map of trivial
+    items may end with its probes; slow items still stop a probe after one
+    item.
 
     Each :meth:`next_size` call counts its items as handed out; call it once
     per chunk sent.
@@ -117,6 +133,7 @@ class ChunkSizer:
         min_chunks_per_engine: int = 4,
         max_chunksize: int = 100_000,
         min_seconds: float = 0.02,
+        probe_seconds: float = 0.05,
     ) -> None:
         if engines < 1:
             raise ValueError(f"engines must be >= 1, not {engines}")
@@ -128,6 +145,8 @@ class ChunkSizer:
             raise ValueError(
                 f"min_chunks_per_engine must be >= 1, not {min_chunks_per_engine}"
             )
+        if not probe_seconds > 0:
+            raise ValueError(f"probe_seconds must be > 0, not {probe_seconds}")
         if max_chunksize < 1:
             raise ValueError(f"max_chunksize must be >= 1, not {max_chunksize}")
         size = validate_chunksize(chunksize)
@@ -138,22 +157,47 @@ class ChunkSizer:
         self._min_chunks = min_chunks_per_engine * engines
         self._max_chunksize = max_chunksize
         self._min_seconds = min_seconds
+        self.probe_seconds = probe_seconds
         self._handed_out = 0
         self._chunks_handed_out = 0
         self._weighted_seconds = 0.0
         self._weighted_items = 0.0
+        self._tail: int | None = None
 
     @property
     def max_in_flight(self) -> int:
         """Most chunks to have outstanding at once, so inputs are read lazily."""
         return _IN_FLIGHT_PER_ENGINE * self._engines
 
-    def next_size(self) -> int:
-        """Number of items for the next chunk (always >= 1)."""
-        size = self._fixed if self._fixed is not None else self._auto_size()
+    @property
+    def measured(self) -> bool:
+        """Whether a finished chunk has been recorded (probing is over)."""
+        return self._weighted_items > 0
+
+    def next_size(self, *, timeboxed: bool = False) -> int:
+        """Number of items for the next chunk (always >= 1).
+
+        ``timeboxed``: the caller runs the chunk with a time budget of
+        :attr:`probe_seconds` and gives back what was not run; before the
+        first measurement, in ``"auto"`` mode, the probe is then large.
+        """
+        if self._fixed is not None:
+            size = self._fixed
+        elif timeboxed and not self.measured:
+            size = self._max_chunksize
+            if self._total is not None:
+                size = max(1, min(size, math.ceil(self._total / self._engines)))
+        else:
+            size = self._auto_size()
         self._handed_out += size
         self._chunks_handed_out += 1
         return size
+
+    def give_back(self, items: int) -> None:
+        """``items`` handed out were not run (a time-boxed probe's rest)."""
+        if items < 0:
+            raise ValueError(f"items must be >= 0, not {items}")
+        self._handed_out = max(0, self._handed_out - items)
 
     def record(self, items: int, seconds: float) -> None:
         """Learn from a finished chunk.
@@ -192,14 +236,22 @@ class ChunkSizer:
                 cap = math.ceil(remaining / self._min_chunks)
                 if self._weighted_items:
                     # Balancing never makes a chunk so short that sending it
-                    # costs more than it computes (a chunk's round trip is
-                    # about a millisecond): cheap items stay in big chunks.
+                    # costs more than it computes (a chunk costs its engine a
+                    # few ms, and its round trip 5-25 ms on a busy machine):
+                    # cheap items stay in big chunks.
                     per_item = self._weighted_seconds / self._weighted_items
                     floor = (
                         math.ceil(self._min_seconds / per_item)
                         if per_item > 0
                         else self._max_chunksize
                     )
+                    if floor * self._engines >= remaining:
+                        # Too little work left to give every engine that
+                        # much: split what is left evenly, once, rather than
+                        # into one big chunk and a remainder.
+                        if self._tail is None:
+                            self._tail = math.ceil(remaining / self._engines)
+                        floor = self._tail
                     cap = max(cap, floor)
                 size = min(size, cap)
         return size

@@ -9,6 +9,7 @@ remote runs seed, time and report errors identically.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import linecache
 import os
 import signal
@@ -164,11 +165,30 @@ def build_callable(
         source = f"lambda {', '.join(spec.arguments)}: ({spec.element})"
         lines = [source + "\n"]
         linecache.cache[spec.filename] = (len(source), None, lines, spec.filename)
-        ns["__paracell_element__"] = eval(compile(source, spec.filename, "eval"), ns)
+        element = eval(compile(source, spec.filename, "eval"), ns)
+        direct = _direct_call(spec, ns)
+        ns["__paracell_element__"] = element if direct is None else direct
         _NAMESPACES[spec.key] = ns
         while len(_NAMESPACES) > _NAMESPACES_KEPT:
             _NAMESPACES.popitem(last=False)
     return ns["__paracell_element__"]  # type: ignore[no-any-return]
+
+
+def _direct_call(spec: TaskSpec, ns: dict[str, Any]) -> Callable[..., Any] | None:
+    """The function itself when the element only calls it with the item.
+
+    ``lambda a: (f(a))`` is ``f`` for one positional argument.  Only for
+    paracell's own wrapper (``pmap(func, ...)``): its frame is never shown in
+    tracebacks, so calling ``f`` directly saves a call per item and changes
+    nothing else.  A ``%pmap`` element keeps its frame (``<pmap>``).
+    """
+    if spec.filename != WRAPPER_FILENAME or len(spec.arguments) != 1:
+        return None
+    name, _, rest = spec.element.partition("(")
+    if rest != f"{spec.arguments[0]})" or not name.isidentifier():
+        return None
+    func = ns.get(name)
+    return func if callable(func) else None
 
 
 def missing_names(names: Sequence[str]) -> list[str]:
@@ -223,6 +243,8 @@ class ChunkOutcome:
     host: str
     pid: int
     interrupted: bool = False
+    # ran out of its time budget: the items after ``values`` were not run
+    stopped: bool = False
 
 
 class ItemTimeout(Exception):
@@ -235,13 +257,18 @@ def run_chunk(
     items: Sequence[Any],
     star: bool = True,
     base: dict[str, Any] | None = None,
+    budget: float | None = None,
 ) -> ChunkOutcome:
     """Run ``items`` (indices ``first``, ``first + 1``, ...) with the spec's code.
 
-    Values come back in order; a failed item leaves a ``None`` placeholder and
-    an :class:`ItemFailure`.  With ``spec.stop_on_error`` the chunk stops at
-    the first failure.  KeyboardInterrupt stops the chunk and returns what was
-    done (marked ``interrupted``).
+    ``items`` is any sequence: a list, a tuple, or a ``range`` (a slice of a
+    ``range`` input travels as one).  Values come back in order; a failed
+    item leaves a ``None`` placeholder and an :class:`ItemFailure`.  With
+    ``spec.stop_on_error`` the chunk stops at the first failure.
+    KeyboardInterrupt stops the chunk and returns what was done (marked
+    ``interrupted``).  With a ``budget`` (seconds) no item starts after the
+    items have run that long (at least one runs); the outcome is then marked
+    ``stopped`` and the items after its values were not run.
     """
     func = build_callable(spec, base)
     values: list[Any] = []
@@ -252,35 +279,16 @@ def run_chunk(
         # Unseeded: one independent stream per chunk is enough (and cheap);
         # no two chunks, hence no two engines, share a state.
         seed_item(item_seed_sequence(None, first, entropy=spec.entropy))
-    # the items' own time (chunk sizes are derived from it), not set-up's
-    started = time.time()
-    tic = time.perf_counter()
-    position = 0
-    n = len(items)
     token = _set_reporter(_engine_reporter)
+    started = time.time()
     try:
-        with _item_timer(spec.timeout) as arm:
-            while position < n:
-                try:
-                    for position in range(position, n):  # noqa: B020
-                        if per_item_seed:
-                            seed_item(item_seed_sequence(spec.seed, first + position))
-                        item = items[position]
-                        arm(True)
-                        values.append(func(*item) if star else func(item))
-                        arm(False)
-                    position = n
-                except KeyboardInterrupt:
-                    arm(False)
-                    interrupted = True
-                    break
-                except BaseException as err:
-                    arm(False)
-                    failures.append(_failure(first + position, err))
-                    values.append(None)
-                    position += 1
-                    if spec.stop_on_error:
-                        break
+        if per_item_seed or spec.timeout is not None or not _EXTEND_KEEPS_PARTIAL:
+            run = _run_each
+        else:
+            run = _run_all
+        seconds, interrupted, stopped = run(
+            spec, func, first, items, star, values, failures, budget
+        )
     finally:
         _reset_reporter(token)
     host, pid = engine_identity()
@@ -289,11 +297,132 @@ def run_chunk(
         values=values,
         failures=failures,
         started=started,
-        seconds=time.perf_counter() - tic,
+        seconds=seconds,
         host=host,
         pid=pid,
         interrupted=interrupted,
+        stopped=stopped,
     )
+
+
+def _run_all(
+    spec: TaskSpec,
+    func: Callable[..., Any],
+    first: int,
+    items: Sequence[Any],
+    star: bool,
+    values: list[Any],
+    failures: list[ItemFailure],
+    budget: float | None,
+) -> tuple[float, bool, bool]:
+    """The items of a chunk without per-item work around them (no timeout,
+    no per-item seed): ``list.extend`` over ``map`` runs the loop in C.
+
+    ``values`` holds one entry per item tried, so after an exception its
+    length is the failed item's position.  With a budget the items run in
+    batches of 1, 2, 4, ... with the clock read between batches.  Returns
+    the seconds spent in the items themselves (chunk sizes are derived from
+    them), whether the chunk was interrupted, and whether it stopped at its
+    budget.
+    """
+    it = iter(items)
+    mapper = itertools.starmap if star else map
+    seconds = 0.0
+    batch = 1
+    while True:
+        tic = time.perf_counter()
+        try:
+            if budget is None:
+                values.extend(mapper(func, it))
+                return seconds + time.perf_counter() - tic, False, False
+            while True:
+                before = len(values)
+                values.extend(mapper(func, itertools.islice(it, batch)))
+                if len(values) - before < batch:  # all run
+                    return seconds + time.perf_counter() - tic, False, False
+                if seconds + time.perf_counter() - tic >= budget:
+                    stopped = len(values) < len(items)
+                    return seconds + time.perf_counter() - tic, False, stopped
+                batch *= 2
+        except KeyboardInterrupt:
+            return seconds + time.perf_counter() - tic, True, False
+        except BaseException as err:
+            seconds += time.perf_counter() - tic
+            failures.append(_failure(first + len(values), err))
+            values.append(None)
+            if spec.stop_on_error:
+                return seconds, False, False
+
+
+def _run_each(
+    spec: TaskSpec,
+    func: Callable[..., Any],
+    first: int,
+    items: Sequence[Any],
+    star: bool,
+    values: list[Any],
+    failures: list[ItemFailure],
+    budget: float | None,
+) -> tuple[float, bool, bool]:
+    """The items of a chunk one by one: seeded per item, each under the timer."""
+    interrupted = stopped = False
+    per_item_seed = spec.seed is not None
+    # the items' own time (chunk sizes are derived from it), not set-up's
+    tic = time.perf_counter()
+    position = 0
+    n = len(items)
+    with _item_timer(spec.timeout) as arm:
+        while position < n:
+            try:
+                for position in range(position, n):  # noqa: B020
+                    if (
+                        budget is not None
+                        and position
+                        and time.perf_counter() - tic >= budget
+                    ):
+                        stopped = True
+                        break
+                    if per_item_seed:
+                        seed_item(item_seed_sequence(spec.seed, first + position))
+                    item = items[position]
+                    arm(True)
+                    values.append(func(*item) if star else func(item))
+                    arm(False)
+                else:
+                    position = n
+                if stopped:
+                    break
+            except KeyboardInterrupt:
+                arm(False)
+                interrupted = True
+                break
+            except BaseException as err:
+                arm(False)
+                failures.append(_failure(first + position, err))
+                values.append(None)
+                position += 1
+                if spec.stop_on_error:
+                    break
+    return time.perf_counter() - tic, interrupted, stopped
+
+
+def _extend_keeps_partial() -> bool:
+    """Whether ``list.extend`` keeps the items it got before its iterator
+    raised (CPython's does); :func:`_run_all` relies on it to find the
+    failed item."""
+
+    def numbers() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise ValueError
+
+    kept: list[int] = []
+    with contextlib.suppress(ValueError):
+        kept.extend(numbers())
+    return kept == [1, 2]
+
+
+_EXTEND_KEEPS_PARTIAL = _extend_keeps_partial()
 
 
 @contextlib.contextmanager

@@ -17,8 +17,9 @@ import itertools
 import reprlib
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
+from operator import itemgetter
 from typing import Any, Literal
 
 from ._chunking import ChunkSizer
@@ -305,23 +306,43 @@ class MapJob(concurrent.futures.Future):  # type: ignore[type-arg]
         p.text(repr(self))
 
 
-class _Chunk:
-    __slots__ = ("attempts", "first", "items")
+#: Stands for a skipped item (``on_error="skip"``) among a chunk's values.
+_SKIPPED: Any = object()
 
-    def __init__(self, first: int, items: list[Any]) -> None:
+#: Inputs taken chunk by chunk with a slice (in C, and a ``range`` slice
+#: travels as a ``range``) instead of item by item from an iterator.
+_SLICEABLE = (range, list, tuple)
+
+
+def sliceable(iterable: Any) -> bool:
+    """Whether :class:`_MapRun` may take ``iterable``'s chunks as slices."""
+    return type(iterable) in _SLICEABLE
+
+
+class _Chunk:
+    __slots__ = ("attempts", "budget", "first", "items")
+
+    def __init__(
+        self, first: int, items: Sequence[Any], budget: float | None = None
+    ) -> None:
         self.first = first
         self.items = items
+        self.budget = budget  # seconds after which the engine starts no item
         self.attempts = 0
 
 
 class _MapRun:
-    """Schedules one map's chunks on the cluster's engines."""
+    """Schedules one map's chunks on the cluster's engines.
+
+    ``items`` is an iterator, read lazily, or a ``range``, list or tuple
+    (see :func:`sliceable`), whose chunks are slices of it.
+    """
 
     def __init__(
         self,
         session: Any,
         spec: TaskSpec,
-        items: Iterator[Any],
+        items: Iterator[Any] | Sequence[Any],
         options: MapOptions,
         job: MapJob,
         *,
@@ -331,7 +352,8 @@ class _MapRun:
         self.session = session
         self.client = session.client if session is not None else None
         self.spec = spec
-        self.items = items
+        self.source: Sequence[Any] | None = items if sliceable(items) else None
+        self.items: Iterator[Any] = iter(items)
         self.options = options
         self.job = job
         self.star = star
@@ -339,19 +361,24 @@ class _MapRun:
         self.sizer = ChunkSizer(
             engines=max(1, len(engines)), total=job.total, chunksize=options.chunksize
         )
-        self.values: dict[int, Any] = {}
-        self.order: list[int] = []  # completion order, for unordered maps
+        # (first index, values) of every finished chunk, in completion order;
+        # a skipped item's value is _SKIPPED
+        self.parts: list[tuple[int, list[Any]]] = []
+        self.stored = 0
         self.skipped: set[int] = set()
         self.failed = 0
         self.succeeded = 0
         self.per_engine: dict[int, int] = {}
         self.in_flight: dict[Any, tuple[_Chunk, int]] = {}
         self.retry: list[_Chunk] = []
+        # items a time-boxed probe did not run, handed out again first
+        self.pending: list[_Chunk] = []
         self.next_index = 0
         self.exhausted = False
         self.started = time.perf_counter()
         self.last_emit = 0.0
         self.views: dict[int, Any] = {}
+        self.prepickled: tuple[Any, Any] | None = None
 
     # -- the loop --------------------------------------------------------
 
@@ -365,13 +392,13 @@ class _MapRun:
                     raise concurrent.futures.CancelledError()
                 self._fill()
                 if not self.in_flight:
-                    if self.exhausted and not self.retry:
+                    if self.exhausted and not self.retry and not self.pending:
                         break
                     if not self._usable_engines():
                         raise MapFailed(
                             "no engines left to run the map"
                             f" ({self._done_count()} items finished)",
-                            dict(self.values),
+                            self._partial_results(),
                         )
                     time.sleep(_POLL)
                     continue
@@ -386,7 +413,7 @@ class _MapRun:
                     except ItemError as err:
                         # chunks that finished meanwhile count as done too
                         self._harvest()
-                        err.partial = dict(self.values)
+                        err.partial = self._partial_results()
                         raise
                 self._emit("running")
         except BaseException:
@@ -400,10 +427,12 @@ class _MapRun:
 
     def _fill(self) -> None:
         usable = self._usable_engines()
-        load = {eid: 0 for eid in usable}
-        for _, eid in self.in_flight.values():
+        load = {eid: 0 for eid in usable}  # chunks in flight
+        queued = {eid: 0 for eid in usable}  # their items
+        for chunk, eid in self.in_flight.values():
             if eid in load:
                 load[eid] += 1
+                queued[eid] += len(chunk.items)
         while len(self.in_flight) < self.sizer.max_in_flight:
             free = [eid for eid in usable if load[eid] < _PER_ENGINE]
             if not free:
@@ -411,22 +440,49 @@ class _MapRun:
             chunk = self._next_chunk()
             if chunk is None:
                 return
-            eid = min(free, key=lambda e: load[e])
+            # the engine with the fewest items to go: with chunks of very
+            # different sizes (a probe, then the rest split evenly) a count
+            # of chunks would give one engine two big ones
+            eid = min(free, key=lambda e: (queued[e], load[e]))
             self._send(chunk, eid)
             load[eid] += 1
+            queued[eid] += len(chunk.items)
 
     def _next_chunk(self) -> _Chunk | None:
         if self.retry:
             return self.retry.pop(0)
+        if self.pending:
+            head = self.pending[0]
+            size = self.sizer.next_size()
+            chunk = _Chunk(head.first, head.items[:size])
+            if size >= len(head.items):
+                self.pending.pop(0)
+            else:
+                head.first += size
+                head.items = head.items[size:]
+            return chunk
         if self.exhausted:
             return None
-        size = self.sizer.next_size()
-        items = list(itertools.islice(self.items, size))
+        # A range slice costs nothing to send however long: the probe can be
+        # large and time-boxed, so cheap items are measured over thousands.
+        timeboxed = (
+            type(self.source) is range
+            and self.options.chunksize == "auto"
+            and not self.sizer.measured
+        )
+        size = self.sizer.next_size(timeboxed=timeboxed)
+        items: Sequence[Any]
+        if self.source is not None:
+            items = self.source[self.next_index : self.next_index + size]
+        else:
+            items = list(itertools.islice(self.items, size))
         if len(items) < size:
             self.exhausted = True
+            self.sizer.give_back(size - len(items))
         if not items:
             return None
-        chunk = _Chunk(self.next_index, items)
+        budget = self.sizer.probe_seconds if timeboxed and len(items) > 1 else None
+        chunk = _Chunk(self.next_index, items, budget)
         self.next_index += len(items)
         return chunk
 
@@ -435,7 +491,16 @@ class _MapRun:
         if view is None:
             view = self.views[eid] = self.client[eid]
         chunk.attempts += 1
-        ar = view.apply_async(run_chunk, self.spec, chunk.first, chunk.items, self.star)
+        if self.prepickled is None:
+            from ipyparallel.serialize import PrePickled
+
+            # the function and the spec are the same in every chunk: pickle
+            # them once per map, not once per chunk
+            self.prepickled = (PrePickled(run_chunk), PrePickled(self.spec))
+        func, spec = self.prepickled
+        ar = view.apply_async(
+            func, spec, chunk.first, chunk.items, self.star, None, chunk.budget
+        )
         self.in_flight[ar] = (chunk, eid)
 
     def _usable_engines(self) -> list[int]:
@@ -471,10 +536,10 @@ class _MapRun:
             chunk, _ = self.in_flight.pop(ar)
             with contextlib.suppress(Exception):
                 outcome: ChunkOutcome = ar.get(0)
-                failed = {f.index for f in outcome.failures}
-                for offset, value in enumerate(outcome.values):
-                    if chunk.first + offset not in failed:
-                        self.values[chunk.first + offset] = value
+                values = list(outcome.values)
+                for failure in outcome.failures:
+                    values[failure.index - chunk.first] = _SKIPPED
+                self._store(chunk.first, values)
             self._purge(ar)
 
     def _absorb(self, outcome: ChunkOutcome, chunk: _Chunk, eid: int | None) -> None:
@@ -492,41 +557,60 @@ class _MapRun:
             )
         )
         key = -1 if eid is None else eid
+        if outcome.stopped:
+            # a time-boxed probe: what it did not run is handed out again
+            rest = chunk.items[len(outcome.values) :]
+            self.pending.insert(0, _Chunk(chunk.first + len(outcome.values), rest))
+            self.sizer.give_back(len(rest))
         if not outcome.failures:
-            # the common case, at C speed: a map of cheap items spends its
-            # time here otherwise
-            indices = range(chunk.first, chunk.first + len(outcome.values))
-            self.values.update(zip(indices, outcome.values, strict=True))
-            self.order.extend(indices)
-            self.succeeded += len(indices)
-            self.per_engine[key] = self.per_engine.get(key, 0) + len(indices)
+            # the common case: the chunk's list is kept as it came
+            count = len(outcome.values)
+            self._store(chunk.first, outcome.values)
+            self.succeeded += count
+            self.per_engine[key] = self.per_engine.get(key, 0) + count
             return
         failures = {f.index: f for f in outcome.failures}
+        values: list[Any] = []
         for offset, value in enumerate(outcome.values):
             index = chunk.first + offset
             failure = failures.get(index)
             if failure is None:
-                self.values[index] = value
-                self.order.append(index)
+                values.append(value)
                 self.succeeded += 1
                 self.per_engine[key] = self.per_engine.get(key, 0) + 1
                 continue
             self.failed += 1
             if self.options.on_error == "raise":
+                # the items before it in this chunk count as finished
+                self._store(chunk.first, values)
                 item = chunk.items[offset]
                 if self.star and len(item) == 1:
                     item = item[0]
-                raise ItemError(failure, item, eid, dict(self.values))
+                raise ItemError(failure, item, eid, self._partial_results())
             if self.options.on_error == "collect":
                 exc = failure.exception
                 if exc is None:
                     exc = RemoteItemError(failure)
                 with contextlib.suppress(Exception):
                     exc.add_note(failure.traceback)
-                self.values[index] = exc
-                self.order.append(index)
+                values.append(exc)
             else:
+                values.append(_SKIPPED)
                 self.skipped.add(index)
+        self._store(chunk.first, values)
+
+    def _store(self, first: int, values: list[Any]) -> None:
+        self.parts.append((first, values))
+        self.stored += len(values)
+
+    def _partial_results(self) -> dict[int, Any]:
+        """Index -> result of every item finished so far (for MapFailed)."""
+        partial: dict[int, Any] = {}
+        for first, values in self.parts:
+            for index, value in enumerate(values, first):
+                if value is not _SKIPPED:
+                    partial[index] = value
+        return partial
 
     def _chunk_failed(self, chunk: _Chunk, eid: int, err: Exception) -> None:
         import ipyparallel as ipp
@@ -546,7 +630,7 @@ class _MapRun:
             raise MapFailed(
                 f"engine {eid} could not run items {chunk.first}-"
                 f"{chunk.first + len(chunk.items) - 1}: {text}",
-                dict(self.values),
+                self._partial_results(),
             )
         if eid in self.engines:
             self.engines.remove(eid)
@@ -556,19 +640,24 @@ class _MapRun:
                 f"engine {eid} died while running items {chunk.first}-"
                 f"{chunk.first + len(chunk.items) - 1}, and no retries are left"
                 f" (--retries {self.options.retries})",
-                dict(self.values),
+                self._partial_results(),
             )
         self.retry.append(chunk)
 
     def _results(self) -> list[Any]:
-        if not self.options.ordered:
-            return list(map(self.values.__getitem__, self.order))
-        if not self.skipped:
-            return list(map(self.values.__getitem__, range(self.next_index)))
-        return [self.values[i] for i in range(self.next_index) if i not in self.skipped]
+        # ordered: chunks by their first index; else in completion order
+        parts = self.parts
+        if self.options.ordered:
+            parts = sorted(parts, key=itemgetter(0))
+        results: list[Any] = []
+        for _, values in parts:
+            results.extend(values)
+        if self.skipped:
+            results = [value for value in results if value is not _SKIPPED]
+        return results
 
     def _done_count(self) -> int:
-        return len(self.values) + len(self.skipped)
+        return self.stored
 
     def _purge(self, ar: Any) -> None:
         self.session.purge(ar)
@@ -628,7 +717,7 @@ class _LocalRun(_MapRun):
     def __init__(
         self,
         spec: TaskSpec,
-        items: Iterator[Any],
+        items: Iterator[Any] | Sequence[Any],
         options: MapOptions,
         job: MapJob,
         *,

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from ._analysis import Comprehension, element_free_names, iterate_items
 from ._engine import WRAPPER_FILENAME, TaskSpec
 from ._errors import InvalidRequest
-from ._mapjob import MapJob, MapOptions, MapProgress, _LocalRun, _MapRun
+from ._mapjob import MapJob, MapOptions, MapProgress, _LocalRun, _MapRun, sliceable
 from ._seeding import fresh_entropy
 from ._shipping import prepare_shipment
 
@@ -43,7 +43,8 @@ def map_function(
             f"pmap needs a function to call, not {type(func).__name__}"
         )
     total = len(iterable) if hasattr(iterable, "__len__") else None
-    items = iter(iterable)
+    # a range, list or tuple is cut into chunks by slicing
+    items = iterable if sliceable(iterable) else iter(iterable)
     element = f"{_FUNC}({_ITEM})"
     if local:
         namespace = {"__builtins__": __builtins__, _FUNC: func}
@@ -87,7 +88,7 @@ def map_comprehension(
 
     The iterables and ``if`` clauses run here, in ``namespace``, lazily.
     """
-    items, total = _comprehension_items(comp, namespace)
+    items, total, star = _comprehension_items(comp, namespace)
     names = comp.target_names
     free = element_free_names(comp)
     if local:
@@ -104,7 +105,7 @@ def map_comprehension(
             local_ns,
             block,
             observers,
-            star=True,
+            star=star,
         )
     shipment = prepare_shipment(free, namespace)
     return _start_remote(
@@ -117,7 +118,7 @@ def map_comprehension(
         options,
         block,
         observers,
-        star=True,
+        star=star,
     )
 
 
@@ -129,12 +130,15 @@ def _builtin_names() -> set[str]:
 
 def _comprehension_items(
     comp: Comprehension, namespace: Mapping[str, Any]
-) -> tuple[Iterator[tuple[Any, ...]], int | None]:
-    """Items as tuples of the target names' values, and their count if known.
+) -> tuple[Iterator[tuple[Any, ...]] | Sequence[Any], int | None, bool]:
+    """Items, their count if known, and whether each is a tuple of arguments.
 
-    The first iterable is evaluated here and now, as Python evaluates a
-    comprehension's first iterable; that also tells the total when there is a
-    single ``for`` and no ``if``.
+    Items are tuples of the target names' values (``star``), except for
+    ``for x in seq`` alone over a range, list or tuple: then the items are
+    ``seq``'s own, cut into chunks by slicing.  The first iterable is
+    evaluated here and now, as Python evaluates a comprehension's first
+    iterable; that also tells the total when there is a single ``for`` and
+    no ``if``.
     """
     first = comp.generators[0]
     try:
@@ -144,6 +148,8 @@ def _comprehension_items(
     total = None
     if len(comp.generators) == 1 and not first.ifs and hasattr(iterable, "__len__"):
         total = len(iterable)
+        if first.target_names == (first.target,) and sliceable(iterable):
+            return iterable, total, False
     rewritten = replace(
         comp, generators=(replace(first, iter=_FIRST_ITER), *comp.generators[1:])
     )
@@ -154,7 +160,7 @@ def _comprehension_items(
         items = ((d[only],) for d in iterate_items(rewritten, ns))
     else:
         items = (tuple(d[n] for n in names) for d in iterate_items(rewritten, ns))
-    return items, total
+    return items, total, True
 
 
 def _spec(
@@ -185,7 +191,7 @@ def _start_remote(
     element: str,
     arguments: tuple[str, ...],
     shipment: Any,
-    items: Iterator[Any],
+    items: Iterator[Any] | Sequence[Any],
     total: int | None,
     options: MapOptions,
     block: bool,
@@ -230,7 +236,7 @@ def _start_remote(
 def _start_local(
     element: str,
     arguments: tuple[str, ...],
-    items: Iterator[Any],
+    items: Iterator[Any] | Sequence[Any],
     total: int | None,
     options: MapOptions,
     namespace: dict[str, Any],

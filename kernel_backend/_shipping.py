@@ -160,6 +160,8 @@ class NameShipper:
         self._purge = purge  # drops a finished task from the client's caches
         self._held: dict[int, dict[str, str]] = {}
         self._importable: set[str] = set()
+        # engine -> modules it could not import
+        self._unimportable: dict[int, set[str]] = {}
         self.bytes_sent = 0
         self.objects_sent = 0
 
@@ -253,17 +255,28 @@ class NameShipper:
         A function from a module only the notebook can import (a folder added
         to ``sys.path`` here, say) is shipped by value instead; a module the
         engines lack is an error naming it.  Modules once found importable
-        are not asked about again.
+        are not asked about again, nor, for engines that already could not
+        import them, modules only used by ``from`` imports (what they give
+        goes by value, which works either way): a map of a function from
+        such a module pays no extra round trip.  A module imported by name
+        is asked about again, so it works once installed.
         """
         wanted = set(shipment.modules.values())
         wanted.update(module for module, _ in shipment.from_imports.values())
         unknown = sorted(wanted - self._importable)
         if not unknown:
             return shipment
-        failed = set().union(
-            *client[list(engine_ids)].apply_sync(unimportable, unknown)
-        )
-        self._importable.update(m for m in unknown if m not in failed)
+        known = set(unknown) - set(shipment.modules.values())
+        for eid in engine_ids:
+            known &= self._unimportable.get(eid, set())
+        ask = [m for m in unknown if m not in known]
+        failed = set(known)
+        if ask:
+            per_engine = client[list(engine_ids)].apply_sync(unimportable, ask)
+            for eid, lacking in zip(engine_ids, per_engine, strict=True):
+                self._unimportable.setdefault(eid, set()).update(lacking)
+            failed.update(*per_engine)
+            self._importable.update(m for m in ask if m not in failed)
         if not failed:
             return shipment
         for name, module in shipment.modules.items():
@@ -300,6 +313,7 @@ class NameShipper:
         """Engines that are gone hold nothing any more."""
         for eid in engine_ids:
             self._held.pop(eid, None)
+            self._unimportable.pop(eid, None)
 
 
 def _resolve(module: str, attr: str) -> Any:

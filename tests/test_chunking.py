@@ -242,3 +242,51 @@ def test_validate_chunksize_message_names_the_bad_value() -> None:
     assert str(caught.value) == (
         "--chunksize must be 'auto' or a whole number >= 1, not '0'"
     )
+
+
+def test_a_time_boxed_probe_is_an_engines_even_share() -> None:
+    sizer = ChunkSizer(engines=2, total=200_000)
+
+    assert sizer.next_size(timeboxed=True) == 100_000
+    assert sizer.next_size(timeboxed=True) == 100_000
+    # capped by max_chunksize, and without a total it is max_chunksize
+    assert ChunkSizer(engines=2, total=10**9).next_size(timeboxed=True) == 100_000
+    assert ChunkSizer(engines=2, total=None).next_size(timeboxed=True) == 100_000
+    assert ChunkSizer(engines=4, total=3).next_size(timeboxed=True) == 1
+    # a fixed chunksize is a fixed chunksize
+    fixed = ChunkSizer(engines=2, total=1_000, chunksize=7)
+    assert fixed.next_size(timeboxed=True) == 7
+
+
+def test_a_probe_is_time_boxed_only_until_a_chunk_is_measured() -> None:
+    sizer = ChunkSizer(engines=2, total=1_000)
+    assert not sizer.measured
+    sizer.record(10, 0.1)  # 10 ms per item
+
+    assert sizer.measured
+    assert sizer.next_size(timeboxed=True) == sizer.next_size()
+
+
+def test_items_given_back_count_as_remaining() -> None:
+    # slow items: a probe ran 3 of its 500 and gave back the rest
+    sizer = ChunkSizer(engines=2, total=1_000)
+    assert sizer.next_size(timeboxed=True) == 500
+    assert sizer.next_size(timeboxed=True) == 500
+    sizer.record(3, 0.06)  # 20 ms per item
+    sizer.give_back(497)
+    sizer.give_back(497)
+
+    # 994 items left: the end-of-map cap is ceil(994 / 8), not ceil(0 / 8)
+    assert sizer.next_size() == 10  # 0.2 s / 20 ms, under the cap of 125
+    with pytest.raises(ValueError):
+        sizer.give_back(-1)
+
+
+def test_cheap_items_left_over_are_split_evenly_once() -> None:
+    sizer = ChunkSizer(engines=2, total=200_000)
+    sizer.next_size(timeboxed=True)  # 100_000
+    sizer.record(100_000, 0.01)  # 0.1 us per item
+
+    # 100,000 items left is far less than 20 ms of work per engine: one
+    # chunk for each engine, not 100,000 for one and nothing for the other
+    assert sizes(sizer, 2) == [50_000, 50_000]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import os
 import signal
 import threading
@@ -403,3 +404,100 @@ def test_functions_of_modules_only_the_notebook_can_import_still_run(
     import cloudpickle
 
     assert "notebook_helpers" not in cloudpickle.list_registry_pickle_by_value()
+    # the engines are not asked again: what they could not import is known
+    for eid in shared_cluster.engine_ids():
+        assert "notebook_helpers" in shared_cluster.shipper._unimportable[eid]
+    assert paracell.pmap(notebook_helpers.scaled_root, [16], progress=False) == [12.0]
+
+
+def test_trivial_items_of_a_range_travel_in_a_few_chunks(ip, shared_cluster):
+    define(ip, "def double(x):\n    return x * 2")
+    job = paracell.pmap(
+        ip.user_ns["double"], range(200_000), progress=False, block=False
+    )
+    assert job.result() == [x * 2 for x in range(200_000)]
+    # one time-boxed probe per engine holds its half; on a busy machine a
+    # probe may stop early and what it did not run goes out again
+    assert len(job.timeline) <= 8
+    spans = sorted((c.first, c.count) for c in job.timeline)
+    assert sum(count for _, count in spans) == 200_000
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(spans))
+    # the %pmap form over a range: the same path, items not wrapped in tuples
+    assert pmap(ip, "--no-progress x * 2 for x in range(100_000)") == [
+        x * 2 for x in range(100_000)
+    ]
+
+
+def test_a_time_boxed_probe_of_slow_items_stops_and_loses_nothing(ip, shared_cluster):
+    define(
+        ip,
+        "import time, random\n"
+        "def slow(i):\n"
+        "    time.sleep(0.005)\n"
+        "    return (i, random.random())",
+    )
+    job = paracell.pmap(
+        ip.user_ns["slow"], range(200), seed=3, progress=False, block=False
+    )
+    results = job.result()
+    # the probes stopped after ~50 ms of items; the rest went out again
+    first_chunks = {}
+    for chunk in sorted(job.timeline, key=lambda c: c.started):
+        first_chunks.setdefault(chunk.engine, chunk)
+    assert all(c.count < 100 for c in first_chunks.values())
+    assert [i for i, _ in results] == list(range(200))
+    # seeded by index alone: the same as any other chunking, and as here
+    reference = paracell.pmap(
+        ip.user_ns["slow"], list(range(200)), seed=3, progress=False, chunksize=7
+    )
+    assert results == reference
+    assert results == paracell.pmap(
+        ip.user_ns["slow"], range(200), seed=3, progress=False, local=True
+    )
+
+
+def test_a_chunk_runs_items_in_order_and_names_the_failed_one():
+    from paracell.kernel_backend._engine import TaskSpec, run_chunk
+
+    base = {"__builtins__": __builtins__}
+    spec = TaskSpec(key="unit-ok", element="x * 2", arguments=("x",))
+    out = run_chunk(spec, 10, range(5), False, dict(base))
+    assert out.values == [0, 2, 4, 6, 8]
+    assert not out.failures and not out.stopped and not out.interrupted
+    # tuples of arguments, as %pmap sends with several targets
+    spec = TaskSpec(key="unit-star", element="a + b", arguments=("a", "b"))
+    assert run_chunk(spec, 0, [(1, 2), (3, 4)], True, dict(base)).values == [3, 7]
+    # with and without stopping at the first failure
+    for stop, count in ((False, 6), (True, 4)):
+        spec = TaskSpec(
+            key=f"unit-fail-{stop}",
+            element="1 // (x - 3)",
+            arguments=("x",),
+            stop_on_error=stop,
+        )
+        out = run_chunk(spec, 100, range(6), False, dict(base))
+        assert len(out.values) == count
+        assert out.values[3] is None
+        assert [f.index for f in out.failures] == [103]
+        assert out.failures[0].type_name == "ZeroDivisionError"
+        assert out.values[:3] == [1 // (x - 3) for x in range(3)]
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_a_chunk_with_a_budget_stops_starting_items(timeout):
+    from paracell.kernel_backend._engine import TaskSpec, run_chunk
+
+    spec = TaskSpec(
+        key=f"unit-budget-{timeout}",
+        element="time.sleep(0.01) or x",
+        arguments=("x",),
+        timeout=timeout,
+    )
+    ns = {"__builtins__": __builtins__, "time": time}
+    out = run_chunk(spec, 0, range(50), False, ns, budget=0.05)
+    assert out.stopped
+    assert 1 <= len(out.values) < 50
+    assert out.values == list(range(len(out.values)))
+    # a budget the items fit in changes nothing
+    out = run_chunk(spec, 0, range(3), False, ns, budget=5.0)
+    assert out.values == [0, 1, 2] and not out.stopped
