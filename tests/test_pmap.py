@@ -418,8 +418,8 @@ def test_trivial_items_of_a_range_travel_in_a_few_chunks(ip, shared_cluster):
     assert job.result() == [x * 2 for x in range(200_000)]
     # one time-boxed probe per engine holds its half; on a busy machine a
     # probe may stop early and what it did not run goes out again
-    assert len(job.timeline) <= 8
-    spans = sorted((c.first, c.count) for c in job.timeline)
+    assert len(job.chunks) <= 8
+    spans = sorted((c.first, c.count) for c in job.chunks)
     assert sum(count for _, count in spans) == 200_000
     assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(spans))
     # the %pmap form over a range: the same path, items not wrapped in tuples
@@ -442,7 +442,7 @@ def test_a_time_boxed_probe_of_slow_items_stops_and_loses_nothing(ip, shared_clu
     results = job.result()
     # the probes stopped after ~50 ms of items; the rest went out again
     first_chunks = {}
-    for chunk in sorted(job.timeline, key=lambda c: c.started):
+    for chunk in sorted(job.chunks, key=lambda c: c.started):
         first_chunks.setdefault(chunk.engine, chunk)
     assert all(c.count < 100 for c in first_chunks.values())
     assert [i for i, _ in results] == list(range(200))
