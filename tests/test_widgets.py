@@ -7,6 +7,7 @@ the panel's and the job views' buttons the way a click does.
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -54,6 +55,19 @@ def test_the_choice_can_be_forced(monkeypatch):
     assert use_widgets() is True
     monkeypatch.setenv("PARACELL_WIDGETS", "0")
     assert use_widgets() is False
+
+
+def test_without_ipywidgets_views_are_text_and_say_so_once(monkeypatch):
+    from paracell.kernel_backend import ParacellWarning
+    from paracell.widgets import _frontend
+
+    monkeypatch.setenv("PARACELL_WIDGETS", "1")
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import fails
+    monkeypatch.setattr(_frontend, "_warned", False)
+    with pytest.warns(ParacellWarning, match="pip install ipywidgets"):
+        assert use_widgets() is False
+    assert use_widgets() is False  # no second warning (it would be an error)
+    assert type(map_observers(True)[0]).__name__ == "TextProgress"
 
 
 def test_panel_in_a_terminal_is_the_status(monkeypatch):
