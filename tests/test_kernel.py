@@ -100,6 +100,17 @@ def test_interrupting_a_blocking_pmap_stops_the_work_and_frees_the_cluster(
     assert reply["content"]["status"] == "error"
     assert reply["content"]["ename"] == "KeyboardInterrupt"
     assert waited < 10  # a bound against hanging; the benchmark measures it
+    # the progress widget ended red, and its saved text says so
+    final = None
+    while final is None:
+        msg = kernel.client.get_iopub_msg(timeout=10)
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "update_display_data"
+        ):
+            final = msg["content"]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in final
+    assert " cancelled in " in final["text/plain"]
     # the engines are idle again, and the next map runs straight away
     status = kernel.run("%cluster status").displays[0]["text/plain"]
     assert "busy" not in status
