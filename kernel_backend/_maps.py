@@ -228,8 +228,8 @@ def _start_remote(
     job = MapJob(total)
     for observer in observers:
         job.subscribe(observer)
-    job.add_done_callback(session.mapping(engines))
     run = _MapRun(session, spec, items, options, job, star=star, engines=engines)
+    job.add_done_callback(session.mapping(engines))
     return _launch(job, run.run, block, session)
 
 

@@ -95,8 +95,11 @@ class ClusterSession:
         self._stop_callbacks: list[Callable[[], None]] = []
         self._reserved: dict[int, str] = {}  # engine -> background job's name
         self._mapping: dict[int, int] = {}  # engine -> maps using it
-        self._phase: str | None = None
+        self._phases: list[str] = []  # changes under way, oldest first
         self._observers: list[Callable[[], None]] = []
+        # guards the bookkeeping above that threads touch without the
+        # session lock (never held while waiting on anything)
+        self._books = threading.Lock()
 
     # -- queries -----------------------------------------------------------
 
@@ -141,16 +144,22 @@ class ClusterSession:
     def mapping(self, engines: Iterable[int]) -> Callable[[], None]:
         """Note that a map runs on ``engines``; call the result when it ends."""
         engines = list(engines)
-        for eid in engines:
-            self._mapping[eid] = self._mapping.get(eid, 0) + 1
+        with self._books:
+            for eid in engines:
+                self._mapping[eid] = self._mapping.get(eid, 0) + 1
+        ended = [False]
 
         def done(*_: Any) -> None:
-            for eid in engines:
-                left = self._mapping.get(eid, 0) - 1
-                if left > 0:
-                    self._mapping[eid] = left
-                else:
-                    self._mapping.pop(eid, None)
+            with self._books:
+                if ended[0]:
+                    return
+                ended[0] = True
+                for eid in engines:
+                    left = self._mapping.get(eid, 0) - 1
+                    if left > 0:
+                        self._mapping[eid] = left
+                    else:
+                        self._mapping.pop(eid, None)
 
         return done
 
@@ -166,7 +175,8 @@ class ClusterSession:
     def phase(self) -> str | None:
         """A change under way: ``starting``, ``stopping``, ``scaling``,
         ``restarting``, ``connecting``, or None."""
-        return self._phase
+        phases = self._phases
+        return phases[0] if phases else None
 
     def subscribe(self, observer: Callable[[], None]) -> Callable[[], None]:
         """Call ``observer()`` when the cluster starts, stops or changes size,
@@ -187,17 +197,31 @@ class ClusterSession:
 
     @contextlib.contextmanager
     def _changing(self, phase: str) -> Iterator[None]:
-        """Announce ``phase`` while a change runs (outermost change only)."""
-        outer = self._phase is None
-        if outer:
-            self._phase = phase
+        """Announce ``phase`` while a change runs; the phase ends when every
+        change under way (in any thread) has ended."""
+        with self._books:
+            self._phases.append(phase)
+            first = len(self._phases) == 1
+        if first:
             self._changed()
         try:
             yield
         finally:
-            if outer:
-                self._phase = None
+            with self._books:
+                self._phases.remove(phase)
+                last = not self._phases
+            if last:
                 self._changed()
+
+    def try_status(self) -> ClusterStatus | None:
+        """:meth:`status`, or None at once when a change holds the session
+        (for views that refresh on a timer and must never wait)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self.status()
+        finally:
+            self._lock.release()
 
     def engine_pids(self) -> dict[int, int]:
         """Engine id -> pid for every engine whose pid is known."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..widgets import register_formatters
+from ..widgets import register_formatters, unregister_formatters
 from . import _delivery
 from ._cluster import ClusterMagics
 from ._parallel import ParallelMagics
@@ -29,6 +29,7 @@ def register(ipython: InteractiveShell) -> None:
 def unregister(ipython: InteractiveShell) -> None:
     """Remove paracell's magics from ``ipython`` (for ``%unload_ext``)."""
     _delivery.uninstall()
+    unregister_formatters(ipython)
     manager = ipython.magics_manager
     for cls in _MAGIC_CLASSES:
         for kind, names in cls.magics.items():

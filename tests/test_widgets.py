@@ -347,3 +347,24 @@ def test_status_rows_name_what_engines_run(shared_cluster):
     assert wait_until(
         lambda: all(r.current is None for r in shared_cluster.status().engines), 5
     )
+
+
+def test_one_view_per_async_job_however_often_displayed(monkeypatch):
+    from paracell.widgets import map_view
+
+    monkeypatch.setenv("PARACELL_WIDGETS", "1")
+    job = MapJob(5)
+    assert map_view(job) is map_view(job)
+    assert len(job._observers) == 1
+
+
+def test_panels_of_a_session_share_one_refresher():
+    session = ClusterSession()
+    first = ClusterPanel(session, loop=None)
+    second = ClusterPanel(session, loop=None)
+    assert len(session._observers) == 1  # one listener, however many panels
+    assert first.words() == second.words() == "stopped"
+    first.close()
+    assert len(session._observers) == 1
+    second.close()
+    assert session._observers == []

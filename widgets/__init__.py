@@ -23,6 +23,7 @@ from ._views import (
     map_view,
     register_formatters,
     show_job,
+    unregister_formatters,
 )
 
 __all__ = [
@@ -44,5 +45,6 @@ __all__ = [
     "text_table",
     "timeline_html",
     "timeline_text",
+    "unregister_formatters",
     "use_widgets",
 ]

@@ -172,27 +172,37 @@ class JobsPanel(PlainText, w.VBox):  # type: ignore[misc]
         self._drawn = 0.0
         super().__init__([self.title, self.grid])
         self.add_class("paracell-jobs-panel")
+        self._ticking = False
         self._unsubscribe = manager.subscribe(self._on_change)
         self._draw()
-        TICKER.add(self, JobsPanel._tick)
+        self._tick_while_active()
+
+    def _tick_while_active(self) -> None:
+        # elapsed times tick only while a job runs: an idle panel costs nothing
+        if not self._ticking and self._active():
+            self._ticking = True
+            TICKER.add(self, JobsPanel._tick)
 
     def _on_change(self) -> None:
         now = time.monotonic()
         if now - self._drawn >= _MIN_INTERVAL or not self._active():
             self._draw()
+        self._tick_while_active()
 
     def _active(self) -> bool:
         return any(not job.done() for job in self.manager.jobs())
 
     def _tick(self) -> bool:
-        if self._active():
-            self._draw()
-        return True  # the panel lives as long as it is referenced
+        self._draw()
+        self._ticking = self._active()
+        return self._ticking
 
     def _draw(self) -> None:
+        # the manager's lock before (never inside) the panel's: the manager
+        # calls observers while holding its lock
+        jobs = self.manager.jobs()
         with self._lock:
             self._drawn = time.monotonic()
-            jobs = self.manager.jobs()
             running = sum(1 for j in jobs if j.state == "running")
             queued = sum(1 for j in jobs if j.state == "queued")
             summary = (

@@ -88,8 +88,10 @@ class MapProgressWidget(PlainText, w.VBox):  # type: ignore[misc]
         self._drawn = 0.0
         self.draws = 0
         if job is not None:
-            self(job.progress, force=True)
+            # subscribe first: an event between the two lines is not lost
             job.subscribe(self)
+            self(job.progress, force=True)
+            job.add_done_callback(self._ended)
 
     def __call__(self, event: MapProgress, force: bool = False) -> None:
         self.event = event
@@ -120,20 +122,29 @@ class MapProgressWidget(PlainText, w.VBox):  # type: ignore[misc]
                 self.cancel_button.layout.display = "none"
         self.draws += 1
 
+    def _ended(self, job: MapJob) -> None:
+        # also when the map ended without a final event (it never started)
+        self.cancel_button.layout.display = "none"
+        if job.cancelled() and self.event.state not in ("failed", "cancelled"):
+            self(
+                MapProgress(
+                    "cancelled",
+                    self.event.done,
+                    self.event.failed,
+                    job.total,
+                    self.event.elapsed,
+                    self.event.per_engine,
+                ),
+                force=True,
+            )
+
     def _cancel(self, _: Any = None) -> None:
         job = self.job
         if job is None or job.done():
             return
         self.cancel_button.disabled = True
         self.cancel_button.description = "Cancelling…"
-        job.cancel()
-        # the map's thread sends the final "cancelled" event; a job cancelled
-        # before it started sends none, so draw it here too
-        if job.progress.state == "queued":
-            self(
-                MapProgress("cancelled", 0, 0, job.total, 0.0, {}),
-                force=True,
-            )
+        job.cancel()  # the map's thread sends the final "cancelled" event
 
     def __repr__(self) -> str:
         return self.event.summary()

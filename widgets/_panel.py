@@ -9,6 +9,10 @@ when magics or code change the cluster.  It redraws
   engines stopped), and
 * every ``period`` seconds on the kernel's event loop, i.e. while the kernel
   is idle (a kernel busy in a cell runs no callbacks, and clicks wait too).
+
+However many panels are displayed, one refresher per session asks the
+cluster once per period and redraws them all; a timer's refresh never waits
+for a change under way (``ClusterSession.try_status``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import asyncio
 import contextlib
 import time
 from html import escape
-from typing import Any
+from typing import Any, ClassVar
 
 import ipywidgets as w
 
@@ -88,8 +92,6 @@ class ClusterPanel(PlainText, w.VBox):  # type: ignore[misc]
         self.status: ClusterStatus | None = None
         self._busy = False  # a click's action is running
         self._closed = False
-        self._loop = loop if loop is not None else kernel_loop()
-        self._timer: asyncio.TimerHandle | None = None
         controls = w.HBox(
             [
                 self.start_button,
@@ -103,11 +105,12 @@ class ClusterPanel(PlainText, w.VBox):  # type: ignore[misc]
         )
         super().__init__([self.state, controls, self.engines, self.message])
         self.add_class("paracell-panel")
-        self._unsubscribe = session.subscribe(self._on_change)
-        self.refresh()
+        self._refresher = _Refresher.of(
+            session, loop if loop is not None else kernel_loop(), period
+        )
+        self._refresher.add(self)
         if self.status is not None and self.status.state == "running":
             self.count.value = max(self.status.live_engines, self.status.target_engines)
-        self._schedule()
 
     # -- drawing -----------------------------------------------------------
 
@@ -121,15 +124,16 @@ class ClusterPanel(PlainText, w.VBox):  # type: ignore[misc]
         return "running"
 
     def refresh(self) -> None:
-        """Read the session and redraw (main thread: it may ask the cluster)."""
+        """Read the session and redraw every panel of it (main thread: it
+        may ask the cluster)."""
+        self._refresher.refresh(wait=True)
+
+    def show(self, status: ClusterStatus | None) -> None:
+        """Redraw with ``status`` (None: keep the last one, redraw the phase)."""
         if self._closed:
             return
-        phase = self.session.phase
-        if phase is None:
-            try:
-                self.status = self.session.status()
-            except Exception as err:  # a controller in trouble: say so
-                self.message.value = _message(f"status failed: {err}", error=True)
+        if status is not None:
+            self.status = status
         self._draw()
 
     def _draw(self) -> None:
@@ -169,37 +173,10 @@ class ClusterPanel(PlainText, w.VBox):  # type: ignore[misc]
             else:
                 self.engines.value = ""
 
-    # -- live updates --------------------------------------------------------
-
-    def _on_change(self) -> None:
-        if on_main_thread():
-            self.refresh()
-        elif self._loop is not None and not self._loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self.refresh)
-        else:
-            self._draw()  # at least the phase, without asking the cluster
-
-    def _schedule(self) -> None:
-        loop = self._loop
-        if loop is None or self._closed or loop.is_closed():
-            return
-        self._timer = loop.call_later(self.period, self._tick)
-
-    def _tick(self) -> None:
-        if self._closed:
-            return
-        with contextlib.suppress(Exception):
-            if not self._busy:
-                self.refresh()
-        self._schedule()
-
     def close(self) -> None:
         """Stop refreshing and remove the panel."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-        self._unsubscribe()
+        self._refresher.remove(self)
         super().close()
 
     # -- the buttons ---------------------------------------------------------
@@ -255,6 +232,96 @@ class ClusterPanel(PlainText, w.VBox):  # type: ignore[misc]
         if self.session.phase is None and status is not None:
             text = f"cluster panel: {status.summary()}"
         return text
+
+
+class _Refresher:
+    """Redraws every panel of one session: on its change events, and every
+    ``period`` seconds on the kernel's loop while any panel is open."""
+
+    _all: ClassVar[dict[tuple[int, int], _Refresher]] = {}
+
+    @classmethod
+    def of(
+        cls,
+        session: ClusterSession,
+        loop: asyncio.AbstractEventLoop | None,
+        period: float,
+    ) -> _Refresher:
+        key = (id(session), id(loop))
+        found = cls._all.get(key)
+        if found is None or found.session is not session:
+            found = cls._all[key] = cls(session, loop, period)
+        return found
+
+    def __init__(
+        self,
+        session: ClusterSession,
+        loop: asyncio.AbstractEventLoop | None,
+        period: float,
+    ) -> None:
+        self.session = session
+        self.loop = loop
+        self.period = period
+        self.panels: list[ClusterPanel] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._unsubscribe: Any = None
+
+    def add(self, panel: ClusterPanel) -> None:
+        self.panels.append(panel)
+        if self._unsubscribe is None:
+            self._unsubscribe = self.session.subscribe(self._on_change)
+        self.refresh(wait=True)
+        self._schedule()
+
+    def remove(self, panel: ClusterPanel) -> None:
+        with contextlib.suppress(ValueError):
+            self.panels.remove(panel)
+        if not self.panels:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._unsubscribe is not None:
+                self._unsubscribe()
+                self._unsubscribe = None
+
+    def refresh(self, *, wait: bool) -> None:
+        """Ask the cluster once, redraw every panel.  ``wait=False`` (timers,
+        other threads' events) skips the question while a change runs."""
+        status = None
+        if self.session.phase is None:
+            try:
+                status = self.session.status() if wait else self.session.try_status()
+            except Exception as err:  # a controller in trouble: say so
+                for panel in self.panels:
+                    panel.message.value = _message(f"status failed: {err}", error=True)
+        for panel in list(self.panels):
+            panel.show(status)
+
+    def _on_change(self) -> None:
+        if on_main_thread():
+            self.refresh(wait=True)
+        elif self.loop is not None and not self.loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self.refresh, wait=False)
+        else:
+            for panel in list(self.panels):
+                panel.show(None)  # at least the phase, without asking
+
+    def _schedule(self) -> None:
+        loop = self.loop
+        if loop is None or loop.is_closed() or self._timer is not None:
+            return
+        if self.panels:
+            self._timer = loop.call_later(self.period, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if not self.panels:
+            return
+        with contextlib.suppress(Exception):
+            if not any(panel._busy for panel in self.panels):
+                self.refresh(wait=False)
+        self._schedule()
 
 
 def _message(text: str, *, error: bool = False) -> str:

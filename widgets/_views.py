@@ -4,7 +4,9 @@ otherwise.  The magics and the Python API call these and never choose.
 
 from __future__ import annotations
 
+import contextlib
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +33,7 @@ __all__ = [
     "map_view",
     "register_formatters",
     "show_job",
+    "unregister_formatters",
 ]
 
 _REFRESH = 0.25  # seconds between redraws of a text job view
@@ -69,13 +72,22 @@ def map_observers(show: bool) -> list[Callable[[MapProgress], None]]:
     return [TextProgress()]
 
 
+_MAP_VIEWS: weakref.WeakKeyDictionary[MapJob, Any] = weakref.WeakKeyDictionary()
+
+
 def map_view(job: MapJob) -> Any:
-    """A live view of ``job`` (with Cancel), or None without widgets."""
+    """The live view of ``job`` (with Cancel), or None without widgets.
+
+    One view per job, however often the job is displayed.
+    """
     if not use_widgets():
         return None
-    from ._mapview import MapProgressWidget
+    view = _MAP_VIEWS.get(job)
+    if view is None:
+        from ._mapview import MapProgressWidget
 
-    return MapProgressWidget(job.total, job=job)
+        view = _MAP_VIEWS[job] = MapProgressWidget(job.total, job=job)
+    return view
 
 
 def job_view(job: CellJob) -> Any:
@@ -106,6 +118,7 @@ def show_job(job: CellJob) -> None:
                 handle.update(widget)
 
         job.subscribe(finalize)
+        finalize(job)  # it may have ended before the line above
         return
     if not _in_kernel():
         print(job.summary())
@@ -184,6 +197,21 @@ def register_formatters(shell: Any) -> None:
     formatter.formatters["text/plain"].for_type(
         Timeline, lambda tl, p, cycle: p.text(timeline_text(tl))
     )
+
+
+def unregister_formatters(shell: Any) -> None:
+    """Undo :func:`register_formatters` (``%unload_ext paracell``)."""
+    formatter = getattr(shell, "display_formatter", None)
+    if formatter is None:
+        return
+    for kind, cls in (
+        (formatter.mimebundle_formatter, MapJob),
+        (formatter.mimebundle_formatter, CellJob),
+        (formatter.formatters["text/html"], Timeline),
+        (formatter.formatters["text/plain"], Timeline),
+    ):
+        with contextlib.suppress(KeyError):
+            kind.pop(cls)
 
 
 def _in_kernel() -> bool:
