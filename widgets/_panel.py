@@ -249,7 +249,7 @@ class _Refresher:
     ) -> _Refresher:
         key = (id(session), id(loop))
         found = cls._all.get(key)
-        if found is None or found.session is not session:
+        if found is None or found.session is not session or found.loop is not loop:
             found = cls._all[key] = cls(session, loop, period)
         return found
 
