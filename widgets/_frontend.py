@@ -2,8 +2,9 @@
 
 Decided the way ``tqdm.autonotebook`` decides: by looking at what is already
 imported, never by importing a front end to find out.  Widgets need a kernel
-(``IPKernelApp``) and ``ipywidgets``; a terminal, a script or a plain IPython
-shell get text.  ``PARACELL_WIDGETS=0`` (or ``1``) overrides the choice.
+(IPython's ``ZMQInteractiveShell``) and ``ipywidgets``; a terminal, a script
+or a plain IPython shell get text.  ``PARACELL_WIDGETS=0`` (or ``1``)
+overrides the choice.
 """
 
 from __future__ import annotations
@@ -19,22 +20,30 @@ from typing import Any
 
 from ..kernel_backend import ParacellWarning
 
-__all__ = ["PlainText", "Ticker", "kernel_loop", "on_main_thread", "use_widgets"]
+__all__ = [
+    "PlainText",
+    "Ticker",
+    "in_kernel",
+    "kernel_loop",
+    "on_main_thread",
+    "use_widgets",
+]
 
 _warned = False
 
 
-def _in_kernel() -> bool:
+def in_kernel() -> bool:
+    """Whether this runs in a Jupyter kernel (asked of IPython, never imported).
+
+    Judged by the shell's class, not by ``"IPKernelApp" in shell.config``:
+    traitlets creates config sections on mere attribute access, so that test
+    turns true in a plain shell once anything has looked for the section.
+    """
     ipython = sys.modules.get("IPython")
-    if ipython is None:
-        return False
-    shell = ipython.get_ipython()
-    if shell is None:
-        return False
-    try:
-        return "IPKernelApp" in shell.config
-    except Exception:
-        return False
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and any(
+        cls.__name__ == "ZMQInteractiveShell" for cls in type(shell).__mro__
+    )
 
 
 def use_widgets() -> bool:
@@ -43,7 +52,7 @@ def use_widgets() -> bool:
     forced = os.environ.get("PARACELL_WIDGETS", "").strip().lower()
     if forced in ("0", "false", "no", "off", "text"):
         return False
-    if forced not in ("1", "true", "yes", "on", "widgets") and not _in_kernel():
+    if forced not in ("1", "true", "yes", "on", "widgets") and not in_kernel():
         return False
     try:
         import ipywidgets  # noqa: F401

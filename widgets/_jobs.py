@@ -25,6 +25,31 @@ _COLORS = {
 _TAIL = 4000  # characters of streamed output kept in a view
 
 
+def badge_html(state: str) -> str:
+    """A job's state as a coloured badge."""
+    color = _COLORS.get(state, "#6c757d")
+    return (
+        f'<span class="paracell-badge" data-state="{escape(state)}"'
+        f' style="background:{color};color:white;border-radius:4px;'
+        f'padding:0 6px">{escape(state)}</span>'
+    )
+
+
+def names_line(job: CellJob) -> str | None:
+    """The names a job will bring back, or has brought back, in words."""
+    if job.pending_names and job.state in ("queued", "running"):
+        return "will bring back: " + ", ".join(job.pending_names)
+    if job.delivery is not None and job.delivery.pulled:
+        return "names now in the notebook: " + ", ".join(job.delivery.pulled)
+    return None
+
+
+def delivery_notes(job: CellJob) -> list[str]:
+    """What delivery has to say: names kept as the user left them, or lost."""
+    delivery = job.delivery
+    return delivery.notes(job.name) if delivery is not None else []
+
+
 class JobView:
     """A job's state, engine, elapsed time, streamed output and final value."""
 
@@ -35,17 +60,12 @@ class JobView:
         bundle = self.job.bundle or {}
         return bundle if self.job.state == "done" else {}
 
-    def _notes(self) -> list[str]:
-        delivery = self.job.delivery
-        return delivery.notes(self.job.name) if delivery is not None else []
-
     def text(self) -> str:
         job = self.job
         lines = [job.summary()]
-        if job.state == "done" and job.delivery is not None and job.delivery.pulled:
-            lines.append("names now in the notebook: " + ", ".join(job.delivery.pulled))
-        elif job.pending_names and job.state in ("queued", "running"):
-            lines.append("will bring back: " + ", ".join(job.pending_names))
+        names = names_line(job)
+        if names:
+            lines.append(names)
         for stream in (job.stdout, job.stderr):
             if stream:
                 lines.append(stream[-_TAIL:].rstrip("\n"))
@@ -55,32 +75,20 @@ class JobView:
         remote = getattr(job.error, "remote_traceback", "")
         if job.state == "failed" and remote:
             lines.append(remote.rstrip("\n"))
-        lines += self._notes()
+        lines += delivery_notes(job)
         return "\n".join(lines)
 
     def html(self) -> str:
         job = self.job
-        color = _COLORS.get(job.state, "#6c757d")
         engine = "" if job.engine is None else f" · engine {job.engine}"
         parts = [
             f'<div class="paracell-job" data-state="{job.state}">',
-            f"<b>{escape(job.name)}</b> "
-            f'<span style="background:{color};color:white;border-radius:4px;'
-            f'padding:0 6px">{job.state}</span>'
+            f"<b>{escape(job.name)}</b> {badge_html(job.state)}"
             f"{escape(engine)} · {job.elapsed:.1f} s",
         ]
-        if job.pending_names and job.state in ("queued", "running"):
-            parts.append(
-                "<div>will bring back: "
-                + escape(", ".join(job.pending_names))
-                + "</div>"
-            )
-        if job.delivery is not None and job.delivery.pulled:
-            parts.append(
-                "<div>names now in the notebook: "
-                + escape(", ".join(job.delivery.pulled))
-                + "</div>"
-            )
+        names = names_line(job)
+        if names:
+            parts.append(f"<div>{escape(names)}</div>")
         for stream, cls in ((job.stdout, "stdout"), (job.stderr, "stderr")):
             if stream:
                 parts.append(
@@ -99,7 +107,7 @@ class JobView:
                 f'<pre class="paracell-error">{escape(str(job.error))}\n'
                 f"{escape(remote)}</pre>"
             )
-        parts += [f"<div>{escape(note)}</div>" for note in self._notes()]
+        parts += [f"<div>{escape(note)}</div>" for note in delivery_notes(job)]
         parts.append("</div>")
         return "".join(parts)
 

@@ -16,20 +16,11 @@ import ipywidgets as w
 
 from ..kernel_backend import CellJob, JobManager
 from ._frontend import TICKER, PlainText
-from ._jobs import _COLORS, _TAIL, JobView
+from ._jobs import _TAIL, JobView, badge_html, delivery_notes, names_line
 
 __all__ = ["JobWidget", "JobsPanel"]
 
 _MIN_INTERVAL = 0.1
-
-
-def _badge(state: str) -> str:
-    color = _COLORS.get(state, "#6c757d")
-    return (
-        f'<span class="paracell-badge" data-state="{escape(state)}"'
-        f' style="background:{color};color:white;border-radius:4px;'
-        f'padding:0 6px">{escape(state)}</span>'
-    )
 
 
 class JobWidget(PlainText, w.VBox):  # type: ignore[misc]
@@ -93,7 +84,7 @@ class JobWidget(PlainText, w.VBox):  # type: ignore[misc]
             engine = "" if job.engine is None else f" · engine {job.engine}"
             with self.hold_sync():
                 self.header.value = (
-                    f"<b>{escape(job.name)}</b> {_badge(job.state)}"
+                    f"<b>{escape(job.name)}</b> {badge_html(job.state)}"
                     f'<span class="paracell-job-facts">{escape(engine)}'
                     f" · {job.elapsed:.1f} s</span>"
                 )
@@ -119,14 +110,8 @@ class JobWidget(PlainText, w.VBox):  # type: ignore[misc]
                 )
 
     def _names_html(self) -> str:
-        job = self.job
-        if job.pending_names and job.state in ("queued", "running"):
-            return "<div>will bring back: " + escape(", ".join(job.pending_names))
-        lines = []
-        if job.delivery is not None and job.delivery.pulled:
-            lines.append("names now in the notebook: " + ", ".join(job.delivery.pulled))
-        if job.delivery is not None:
-            lines += job.delivery.notes(job.name)
+        names = names_line(self.job)
+        lines = ([names] if names else []) + delivery_notes(self.job)
         return "".join(f"<div>{escape(line)}</div>" for line in lines)
 
     def _cancel(self, _: Any = None) -> None:
@@ -253,7 +238,7 @@ class JobsPanel(PlainText, w.VBox):  # type: ignore[misc]
     def _fill_row(self, job: CellJob, row: list[w.Widget]) -> None:
         values = (
             escape(job.name),
-            _badge(job.state),
+            badge_html(job.state),
             "-" if job.engine is None else str(job.engine),
             f"{job.elapsed:.1f} s",
             escape(", ".join(job.outputs) if job.pull else "(nothing)"),

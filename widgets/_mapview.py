@@ -8,6 +8,7 @@ events; its ``text/plain`` is the map's state in words.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from html import escape
 from typing import Any
 
@@ -126,17 +127,7 @@ class MapProgressWidget(PlainText, w.VBox):  # type: ignore[misc]
         # also when the map ended without a final event (it never started)
         self.cancel_button.layout.display = "none"
         if job.cancelled() and self.event.state not in ("failed", "cancelled"):
-            self(
-                MapProgress(
-                    "cancelled",
-                    self.event.done,
-                    self.event.failed,
-                    job.total,
-                    self.event.elapsed,
-                    self.event.per_engine,
-                ),
-                force=True,
-            )
+            self(replace(self.event, state="cancelled"), force=True)
 
     def _cancel(self, _: Any = None) -> None:
         job = self.job

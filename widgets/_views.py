@@ -18,7 +18,7 @@ from ..kernel_backend import (
     MapProgress,
     Timeline,
 )
-from ._frontend import use_widgets
+from ._frontend import in_kernel, use_widgets
 from ._jobs import JobsTable, JobView
 from ._progress import TextProgress
 from ._tables import ClusterStatusView
@@ -120,7 +120,7 @@ def show_job(job: CellJob) -> None:
         job.subscribe(finalize)
         finalize(job)  # it may have ended before the line above
         return
-    if not _in_kernel():
+    if not in_kernel():
         print(job.summary())
         return
     view = JobView(job)
@@ -212,10 +212,3 @@ def unregister_formatters(shell: Any) -> None:
     ):
         with contextlib.suppress(KeyError):
             kind.pop(cls)
-
-
-def _in_kernel() -> bool:
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
