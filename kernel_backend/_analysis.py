@@ -31,8 +31,7 @@ from dataclasses import dataclass
 from types import CellType, CodeType, FunctionType, ModuleType
 from typing import Any
 
-import cloudpickle
-
+from . import _pickling
 from ._errors import InvalidRequest
 
 __all__ = [
@@ -728,7 +727,7 @@ def check_shippable(plan: ShippingPlan) -> dict[str, bytes]:
     for name, obj in plan.by_value.items():
         payload = strip_globals(obj) if isinstance(obj, FunctionType) else obj
         try:
-            pickled[name] = cloudpickle.dumps(payload)
+            pickled[name] = _pickling.dumps(payload)
         except Exception as error:  # pickling fails in many exception types
             fix = (
                 "move what it uses that cannot be pickled inside it"

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _pickling
 from ._analysis import rebind_globals
 from ._seeding import item_seed_sequence, seed_item
 
@@ -45,7 +46,11 @@ _OWN_FILES = {os.path.abspath(__file__), WRAPPER_FILENAME}
 
 
 def engine_identity() -> tuple[str, int]:
-    """Return ``(hostname, pid)`` of the engine this runs on."""
+    """Return ``(hostname, pid)`` of the engine this runs on.
+
+    The first task every engine gets: it also sets up how results travel.
+    """
+    _pickling.install()
     return socket.gethostname(), os.getpid()
 
 
@@ -65,6 +70,7 @@ def install_names(
     evict: Sequence[str] = (),
     sources: dict[str, list[str]] | None = None,
     *arrays: Any,
+    paths: Sequence[str] = (),
 ) -> int:
     """Store shipped objects by digest; forget superseded versions.
 
@@ -74,10 +80,14 @@ def install_names(
     ``"array"`` the index of a numpy array among ``arrays`` — top-level
     arguments, so they travel as zero-copy buffers.  ``sources`` are notebook
     cells' lines, so tracebacks through notebook functions show their code.
+    ``paths`` is the notebook's ``sys.path``: folders of it that exist here
+    and are not on this engine's path are appended, so what the notebook
+    imports from them (and pickles by reference) imports here too.
     Returns the number of stored objects.
     """
     import cloudpickle
 
+    _pickling.install()
     for digest in evict:
         _STORE.pop(digest, None)
         _REBIND.discard(digest)
@@ -88,6 +98,9 @@ def install_names(
         _STORE[digest] = cloudpickle.loads(payload)
         if kind == "function":
             _REBIND.add(digest)
+    for path in paths:
+        if path not in sys.path and os.path.isdir(path):
+            sys.path.append(path)
     for filename, lines in (sources or {}).items():
         linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
     _NAMESPACES.clear()
@@ -270,6 +283,7 @@ def run_chunk(
     items have run that long (at least one runs); the outcome is then marked
     ``stopped`` and the items after its values were not run.
     """
+    _pickling.install()
     func = build_callable(spec, base)
     values: list[Any] = []
     failures: list[ItemFailure] = []
@@ -450,11 +464,9 @@ def _item_timer(timeout: float | None) -> Iterator[Callable[[bool], None]]:
 
 
 def _failure(index: int, err: BaseException) -> ItemFailure:
-    import cloudpickle
-
     exception: BaseException | None = err
     try:
-        cloudpickle.dumps(err)
+        _pickling.dumps(err)
     except Exception:
         exception = None
     err.__traceback__ = _user_frames(err.__traceback__)
@@ -563,8 +575,7 @@ def run_cell(
     """
     import ast
 
-    import cloudpickle
-
+    _pickling.install()
     ns = build_namespace(spec, _engine_user_ns() if persistent else None)
     lines = source.splitlines(keepends=True)
     linecache.cache[filename] = (len(source), None, lines, filename)
@@ -597,13 +608,13 @@ def run_cell(
             if name not in ns:
                 continue
             try:
-                values[name] = cloudpickle.dumps(ns[name])
+                values[name] = _pickling.dumps(ns[name])
             except Exception as err:
                 unpicklable[name] = f"{type(err).__name__}: {err}"
     value = bundle = None
     if result is not None:
         with contextlib.suppress(Exception):
-            value = cloudpickle.dumps(result)
+            value = _pickling.dumps(result)
         bundle = _mime_bundle(result)
     host, pid = engine_identity()
     return CellOutcome(

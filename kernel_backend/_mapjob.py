@@ -47,6 +47,8 @@ _PER_ENGINE = 2
 _POLL = 0.05
 _PROGRESS_PERIOD = 0.1
 _CANCEL_GRACE = 1.5
+#: With chunks out and none back for this long, ask whether the controller lives.
+_CONTROLLER_CHECK = 2.0
 
 
 @dataclass(frozen=True)
@@ -379,6 +381,8 @@ class _MapRun:
         self.last_emit = 0.0
         self.views: dict[int, Any] = {}
         self.prepickled: tuple[Any, Any] | None = None
+        self.epoch = session.epoch if session is not None else 0
+        self.last_answer = time.monotonic()  # when a chunk last came back
 
     # -- the loop --------------------------------------------------------
 
@@ -390,6 +394,7 @@ class _MapRun:
                 if self.job.cancelled():
                     self._cancel_outstanding()
                     raise concurrent.futures.CancelledError()
+                self._check_cluster()
                 self._fill()
                 if not self.in_flight:
                     if self.exhausted and not self.retry and not self.pending:
@@ -407,6 +412,8 @@ class _MapRun:
                     timeout=_POLL,
                     return_when=concurrent.futures.FIRST_COMPLETED,
                 )
+                if finished:
+                    self.last_answer = time.monotonic()
                 for ar in finished:
                     try:
                         self._collect(ar)
@@ -424,6 +431,26 @@ class _MapRun:
             self.job._running = False
         self._emit("done", force=True)
         return self._results()
+
+    def _check_cluster(self) -> None:
+        """Fail the map, keeping its finished results, if its cluster is gone:
+        stopped (the session moved on) or a controller that stopped answering.
+        Without this a map whose replies can never come would wait forever."""
+        why = None
+        if self.session.epoch != self.epoch:
+            why = "the cluster was stopped while the map ran"
+        elif (
+            self.in_flight
+            and time.monotonic() - self.last_answer > _CONTROLLER_CHECK
+            and not self.session.controller_responds()
+        ):
+            why = "the cluster's controller stopped answering"
+        if why is not None:
+            self.in_flight.clear()
+            raise MapFailed(
+                f"{why} ({self.stored} items finished, kept in .partial)",
+                self._partial_results(),
+            )
 
     def _fill(self) -> None:
         usable = self._usable_engines()

@@ -26,8 +26,10 @@ import ipyparallel as ipp
 import psutil
 from traitlets.config import Config
 
+from . import _pickling
 from ._engine import engine_identity
 from ._errors import ClusterStartError, InvalidRequest, NoCluster
+from ._limits import check_engine_count
 from ._shipping import NameShipper
 from ._status import ClusterStatus, EngineRow, Ownership, StartReport, StopReport
 
@@ -100,6 +102,10 @@ class ClusterSession:
         # guards the bookkeeping above that threads touch without the
         # session lock (never held while waiting on anything)
         self._books = threading.Lock()
+        # bumped whenever the cluster goes away: work started on an older
+        # epoch knows its cluster is gone
+        self._epoch = 0
+        self._controller_seen: tuple[float, bool] = (0.0, True)
 
     # -- queries -----------------------------------------------------------
 
@@ -119,6 +125,29 @@ class ClusterSession:
     def ownership(self) -> Ownership | None:
         """``"started"`` if paracell started the cluster, ``"connected"`` if not."""
         return self._ownership
+
+    @property
+    def epoch(self) -> int:
+        """Changes every time the cluster stops or is lost (for running work)."""
+        return self._epoch
+
+    def controller_responds(self, *, max_age: float = 2.0) -> bool:
+        """Whether the controller is alive and answering (asked at most every
+        ``max_age`` seconds; a local controller is looked up in the process
+        table, others are sent a query that may wait up to 2 s)."""
+        client, cluster = self._client, self._cluster
+        if client is None:
+            return False
+        checked, ok = self._controller_seen
+        if time.monotonic() - checked < max_age:
+            return ok
+        pid = getattr(cluster.controller, "pid", None) if cluster else None
+        if isinstance(pid, int) and self._launcher == "local":
+            ok = _pid_alive(pid)
+        else:
+            ok = _queue_status(client, None, timeout=2.0) is not None
+        self._controller_seen = (time.monotonic(), ok)
+        return ok
 
     def engine_ids(self) -> list[int]:
         """Ids of the engines available for work (not being removed)."""
@@ -239,11 +268,13 @@ class ClusterSession:
             if client is None:
                 return ClusterStatus(state="stopped")
             ids = client.ids
-            self._probe(ids, wait=0.5)
-            try:
-                queues = client.queue_status(targets=ids) if ids else {}
-            except Exception:  # a controller in trouble still gets a status
-                queues = {}
+            answering = self.controller_responds(max_age=0.0)
+            queues: dict[Any, Any] | None = {}
+            if answering and ids:
+                self._probe(ids, wait=0.5)
+                queues = _queue_status(client, ids, timeout=2.0)
+                answering = queues is not None
+            queues = queues or {}
             rows = []
             for eid in sorted(set(ids) | set(self._records)):
                 if eid in self._removed:
@@ -278,6 +309,7 @@ class ClusterSession:
                 idle_timeout=self._idle_timeout,
                 idle_stopped=len(self._idle_stopped),
                 engines=tuple(rows),
+                controller_answers=answering,
             )
 
     # -- lifecycle ---------------------------------------------------------
@@ -290,16 +322,20 @@ class ClusterSession:
         profile: str | None = None,
         idle_timeout: float | None = None,
         timeout: float = _DEFAULT_START_TIMEOUT,
+        force: bool = False,
     ) -> StartReport:
         """Start a controller and ``n`` engines (default: the CPU count).
 
         Returns once every engine is registered and usable.  A local cluster
         listens on 127.0.0.1 only.  ``idle_timeout`` stops engines that sat
         idle that many seconds; :meth:`ensure_engines` brings them back.
+        More engines than the launcher can place are refused before anything
+        starts, unless ``force``.
         """
         n = (os.cpu_count() or 1) if n is None else n
         _check_count(n, "number of engines", minimum=1)
         launcher = _check_launcher(launcher)
+        check_engine_count(n, launcher, force=force)
         if idle_timeout is not None and not idle_timeout > 0:
             raise InvalidRequest(
                 "--idle-timeout must be a positive number of seconds,"
@@ -402,15 +438,19 @@ class ClusterSession:
             assert ownership == "started"
             return StopReport("stopped", engines, time.perf_counter() - tic)
 
-    def scale(self, n: int, *, timeout: float = _DEFAULT_START_TIMEOUT) -> int:
+    def scale(
+        self, n: int, *, timeout: float = _DEFAULT_START_TIMEOUT, force: bool = False
+    ) -> int:
         """Add or remove engines until there are ``n``; returns the change.
 
         New engines come from the same launcher.  Engines are removed idle
-        ones first, newest first; the others are not disturbed.
+        ones first, newest first; the others are not disturbed.  More engines
+        than the launcher can place are refused, unless ``force``.
         """
         _check_count(n, "engine count", minimum=0)
         with self._changing("scaling"), self._lock:
             client, cluster = self._require_owned("scale")
+            check_engine_count(n, self._launcher or "local", force=force)
             self._forget_dead(client)
             live = [eid for eid in client.ids if eid not in self._removed]
             change = n - len(live)
@@ -607,7 +647,7 @@ class ClusterSession:
         self._wait_for_engines(cluster, client, before, live + count, timeout)
 
     def _pick_removals(self, client: ipp.Client, count: int) -> list[int]:
-        queues = client.queue_status()
+        queues = _queue_status(client, None, timeout=5.0) or {}
 
         def busy(eid: int) -> int:
             q = queues.get(eid, {})
@@ -700,6 +740,9 @@ class ClusterSession:
         launcher: str | None,
         target: int,
     ) -> None:
+        # task arguments and results pickled by value where needed (notebook
+        # classes), with code that keeps its file name (tracebacks)
+        _pickling.install()
         self._client, self._cluster, self._ownership = client, cluster, ownership
         self._launcher = launcher
         self._target = target
@@ -722,6 +765,8 @@ class ClusterSession:
             )
 
     def _forget(self) -> None:
+        self._epoch += 1
+        self._controller_seen = (0.0, True)
         self.shipper = NameShipper(self.purge)
         self._reserved.clear()
         self._stale.clear()
@@ -795,9 +840,8 @@ class _IdleReaper(threading.Thread):
                 if self._session._in_use:
                     idle_since.clear()
                     continue
-                try:
-                    queues = client.queue_status()
-                except Exception:
+                queues = _queue_status(client, None, timeout=2.0)
+                if queues is None:
                     continue
                 now = time.monotonic()
                 due = []
@@ -821,6 +865,37 @@ class _IdleReaper(threading.Thread):
 
 
 # -- helpers ---------------------------------------------------------------
+
+
+def _queue_status(
+    client: ipp.Client, targets: list[int] | None, timeout: float
+) -> dict[Any, Any] | None:
+    """The hub's queue counts per engine, or None if it does not answer in time.
+
+    ``Client.queue_status`` waits for the reply without limit, so a dead
+    controller would hang its caller forever; this sends the same request
+    through the client's IO thread and waits ``timeout`` seconds at most.
+    """
+    try:
+        future = client._send(
+            client._query_stream,
+            "queue_request",
+            content={"targets": targets, "verbose": False},
+        )
+        reply = future.result(timeout=timeout)
+    except Exception:  # timed out, closed, or an older ipyparallel: no answer
+        return None
+    content = dict(reply["content"])
+    if content.pop("status", None) != "ok":
+        return None
+    return {int(k) if str(k).isdigit() else k: v for k, v in content.items()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _check_count(n: object, what: str, *, minimum: int) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
+from . import _pickling
 from ._analysis import ShippingPlan, check_shippable, plan_shipping
 from ._engine import install_names, missing_names, unimportable
 from ._errors import InvalidRequest
@@ -47,6 +48,9 @@ class Shipment:
     from_imports: dict[str, tuple[str, str]]
     engine_side: tuple[str, ...]
     sources: dict[str, list[str]] = field(default_factory=dict)
+    #: the notebook's import path, so modules it can import (a folder it put
+    #: on ``sys.path``) import on engines that share its file system
+    paths: tuple[str, ...] = ()
 
     @property
     def digests(self) -> dict[str, str]:
@@ -110,6 +114,7 @@ def prepare_shipment(
         from_imports=dict(plan.from_imports),
         engine_side=tuple(sorted(plan.engine_side)),
         sources=_notebook_sources(plan.by_value.values()),
+        paths=_import_paths(),
     )
 
 
@@ -128,6 +133,18 @@ def _is_plain_array(obj: Any) -> bool:
         and not obj.dtype.hasobject
         and type(obj) is np.ndarray
     )
+
+
+def _import_paths() -> tuple[str, ...]:
+    """The notebook's ``sys.path`` as absolute folders (``""`` is its cwd)."""
+    paths = []
+    for entry in sys.path:
+        if not isinstance(entry, str):
+            continue
+        path = os.path.abspath(entry or os.getcwd())
+        if path not in paths:
+            paths.append(path)
+    return tuple(paths)
 
 
 def _notebook_sources(objects: Iterable[Any]) -> dict[str, list[str]]:
@@ -159,6 +176,7 @@ class NameShipper:
     def __init__(self, purge: Callable[[Any], None]) -> None:
         self._purge = purge  # drops a finished task from the client's caches
         self._held: dict[int, dict[str, str]] = {}
+        self._paths: dict[int, tuple[str, ...]] = {}  # engine -> paths sent
         self._importable: set[str] = set()
         # engine -> modules it could not import
         self._unimportable: dict[int, set[str]] = {}
@@ -195,12 +213,13 @@ class NameShipper:
                     entries[p.digest] = (p.kind, p.payload)
                 if old is not None and old not in shipment.digests.values():
                     evict.append(old)
-            if not entries:
+            paths = self._paths_to_send(eid, shipment.paths)
+            if not entries and not paths:
                 continue
             # arrays as top-level arguments: ipyparallel sends those as
             # zero-copy buffers (nested in a dict they would be pickled)
             ar = client[eid].apply_async(
-                install_names, entries, evict, shipment.sources, *arrays
+                install_names, entries, evict, shipment.sources, *arrays, paths=paths
             )
             size = sum(
                 shipment.names[n].nbytes
@@ -217,6 +236,23 @@ class NameShipper:
             self.objects_sent += count
             if block:
                 self._purge(ar)
+
+    def _paths_to_send(self, eid: int, paths: tuple[str, ...]) -> tuple[str, ...]:
+        """``paths`` if engine ``eid`` has not been sent them yet, else ()."""
+        if self._paths.get(eid) == paths:
+            return ()
+        self._paths[eid] = paths
+        return paths
+
+    def sync_paths(
+        self, client: Any, engine_ids: Iterable[int], paths: tuple[str, ...]
+    ) -> None:
+        """Send the notebook's import path to engines that lack it (no wait:
+        an engine runs its tasks in order, so the next task finds it set)."""
+        for eid in engine_ids:
+            if sent := self._paths_to_send(eid, paths):
+                ar = client[eid].apply_async(install_names, {}, (), None, paths=sent)
+                ar.add_done_callback(self._purge)
 
     def send(
         self,
@@ -243,6 +279,7 @@ class NameShipper:
                     f"name {absent[0]!r} is not defined in the notebook"
                     " nor on the engines"
                 )
+        self.sync_paths(client, engine_ids, shipment.paths)
         shipment = self.check_imports(client, engine_ids, shipment)
         self.ship(client, engine_ids, shipment)
         return shipment
@@ -297,7 +334,7 @@ class NameShipper:
             # by value for this pickle only: cloudpickle's registry is global
             cloudpickle.register_pickle_by_value(module)
             try:
-                data = cloudpickle.dumps(obj)
+                data = _pickling.dumps(obj)
             finally:
                 cloudpickle.unregister_pickle_by_value(module)
             by_value[name] = _Payload(_digest(data), "pickle", data, len(data))
@@ -313,6 +350,7 @@ class NameShipper:
         """Engines that are gone hold nothing any more."""
         for eid in engine_ids:
             self._held.pop(eid, None)
+            self._paths.pop(eid, None)
             self._unimportable.pop(eid, None)
 
 

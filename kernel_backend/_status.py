@@ -54,6 +54,8 @@ class ClusterStatus:
     idle_timeout: float | None = None
     idle_stopped: int = 0
     engines: tuple[EngineRow, ...] = field(default_factory=tuple)
+    #: False when the controller did not answer (it died or hangs)
+    controller_answers: bool = True
 
     @property
     def live_engines(self) -> int:
@@ -71,6 +73,11 @@ class ClusterStatus:
             return "stopped: no cluster active"
         how = "started here" if self.ownership == "started" else "connected"
         where = f"{self.launcher or 'unknown launcher'}, {self.location or '?'}"
+        if not self.controller_answers:
+            return (
+                f"unreachable: the controller does not answer ({how}; {where});"
+                " %cluster stop cleans up, then %cluster start"
+            )
         text = f"running: {_engines(self.live_engines)} ({how}; {where})"
         if self.dead_engines:
             text += f", {self.dead_engines} dead"

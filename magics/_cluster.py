@@ -16,6 +16,12 @@ from ._common import non_negative_int, positive_float, positive_int, user_errors
 
 __all__ = ["ClusterMagics"]
 
+_FORCE = argument(
+    "--force",
+    action="store_true",
+    help="start more engines than the machine or launcher is thought to place",
+)
+
 
 @magics_class
 class ClusterMagics(Magics):
@@ -74,6 +80,7 @@ class ClusterMagics(Magics):
         default=60.0,
         help="give up if the engines are not up after S seconds (default: 60)",
     )
+    @_FORCE
     def _start(self, rest: str) -> None:
         """Start a cluster; prints how many engines, where, and how long it took."""
         args = parse_argstring(self._start, rest)
@@ -83,6 +90,7 @@ class ClusterMagics(Magics):
             profile=args.profile,
             idle_timeout=args.idle_timeout,
             timeout=args.timeout,
+            force=args.force,
         )
         print(report)
 
@@ -109,6 +117,7 @@ class ClusterMagics(Magics):
 
     @magic_arguments(name="cluster scale")
     @argument("N", type=non_negative_int, help="the number of engines wanted")
+    @_FORCE
     def _scale(self, rest: str) -> None:
         """Add or remove engines to reach N (idle ones are removed first).
 
@@ -119,11 +128,11 @@ class ClusterMagics(Magics):
         if not session.active:
             if args.N == 0:
                 raise UsageError("no cluster is active, and scaling to 0 starts none")
-            print(session.start(args.N))
+            print(session.start(args.N, force=args.force))
             return
         tic = time.perf_counter()
         before = session.status().live_engines
-        session.scale(args.N)
+        session.scale(args.N, force=args.force)
         print(
             f"paracell: scaled from {before} to {args.N} engines"
             f" in {time.perf_counter() - tic:.1f} s"

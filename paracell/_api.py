@@ -47,6 +47,7 @@ def start(
     profile: str | None = None,
     idle_timeout: float | None = None,
     timeout: float = 60.0,
+    force: bool = False,
 ) -> StartReport:
     """Start a cluster of ``n`` engines (default: one per CPU); ``%cluster start``.
 
@@ -64,6 +65,9 @@ def start(
         Stop engines idle this many seconds; the next call restarts them.
     timeout
         Give up (and clean up) if the engines are not up by then.
+    force
+        Start more engines than the launcher is thought able to place (a
+        small multiple of the cores, and what memory allows, for local ones).
     """
     return default_session().start(
         n,
@@ -71,6 +75,7 @@ def start(
         profile=profile,
         idle_timeout=idle_timeout,
         timeout=timeout,
+        force=force,
     )
 
 
@@ -89,9 +94,12 @@ def stop() -> StopReport:
     return default_session().stop()
 
 
-def scale(n: int) -> int:
-    """Add or remove engines to reach ``n``; returns the change; ``%cluster scale``."""
-    return default_session().scale(n)
+def scale(n: int, *, force: bool = False) -> int:
+    """Add or remove engines to reach ``n``; returns the change; ``%cluster scale``.
+
+    ``force`` allows more engines than the launcher is thought able to place.
+    """
+    return default_session().scale(n, force=force)
 
 
 def restart() -> StartReport:

@@ -386,13 +386,16 @@ def test_the_python_twin_maps_a_function(ip, shared_cluster):
     assert paracell.pmap(abs, [-1, -2], progress=False) == [1, 2]
 
 
-def test_functions_of_modules_only_the_notebook_can_import_still_run(
+def test_modules_on_the_notebooks_path_import_on_the_engines(
     shared_cluster, tmp_path, monkeypatch
 ):
     (tmp_path / "notebook_helpers.py").write_text(
         "import math\nSCALE = 3\n\ndef scaled_root(x):\n    return math.sqrt(x) * SCALE\n"
+        "\nclass Box:\n    def __init__(self, v):\n        self.v = v\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    import functools
+
     import notebook_helpers
 
     assert paracell.pmap(notebook_helpers.scaled_root, [1, 4, 9], progress=False) == [
@@ -400,14 +403,45 @@ def test_functions_of_modules_only_the_notebook_can_import_still_run(
         6.0,
         9.0,
     ]
+    # instances of its classes and partials of its functions, both ways
+    boxes = paracell.pmap(
+        functools.partial(notebook_helpers.Box), [1, 2], progress=False
+    )
+    assert [type(b) for b in boxes] == [notebook_helpers.Box] * 2
+    assert paracell.pmap(lambda b: b.v * 10, boxes, progress=False) == [10, 20]
+    for eid in shared_cluster.engine_ids():
+        assert "notebook_helpers" not in shared_cluster.shipper._unimportable[eid]
+
+
+def test_functions_of_modules_the_engines_cannot_import_travel_by_value(
+    shared_cluster, tmp_path, monkeypatch
+):
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    (folder / "vanished_helpers.py").write_text(
+        "import math\nSCALE = 3\n\ndef scaled_root(x):\n    return math.sqrt(x) * SCALE\n"
+    )
+    monkeypatch.syspath_prepend(str(folder))
+    import vanished_helpers
+
+    # imported here, then its folder is gone: the engines cannot import it
+    (folder / "vanished_helpers.py").unlink()
+    folder.rmdir()
+    assert paracell.pmap(vanished_helpers.scaled_root, [1, 4, 9], progress=False) == [
+        3.0,
+        6.0,
+        9.0,
+    ]
     # cloudpickle's global registry is left as it was
     import cloudpickle
 
-    assert "notebook_helpers" not in cloudpickle.list_registry_pickle_by_value()
+    assert "vanished_helpers" not in cloudpickle.list_registry_pickle_by_value()
     # the engines are not asked again: what they could not import is known
     for eid in shared_cluster.engine_ids():
-        assert "notebook_helpers" in shared_cluster.shipper._unimportable[eid]
-    assert paracell.pmap(notebook_helpers.scaled_root, [16], progress=False) == [12.0]
+        assert "vanished_helpers" in shared_cluster.shipper._unimportable[eid]
+    assert paracell.pmap(vanished_helpers.scaled_root, [16], progress=False) == [
+        12.0
+    ]
 
 
 def test_trivial_items_of_a_range_travel_in_a_few_chunks(ip, shared_cluster):
