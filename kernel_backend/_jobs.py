@@ -372,6 +372,7 @@ class JobManager:
         shipment = prepare_shipment(free_names(source, "exec"), namespace)
         session = self._session
         client = session.client
+        session.require_controller()
         if not session.engine_ids():
             raise InvalidRequest(
                 "the cluster has no engines; add some with %cluster scale N"
@@ -441,15 +442,41 @@ class JobManager:
     # -- waiting, cancelling, delivering ---------------------------------
 
     def wait(self, jobs: Iterable[CellJob], timeout: float | None = None) -> None:
-        """Block until ``jobs`` end (interruptible: only the waiting stops)."""
+        """Block until ``jobs`` end (interruptible: only the waiting stops).
+
+        Raises ``InvalidRequest`` instead of waiting on a queued job that
+        nothing can start (no engines, and none coming), saying why.
+        """
         for job in jobs:
             deadline = None if timeout is None else time.monotonic() + timeout
             while not job.done():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(f"job {job.name!r} still {job.state}")
+                why = self.why_stuck(job)
+                if why is not None:
+                    raise InvalidRequest(
+                        f"job '{job.name}' is queued, but {why};"
+                        " it runs once there are engines"
+                    )
                 # short waits keep KeyboardInterrupt responsive
                 concurrent.futures.wait([job], timeout=min(0.1, left or 0.1))
+
+    def why_stuck(self, job: CellJob) -> str | None:
+        """Why a queued ``job`` cannot start now nor by itself later, or None."""
+        if job.state != "queued":
+            return None
+        session = self._session
+        if not session.active:
+            return "no cluster is active: start one with %cluster start"
+        if not session.controller_responds():
+            return (
+                "the cluster's controller does not answer:"
+                " %cluster stop, then %cluster start"
+            )
+        if not session.engine_ids() and not session.engines_expected():
+            return "the cluster has no engines: start or scale it (%cluster scale N)"
+        return None
 
     def cancel(self, job: CellJob) -> bool:
         with self._lock:
@@ -587,6 +614,8 @@ class JobManager:
     def _step(self) -> None:
         ended: list[CellJob] = []
         try:
+            if self._running and not self._session.controller_responds():
+                ended += self._fail_all("the cluster's controller stopped answering")
             with self._lock:
                 for engine, job in list(self._running.items()):
                     ar = job._ar
@@ -612,6 +641,18 @@ class JobManager:
                 self._ended(job)
         for job in running:
             job._notify()  # live views: elapsed time, streamed output
+
+    def _fail_all(self, why: str) -> list[CellJob]:
+        """End every job that has not ended: the cluster is lost."""
+        with self._lock:
+            active = [job for job in self._jobs.values() if not job.done()]
+            self._queue.clear()
+            for engine in self._running:
+                self._session.release(engine)
+            self._running.clear()
+            for job in active:
+                job._finish("failed", JobError(f"job '{job.name}' ended: {why}"))
+        return active
 
     def _dispatch(self) -> list[CellJob]:
         """Send queued jobs to free engines; returns jobs that failed to go."""

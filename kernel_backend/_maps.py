@@ -201,6 +201,7 @@ def _start_remote(
 ) -> MapJob:
     options = options.validated()
     client = session.client
+    session.require_controller()
     live = session.engine_ids()
     if options.targets is not None:
         unknown = [t for t in options.targets if t not in live]

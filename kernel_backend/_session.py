@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,7 +32,9 @@ from ._engine import engine_identity
 from ._errors import ClusterStartError, InvalidRequest, NoCluster
 from ._limits import check_engine_count
 from ._shipping import NameShipper
+from ._stale import StaleWork
 from ._status import ClusterStatus, EngineRow, Ownership, StartReport, StopReport
+from ._watchdog import start_watchdog
 
 __all__ = ["LAUNCHERS", "ClusterSession", "default_session"]
 
@@ -92,7 +95,8 @@ class ClusterSession:
         self._reaper: _IdleReaper | None = None
         self._in_use = 0
         self._atexit_registered = False
-        self._stale: dict[int, list[Any]] = {}
+        self._stale = StaleWork()
+        self._to_replace: set[int] = set()  # stuck engines killed, to restart
         self.shipper = NameShipper(self.purge)
         self._stop_callbacks: list[Callable[[], None]] = []
         self._reserved: dict[int, str] = {}  # engine -> background job's name
@@ -105,6 +109,7 @@ class ClusterSession:
         # bumped whenever the cluster goes away: work started on an older
         # epoch knows its cluster is gone
         self._epoch = 0
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self._controller_seen: tuple[float, bool] = (0.0, True)
 
     # -- queries -----------------------------------------------------------
@@ -148,6 +153,19 @@ class ClusterSession:
             ok = _queue_status(client, None, timeout=2.0) is not None
         self._controller_seen = (time.monotonic(), ok)
         return ok
+
+    def engines_expected(self) -> bool:
+        """Whether engines not up now will come by themselves (engines the
+        idle timeout stopped start again on the next call)."""
+        return bool(self._owed()) and self._cluster is not None
+
+    def require_controller(self) -> None:
+        """Raise ``NoCluster`` if the controller is gone (before new work)."""
+        if self._client is not None and not self.controller_responds():
+            raise NoCluster(
+                "the cluster's controller does not answer (did it die?);"
+                " %cluster stop cleans up, then %cluster start"
+            )
 
     def engine_ids(self) -> list[int]:
         """Ids of the engines available for work (not being removed)."""
@@ -284,7 +302,9 @@ class ClusterSession:
                 alive = eid in ids and self._process_alive(rec)
                 if alive and isinstance(queue, dict):
                     rec.tasks_done = max(0, queue.get("completed", 0) - rec.probes)
-                    busy = queue.get("queue", 0) + queue.get("tasks", 0) > 0
+                    # the hub still counts tasks whose replies were lost
+                    lost = self._stale.lost.get(eid, 0)
+                    busy = queue.get("queue", 0) + queue.get("tasks", 0) > lost
                     state = "busy" if busy else "idle"
                 else:
                     state = "idle" if alive else "dead"
@@ -360,6 +380,9 @@ class ClusterSession:
                 _teardown(cluster, _cluster_pids(cluster))
                 raise
             self._adopt(client, cluster, "started", launcher, n)
+            self._watchdog = start_watchdog(
+                cluster.cluster_id, os.path.join(cluster.profile_dir, "security")
+            )
             self._idle_timeout = idle_timeout
             if idle_timeout is not None:
                 self._reaper = _IdleReaper(self, idle_timeout)
@@ -429,6 +452,7 @@ class ClusterSession:
             engines = len(client.ids)
             ownership = self._ownership
             pids = self._owned_pids()
+            self._end_watchdog()
             self._forget()
             with contextlib.suppress(Exception):
                 client.close(linger=0)
@@ -484,22 +508,27 @@ class ClusterSession:
 
         With no cluster, starts the embedded default (a local cluster, one
         engine per CPU) and returns its report.  With engines stopped by the
-        idle timeout, starts them again and returns a report.  Otherwise
-        returns ``None``.
+        idle timeout, or stuck ones that were replaced, starts them again and
+        returns a report.  Otherwise returns ``None``.
         """
         with self._lock:
             if self._client is None:
                 return self.start()
-            if not self._idle_stopped or self._cluster is None:
+            if not self._owed() or self._cluster is None:
                 return None
         with self._changing("starting"), self._lock:
-            if not self._idle_stopped or self._cluster is None or self._client is None:
+            if not self._owed() or self._cluster is None or self._client is None:
                 return None
             tic = time.perf_counter()
-            missing = len(self._idle_stopped)
+            missing = self._owed()
             self._idle_stopped.clear()
+            self._to_replace.clear()
             self._add_engines(self._cluster, self._client, missing, 60.0)
             return self._report(len(self._client.ids), time.perf_counter() - tic)
+
+    def _owed(self) -> int:
+        """Engines stopped by paracell that the next call starts again."""
+        return len(self._idle_stopped) + len(self._to_replace)
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` before the cluster stops (work on it is ending)."""
@@ -509,19 +538,35 @@ class ClusterSession:
         """Engines still busy with work that was cancelled but would not stop.
 
         New work stays off them until that work ends, so the next call never
-        queues behind stale tasks.
+        queues behind stale tasks.  An engine whose stale task lost its reply
+        is free again within seconds; one stuck for good is replaced (see
+        :mod:`._stale`).
         """
         with self._lock:
-            for eid in list(self._stale):
-                self._stale[eid] = [ar for ar in self._stale[eid] if not ar.done()]
-                if not self._stale[eid]:
-                    del self._stale[eid]
-            return set(self._stale)
+            review = self._stale.review(self._client)
+            for task in review.finished:
+                self.purge(task)
+            for eid in review.stuck:
+                self._replace_stuck(eid)
+            return review.engines - review.stuck
 
     def mark_stale(self, engine: int, result: Any) -> None:
         """Note a cancelled task still running on ``engine``."""
         with self._lock:
-            self._stale.setdefault(engine, []).append(result)
+            self._stale.add(engine, result)
+
+    def _replace_stuck(self, eid: int) -> None:
+        """Kill an engine that does not answer (its tasks fail on the hub and
+        are retried elsewhere); the next call starts a replacement."""
+        self._stale.forget_engine(eid)
+        rec = self._records.get(eid)
+        if self._cluster is None or self._launcher != "local" or rec is None:
+            return
+        if not rec.pid:
+            return
+        _reap_processes(_with_descendants([rec.pid]), grace=0.0)
+        self._removed.add(eid)
+        self._to_replace.add(eid)  # ensure_engines() brings one back
 
     def purge(self, result: Any, client: ipp.Client | None = None) -> None:
         """Drop a finished task from ipyparallel's client-side caches.
@@ -570,7 +615,10 @@ class ClusterSession:
 
     def forget_engines(self, ids: Iterable[int]) -> None:
         """Engines that died: nothing shipped to them survives."""
+        ids = list(ids)
         self.shipper.forget(ids)
+        for eid in ids:
+            self._stale.forget_engine(eid)
 
     @contextlib.contextmanager
     def in_use(self) -> Iterator[ipp.Client]:
@@ -763,6 +811,13 @@ class ClusterSession:
                 if cluster.cluster_id
                 else "ipcontroller-client.json",
             )
+
+    def _end_watchdog(self) -> None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            with contextlib.suppress(Exception):
+                watchdog.kill()
+                watchdog.wait(5)
 
     def _forget(self) -> None:
         self._epoch += 1

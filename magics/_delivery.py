@@ -17,7 +17,15 @@ import re
 import sys
 from typing import Any
 
-from ..kernel_backend import CellJob, JobError, JobManager, default_jobs
+from IPython.core.error import UsageError
+
+from ..kernel_backend import (
+    CellJob,
+    InvalidRequest,
+    JobError,
+    JobManager,
+    default_jobs,
+)
 from ..kernel_backend._analysis import free_names
 
 __all__ = ["JobDelivery", "install", "uninstall", "wait_for_names"]
@@ -103,7 +111,10 @@ class JobDelivery:
                 print(
                     f"waiting for job '{job.name}' ({', '.join(wanted)})…", flush=True
                 )
-                self.manager.wait([job])
+                try:
+                    self.manager.wait([job])
+                except InvalidRequest as err:  # nothing can start the job
+                    raise UsageError(f"{', '.join(wanted)}: {err}") from None
             if job.state == "failed" and job.error is not None:
                 raise job.error
             if job.state == "cancelled":

@@ -439,9 +439,7 @@ def test_functions_of_modules_the_engines_cannot_import_travel_by_value(
     # the engines are not asked again: what they could not import is known
     for eid in shared_cluster.engine_ids():
         assert "vanished_helpers" in shared_cluster.shipper._unimportable[eid]
-    assert paracell.pmap(vanished_helpers.scaled_root, [16], progress=False) == [
-        12.0
-    ]
+    assert paracell.pmap(vanished_helpers.scaled_root, [16], progress=False) == [12.0]
 
 
 def test_trivial_items_of_a_range_travel_in_a_few_chunks(ip, shared_cluster):

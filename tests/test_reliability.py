@@ -5,6 +5,7 @@ that no machine can place, jobs that always end, status that never hangs."""
 from __future__ import annotations
 
 import pytest
+from IPython.core.error import UsageError
 
 import paracell
 from paracell.kernel_backend import ItemError
@@ -33,9 +34,7 @@ def test_a_remote_traceback_shows_the_notebook_lines_of_the_failing_function(
     assert "<dynamic-code>" not in text
 
 
-def test_instances_of_a_notebook_class_travel_as_inputs_and_results(
-    ip, shared_cluster
-):
+def test_instances_of_a_notebook_class_travel_as_inputs_and_results(ip, shared_cluster):
     define(
         ip,
         "class Point:\n"
@@ -126,3 +125,233 @@ def test_the_local_limit_follows_cores_and_memory(monkeypatch):
     monkeypatch.setattr(_limits.psutil, "virtual_memory", lambda: Tight)
     assert _limits.engine_limit("local")[0] == 3
     assert "memory" in _limits.engine_limit("local")[1]
+
+
+@pytest.mark.kernel
+def test_a_killed_kernel_leaves_no_cluster_behind(no_other_cluster):
+    import glob
+    import json
+    import os
+    import signal
+
+    from _kernel import Kernel
+    from conftest import cluster_processes, wait_until
+
+    kernel = Kernel()
+    try:
+        assert kernel.run("%load_ext paracell").ok
+        assert kernel.run("%cluster start -n 2").ok
+        where = kernel.run(
+            "import json, os\n"
+            "from paracell.kernel_backend import default_session\n"
+            "_c = default_session()._cluster\n"
+            "print(json.dumps([os.path.join(_c.profile_dir, 'security'),"
+            " _c.cluster_id]))"
+        )
+        security, cluster_id = json.loads(where.stdout)
+        started = set(cluster_processes())
+        assert len(started) >= 3  # a controller and two engines, at least
+        assert glob.glob(os.path.join(security, f"*{cluster_id}*.json"))
+        os.kill(kernel.pid, signal.SIGKILL)
+        assert wait_until(lambda: not set(cluster_processes()) & started, 15), (
+            f"left running: {set(cluster_processes()) & started}"
+        )
+        # no ghost for a new kernel's %cluster connect
+        assert wait_until(
+            lambda: not glob.glob(os.path.join(security, f"*{cluster_id}*.json")), 5
+        )
+    finally:
+        kernel.client.stop_channels()
+        kernel.manager.cleanup_resources()
+
+
+def test_stopping_the_cluster_ends_an_async_map_with_its_finished_results(
+    ip, no_other_cluster
+):
+    import time
+
+    from paracell.kernel_backend import MapFailed, default_session
+
+    session = default_session()
+    session.start(2)
+    try:
+        define(ip, "import time\ndef slow(x):\n    time.sleep(0.2)\n    return x")
+        job = ip.run_line_magic(
+            "pmap", "--async --no-progress --chunksize 1 slow(x) for x in range(200)"
+        )
+        assert job.running() or not job.done()
+        time.sleep(1.0)
+        ip.run_line_magic("cluster", "stop")
+        with pytest.raises(MapFailed, match="stopped") as info:
+            job.result(timeout=10)
+        assert not job.running()
+        assert job.progress.state == "failed"
+        assert all(info.value.partial[i] == i for i in info.value.partial)
+    finally:
+        session.stop()
+
+
+def test_a_dead_controller_gives_a_status_at_once_and_stop_cleans_up(
+    ip, no_other_cluster
+):
+    import os
+    import signal
+    import time
+
+    from paracell.kernel_backend import MapFailed, default_session
+
+    from conftest import cluster_processes, wait_until
+
+    session = default_session()
+    session.start(2)
+    define(ip, "import time\ndef nap(x):\n    time.sleep(0.3)\n    return x")
+    job = ip.run_line_magic(
+        "pmap", "--async --no-progress --chunksize 1 nap(x) for x in range(100)"
+    )
+    time.sleep(0.5)
+    os.kill(session._cluster.controller.pid, signal.SIGKILL)
+    try:
+        # the map ends, with all its results or with what it had: it does
+        # not wait for replies for ever
+        try:
+            assert job.result(timeout=20) == list(range(100))
+        except MapFailed as err:
+            assert "controller" in str(err)
+        # new work is refused at once, saying what to do
+        with pytest.raises(UsageError, match="%cluster stop"):
+            ip.run_line_magic("pmap", "--no-progress x for x in range(4)")
+    finally:
+        if not job.done():
+            job.cancel()
+    tic = time.monotonic()
+    status = session.status()
+    assert time.monotonic() - tic < 5
+    assert not status.controller_answers
+    assert "%cluster stop" in status.summary()
+    ip.run_line_magic("cluster", "stop")
+    assert wait_until(lambda: not cluster_processes(), 10)
+
+
+def test_waiting_on_a_job_no_engine_can_run_says_why_instead_of_hanging(
+    ip, no_other_cluster
+):
+    import os
+    import signal
+    import time
+
+    from paracell.kernel_backend import default_jobs, default_session
+
+    from conftest import wait_until
+
+    session = default_session()
+    session.start(1)
+    try:
+        define(ip, "import time")
+        ip.run_cell_magic("parallel", "--name sleeper", "time.sleep(60)\nslept = 1")
+        ip.run_cell_magic("parallel", "--name follower", "followed = 2")
+        manager = default_jobs()
+        assert wait_until(lambda: manager.get("sleeper").state == "running")
+        assert manager.get("follower").state == "queued"
+        for pid in session.engine_pids().values():
+            os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not session.engine_ids(), 15)
+        tic = time.monotonic()
+        reader = ip.run_cell("print(followed)")
+        assert time.monotonic() - tic < 5
+        assert isinstance(reader.error_in_exec, UsageError)
+        assert "no engines" in str(reader.error_in_exec)
+        assert "%cluster scale" in str(reader.error_in_exec)
+        # the job is still queued: engines that come back run it
+        assert manager.get("follower").state == "queued"
+    finally:
+        session.stop()
+    assert manager.get("follower").state == "cancelled"
+
+
+class _Task:
+    def __init__(self, done: bool = False) -> None:
+        self._done = done
+
+    def done(self) -> bool:
+        return self._done
+
+
+class _Client:
+    """Sends each probe as a task the test finishes by hand."""
+
+    def __init__(self) -> None:
+        self.probes: list[_Task] = []
+
+    def __getitem__(self, eid):
+        client = self
+
+        class View:
+            def apply_async(self, func):
+                client.probes.append(_Task())
+                return client.probes[-1]
+
+        return View()
+
+
+def test_a_stale_task_whose_engine_ran_a_later_probe_frees_the_engine(monkeypatch):
+    from paracell.kernel_backend import _stale
+
+    clock = [100.0]
+    monkeypatch.setattr(_stale.time, "monotonic", lambda: clock[0])
+    work, client, lost = _stale.StaleWork(), _Client(), _Task()
+    work.add(3, lost)
+    assert work.review(client).engines == {3}
+    assert not client.probes  # too young for a probe
+    clock[0] += _stale.PROBE_AFTER
+    assert work.review(client).engines == {3}
+    assert len(client.probes) == 1
+    client.probes[0]._done = True  # the engine answered the later probe
+    review = work.review(client)
+    assert review.engines == set() and review.stuck == set()
+    assert work.lost == {3: 1}
+    assert client.probes[0] in review.finished
+
+
+def test_an_engine_that_answers_no_probe_is_reported_stuck(monkeypatch):
+    from paracell.kernel_backend import _stale
+
+    clock = [0.0]
+    monkeypatch.setattr(_stale.time, "monotonic", lambda: clock[0])
+    work, client = _stale.StaleWork(), _Client()
+    work.add(1, _Task())
+    clock[0] = _stale.PROBE_AFTER
+    work.review(client)
+    clock[0] = _stale.STUCK_AFTER
+    assert work.review(client).stuck == {1}
+
+
+def test_failing_maps_never_strand_an_engine(ip, shared_cluster):
+    """The reproducer of stranded engines: items failing early in a map of
+    tiny chunks, again and again; any engine kept out of work must come back
+    within seconds, and the status must not call it busy afterwards."""
+    from conftest import wait_until
+
+    define(
+        ip,
+        "import time\n"
+        "def boom(x, d=0.01):\n"
+        "    if x == 3:\n"
+        "        raise ValueError('three')\n"
+        "    time.sleep(d)\n"
+        "    return x",
+    )
+    stranded = 0
+    for _ in range(8):
+        with pytest.raises(ItemError):
+            ip.run_line_magic(
+                "pmap", "--no-progress --chunksize 1 boom(x) for x in range(200)"
+            )
+        if shared_cluster.stale_engines():
+            stranded += 1
+            assert wait_until(lambda: not shared_cluster.stale_engines(), 20)
+        assert wait_until(
+            lambda: all(e.state == "idle" for e in shared_cluster.status().engines), 20
+        )
+    assert ip.run_line_magic("pmap", "--no-progress x for x in range(10)") == list(
+        range(10)
+    )
