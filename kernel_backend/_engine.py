@@ -91,6 +91,13 @@ def install_names(
     for digest in evict:
         _STORE.pop(digest, None)
         _REBIND.discard(digest)
+    if evict:
+        # a map's namespace and the notebook functions rebound to it form a
+        # cycle; only the collector frees what an evicted object held
+        _NAMESPACES.clear()
+        import gc
+
+        gc.collect()
     for digest, (kind, payload) in entries.items():
         if kind == "array":
             _STORE[digest] = arrays[payload]

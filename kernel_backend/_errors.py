@@ -12,6 +12,9 @@ Hierarchy::
 
     ParacellWarning (UserWarning)     something worth one line, not an error
 
+    EnginesDied (Exception)           engines died while names were shipped to
+                                      them; the caller goes on without them
+
 The IPython layer turns every ``ParacellError`` into a one-line ``UsageError``;
 from plain Python they are ordinary exceptions with a message that names the
 problem and the fix.
@@ -21,10 +24,12 @@ from __future__ import annotations
 
 __all__ = [
     "ClusterStartError",
+    "EnginesDied",
     "InvalidRequest",
     "NoCluster",
     "ParacellError",
     "ParacellWarning",
+    "is_engine_death",
 ]
 
 
@@ -46,3 +51,27 @@ class ClusterStartError(ParacellError, RuntimeError):
 
 class ParacellWarning(UserWarning):
     """A one-line notice from paracell."""
+
+
+class EnginesDied(Exception):
+    """Engines died while paracell got them ready; ``engines`` are their ids.
+
+    Not a user error: the caller retries on the engines that are left.
+    """
+
+    def __init__(self, engines: set[int]) -> None:
+        super().__init__(f"engines {sorted(engines)} died")
+        self.engines = engines
+
+
+def is_engine_death(err: BaseException) -> bool:
+    """Whether a task failed because its engine died (not because of its code).
+
+    ipyparallel reports it as ``EngineError`` raised here, or wrapped in a
+    ``RemoteError`` when the hub reports the death.
+    """
+    import ipyparallel as ipp
+
+    return isinstance(err, ipp.error.EngineError) or (
+        isinstance(err, ipp.error.RemoteError) and err.ename == "EngineError"
+    )

@@ -26,9 +26,8 @@ from typing import Any, Literal
 
 from ._analysis import free_names
 from ._engine import CellOutcome, ItemFailure, TaskSpec, run_cell
-from ._errors import InvalidRequest
+from ._errors import EnginesDied, InvalidRequest, is_engine_death
 from ._seeding import fresh_entropy
-from ._session import is_engine_death
 from ._shipping import prepare_shipment
 
 __all__ = [
@@ -390,8 +389,13 @@ class JobManager:
             for e in session.unreserved_engine_ids()
             if e not in session.stale_engines()
         ]
-        if free:
-            shipment = session.shipper.send(client, free, shipment)
+        while free:
+            try:
+                shipment = session.shipper.send(client, free, shipment)
+                break
+            except EnginesDied as err:  # the engine that runs it ships again
+                session.forget_engines(err.engines)
+                free = [e for e in free if e not in err.engines]
         spec = TaskSpec(
             key=f"job-{name}-{time.time()}",
             **shipment.spec_names(),
@@ -850,9 +854,16 @@ def run_everywhere(
         )
     shipment = prepare_shipment(free_names(source, "exec"), namespace)
     # names the notebook lacks may be defined by the cell itself on engines
-    shipment = session.shipper.send(
-        client, targets, shipment, require_engine_side=False
-    )
+    try:
+        shipment = session.shipper.send(
+            client, targets, shipment, require_engine_side=False
+        )
+    except EnginesDied as err:
+        session.forget_engines(err.engines)
+        raise JobError(
+            f"engine {', '.join(map(str, sorted(err.engines)))} died while the"
+            " cell's names were sent to it; the cell ran nowhere"
+        ) from None
     spec = TaskSpec(
         key=f"everywhere-{time.time()}",
         **{**shipment.spec_names(), "engine_side": ()},

@@ -24,8 +24,7 @@ from typing import Any, Literal
 
 from ._chunking import ChunkSizer
 from ._engine import ChunkOutcome, ItemFailure, TaskSpec, UndefinedNames, run_chunk
-from ._errors import InvalidRequest
-from ._session import is_engine_death
+from ._errors import InvalidRequest, is_engine_death
 
 __all__ = [
     "ChunkRecord",

@@ -15,8 +15,16 @@ from typing import Any
 
 from ._analysis import Comprehension, element_free_names, iterate_items
 from ._engine import WRAPPER_FILENAME, TaskSpec
-from ._errors import InvalidRequest
-from ._mapjob import MapJob, MapOptions, MapProgress, _LocalRun, _MapRun, sliceable
+from ._errors import EnginesDied, InvalidRequest
+from ._mapjob import (
+    MapFailed,
+    MapJob,
+    MapOptions,
+    MapProgress,
+    _LocalRun,
+    _MapRun,
+    sliceable,
+)
 from ._seeding import fresh_entropy
 from ._shipping import prepare_shipment
 
@@ -218,7 +226,7 @@ def _start_remote(
         raise InvalidRequest(
             "the cluster has no engines; add some with %cluster scale N"
         )
-    shipment = session.shipper.send(client, engines, shipment)
+    shipment = _ship(session, client, engines, shipment)
     spec = _spec(
         shipment.key,
         element,
@@ -232,6 +240,23 @@ def _start_remote(
     run = _MapRun(session, spec, items, options, job, star=star, engines=engines)
     job.add_done_callback(session.mapping(engines))
     return _launch(job, run.run, block, session)
+
+
+def _ship(session: Any, client: Any, engines: list[int], shipment: Any) -> Any:
+    """Send the map's names; an engine that dies meanwhile is left out
+    (``engines`` shrinks), as it would be if it died during the map."""
+    while True:
+        try:
+            return session.shipper.send(client, engines, shipment)
+        except EnginesDied as err:
+            session.forget_engines(err.engines)
+            engines[:] = [e for e in engines if e not in err.engines]
+            if not engines:
+                raise MapFailed(
+                    "every engine died while the map's names were sent to them;"
+                    " no item ran (%cluster status shows what is left)",
+                    {},
+                ) from None
 
 
 def _start_local(

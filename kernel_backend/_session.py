@@ -990,6 +990,11 @@ def _make_cluster(launcher: str, profile: str | None) -> ipp.Cluster:
         controller_args=[
             f"--HeartMonitor.period={_HEARTBEAT_MS}",
             f"--HeartMonitor.max_heartmonitor_misses={_HEARTBEAT_MISSES}",
+            # The hub's default task database keeps every request and result
+            # (a 500 MB array shipped once stays in the controller for ever);
+            # paracell takes results from its own tasks and never asks the
+            # hub for old ones, so it keeps none.
+            "--IPController.db_class=ipyparallel.controller.dictdb.NoDB",
         ],
         shutdown_atexit=False,
         log=_log,
@@ -1173,17 +1178,6 @@ def _reap_processes(pids: list[int], grace: float = 0.3) -> None:
             with contextlib.suppress(psutil.Error):
                 getattr(proc, sig)()
         _, alive = psutil.wait_procs(alive, timeout=3)
-
-
-def is_engine_death(err: BaseException) -> bool:
-    """Whether a task failed because its engine died (not because of its code).
-
-    ipyparallel reports it as ``EngineError`` raised here, or wrapped in a
-    ``RemoteError`` when the hub reports the death.
-    """
-    return isinstance(err, ipp.error.EngineError) or (
-        isinstance(err, ipp.error.RemoteError) and err.ename == "EngineError"
-    )
 
 
 _default: ClusterSession | None = None

@@ -15,6 +15,7 @@ import importlib
 import linecache
 import os
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import FunctionType
@@ -26,7 +27,7 @@ import numpy as np
 from . import _pickling
 from ._analysis import ShippingPlan, check_shippable, plan_shipping
 from ._engine import install_names, missing_names, unimportable
-from ._errors import InvalidRequest
+from ._errors import EnginesDied, InvalidRequest, is_engine_death
 
 __all__ = ["NameShipper", "Shipment", "prepare_shipment"]
 
@@ -37,6 +38,16 @@ class _Payload:
     kind: str  # "pickle" or "array"
     payload: Any
     nbytes: int
+    #: the notebook's object, weakly, when it can be referred to so: once it
+    #: is gone, engines drop their copy (see NameShipper._dropped_digests)
+    owner: weakref.ref[Any] | None = None
+
+
+def _weak(obj: Any) -> weakref.ref[Any] | None:
+    try:
+        return weakref.ref(obj)
+    except TypeError:  # ints, lists, dicts...: kept while their name is
+        return None
 
 
 @dataclass(frozen=True)
@@ -102,12 +113,15 @@ def prepare_shipment(
     for name, data in check_shippable(others).items():
         function = isinstance(others.by_value[name], FunctionType)
         kind = "function" if function else "pickle"
-        payloads[name] = _Payload(_digest(data), kind, data, len(data))
+        owner = _weak(others.by_value[name])
+        payloads[name] = _Payload(_digest(data), kind, data, len(data), owner)
     for name, array in arrays.items():
         contiguous = np.ascontiguousarray(array)
         header = f"{contiguous.dtype.str}{contiguous.shape}".encode()
         digest = _digest(header, memoryview(contiguous).cast("B"))
-        payloads[name] = _Payload(digest, "array", contiguous, contiguous.nbytes)
+        payloads[name] = _Payload(
+            digest, "array", contiguous, contiguous.nbytes, _weak(array)
+        )
     return Shipment(
         names=payloads,
         modules=dict(plan.modules),
@@ -177,6 +191,8 @@ class NameShipper:
         self._purge = purge  # drops a finished task from the client's caches
         self._held: dict[int, dict[str, str]] = {}
         self._paths: dict[int, tuple[str, ...]] = {}  # engine -> paths sent
+        # digest -> the notebook objects it was shipped for (weakly)
+        self._owners: dict[str, list[weakref.ref[Any]]] = {}
         self._importable: set[str] = set()
         # engine -> modules it could not import
         self._unimportable: dict[int, set[str]] = {}
@@ -196,12 +212,15 @@ class NameShipper:
         ``block=False`` returns at once: an engine runs its tasks in order,
         so code sent after this finds the names stored.
         """
+        dropped = self._dropped_digests(shipment)
         pending = []
         for eid in engine_ids:
             held = self._held.setdefault(eid, {})
             entries: dict[str, tuple[str, Any]] = {}
             arrays: list[Any] = []
-            evict = []
+            evict = [d for d in held.values() if d in dropped]
+            for name in [n for n, d in held.items() if d in dropped]:
+                del held[name]
             for name, p in shipment.names.items():
                 old = held.get(name)
                 if old == p.digest:
@@ -214,7 +233,7 @@ class NameShipper:
                 if old is not None and old not in shipment.digests.values():
                     evict.append(old)
             paths = self._paths_to_send(eid, shipment.paths)
-            if not entries and not paths:
+            if not entries and not paths and not evict:
                 continue
             # arrays as top-level arguments: ipyparallel sends those as
             # zero-copy buffers (nested in a dict they would be pickled)
@@ -227,15 +246,42 @@ class NameShipper:
                 if shipment.names[n].digest in entries
             )
             pending.append((eid, ar, size, len(entries)))
+        died = set()
         for eid, ar, size, count in pending:
             if block:
-                ar.get()
+                try:
+                    ar.get()
+                except Exception as err:
+                    if not is_engine_death(err):
+                        raise
+                    died.add(eid)
+                    continue
             held = self._held[eid]
             held.update(shipment.digests)
             self.bytes_sent += size
             self.objects_sent += count
             if block:
                 self._purge(ar)
+        if died:
+            self.forget(died)
+            raise EnginesDied(died)
+
+    def _dropped_digests(self, shipment: Shipment) -> set[str]:
+        """Digests whose notebook objects are all gone (and that this
+        shipment does not bring again): engines can drop them."""
+        for p in shipment.names.values():
+            if p.owner is not None:
+                owners = self._owners.setdefault(p.digest, [])
+                if not any(ref() is p.owner() for ref in owners):
+                    owners.append(p.owner)
+        dropped = set()
+        for digest, owners in list(self._owners.items()):
+            owners[:] = [ref for ref in owners if ref() is not None]
+            if not owners:
+                del self._owners[digest]
+                if digest not in shipment.digests.values():
+                    dropped.add(digest)
+        return dropped
 
     def _paths_to_send(self, eid: int, paths: tuple[str, ...]) -> tuple[str, ...]:
         """``paths`` if engine ``eid`` has not been sent them yet, else ()."""
@@ -270,10 +316,8 @@ class NameShipper:
         sent (functions of modules the engines cannot import go by value).
         """
         if require_engine_side and shipment.engine_side:
-            missing = client[list(engine_ids)].apply_sync(
-                missing_names, shipment.engine_side
-            )
-            absent = sorted({name for per_engine in missing for name in per_engine})
+            missing = self._ask(client, engine_ids, missing_names, shipment.engine_side)
+            absent = sorted({name for lacking in missing.values() for name in lacking})
             if absent:
                 raise InvalidRequest(
                     f"name {absent[0]!r} is not defined in the notebook"
@@ -309,10 +353,10 @@ class NameShipper:
         ask = [m for m in unknown if m not in known]
         failed = set(known)
         if ask:
-            per_engine = client[list(engine_ids)].apply_sync(unimportable, ask)
-            for eid, lacking in zip(engine_ids, per_engine, strict=True):
+            per_engine = self._ask(client, engine_ids, unimportable, ask)
+            for eid, lacking in per_engine.items():
                 self._unimportable.setdefault(eid, set()).update(lacking)
-            failed.update(*per_engine)
+            failed.update(*per_engine.values())
             self._importable.update(m for m in ask if m not in failed)
         if not failed:
             return shipment
@@ -345,6 +389,26 @@ class NameShipper:
                 n: loc for n, loc in shipment.from_imports.items() if n not in moved
             },
         )
+
+    def _ask(
+        self, client: Any, engine_ids: Iterable[int], func: Any, *args: Any
+    ) -> dict[int, Any]:
+        """``func(*args)`` on each engine; raises ``EnginesDied`` naming the
+        engines that died meanwhile (after hearing from all of them)."""
+        tasks = {eid: client[eid].apply_async(func, *args) for eid in engine_ids}
+        answers, died = {}, set()
+        for eid, ar in tasks.items():
+            try:
+                answers[eid] = ar.get()
+            except Exception as err:
+                if not is_engine_death(err):
+                    raise
+                died.add(eid)
+            self._purge(ar)
+        if died:
+            self.forget(died)
+            raise EnginesDied(died)
+        return answers
 
     def forget(self, engine_ids: Iterable[int]) -> None:
         """Engines that are gone hold nothing any more."""

@@ -355,3 +355,71 @@ def test_failing_maps_never_strand_an_engine(ip, shared_cluster):
     assert ip.run_line_magic("pmap", "--no-progress x for x in range(10)") == list(
         range(10)
     )
+
+
+def test_an_engine_that_dies_while_names_are_shipped_is_left_out(
+    ip, no_other_cluster, tmp_path
+):
+    from paracell.kernel_backend import default_session
+
+    session = default_session()
+    session.start(2)
+    try:
+        # the first engine to unpack the shipped object dies doing it
+        define(
+            ip,
+            "import os, signal\n"
+            f"FLAG = {str(tmp_path / 'exploded')!r}\n"
+            "def _arm():\n"
+            "    try:\n"
+            "        os.close(os.open(FLAG, os.O_CREAT | os.O_EXCL))\n"
+            "    except FileExistsError:\n"
+            "        return 'defused'\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "class Mine:\n"
+            "    def __reduce__(self):\n"
+            "        return (_arm, ())\n"
+            "mine = Mine()\n"
+            "def tag(x, m):\n"
+            "    return (x, m)",
+        )
+        got = ip.run_line_magic("pmap", "--no-progress tag(x, mine) for x in range(20)")
+        assert got == [(x, "defused") for x in range(20)]
+        assert (tmp_path / "exploded").exists()
+    finally:
+        session.stop()
+
+
+def test_shipped_data_leaves_the_engines_when_the_notebook_drops_it(
+    ip, no_other_cluster
+):
+    import numpy as np
+    import psutil
+
+    from paracell.kernel_backend import default_session
+
+    session = default_session()
+    session.start(2)
+    try:
+
+        def engine_mib() -> list[int]:
+            pids = session.engine_pids().values()
+            return [psutil.Process(p).memory_info().rss >> 20 for p in pids]
+
+        ip.run_line_magic("pmap", "--no-progress x for x in range(2)")
+        baseline = max(engine_mib())
+        for i in range(5):
+            ip.user_ns["big"] = np.full(12_500_000, float(i))  # 100 MB
+            got = ip.run_line_magic(
+                "pmap", "--no-progress big[k] + k for k in range(4)"
+            )
+            assert got == [i + k for k in range(4)]
+            # at most one array per engine at any time
+            assert max(engine_mib()) < baseline + 160
+            ip.run_cell("del big")
+        ip.run_line_magic("pmap", "--no-progress x for x in range(2)")
+        assert max(engine_mib()) < baseline + 60
+        controller = psutil.Process(session._cluster.controller.pid)
+        assert controller.memory_info().rss < 1.2 * 2**30
+    finally:
+        session.stop()
