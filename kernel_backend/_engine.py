@@ -278,6 +278,7 @@ def run_chunk(
     star: bool = True,
     base: dict[str, Any] | None = None,
     budget: float | None = None,
+    check_results: bool = False,
 ) -> ChunkOutcome:
     """Run ``items`` (indices ``first``, ``first + 1``, ...) with the spec's code.
 
@@ -289,6 +290,9 @@ def run_chunk(
     ``interrupted``).  With a ``budget`` (seconds) no item starts after the
     items have run that long (at least one runs); the outcome is then marked
     ``stopped`` and the items after its values were not run.
+    ``check_results`` pickles each value here first: a value that cannot
+    travel back becomes its item's failure (the chunk was sent again with it
+    after its reply could not be sent).
     """
     _pickling.install()
     func = build_callable(spec, base)
@@ -312,6 +316,8 @@ def run_chunk(
         )
     finally:
         _reset_reporter(token)
+    if check_results:
+        _check_results(spec, first, values, failures)
     host, pid = engine_identity()
     return ChunkOutcome(
         first=first,
@@ -324,6 +330,36 @@ def run_chunk(
         interrupted=interrupted,
         stopped=stopped,
     )
+
+
+def _check_results(
+    spec: TaskSpec, first: int, values: list[Any], failures: list[ItemFailure]
+) -> None:
+    """Turn values that cannot be pickled into their items' failures."""
+    failed = {f.index for f in failures}
+    for offset, value in enumerate(values):
+        if first + offset in failed:
+            continue
+        try:
+            _pickling.dumps(value)
+        except Exception as err:
+            failures.append(
+                ItemFailure(
+                    index=first + offset,
+                    type_name=type(err).__name__,
+                    message=(
+                        f"its result, a {type(value).__name__}, cannot be sent"
+                        f" back to the notebook: {err}"
+                    ),
+                    traceback="",
+                    exception=None,
+                )
+            )
+            values[offset] = None
+            if spec.stop_on_error:
+                del values[offset + 1 :]
+                break
+    failures.sort(key=lambda f: f.index)
 
 
 def _run_all(

@@ -43,6 +43,9 @@ __all__ = [
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 _ABSENT = object()
+#: A finished task's AsyncResult marks itself ready in a callback that can run
+#: just after the future reports done; get() waits that long for it at most.
+_SETTLE = 5.0
 _TICK = 0.25  # how often running jobs are looked at (and their views refreshed)
 
 
@@ -705,7 +708,7 @@ class JobManager:
         import ipyparallel as ipp
 
         try:
-            outcome: CellOutcome = ar.get(0)
+            outcome: CellOutcome = ar.get(_SETTLE)
         except Exception as err:
             if is_engine_death(err):
                 self._session.forget_engines([job.engine])
@@ -891,7 +894,7 @@ def run_everywhere(
         values: dict[str, Any] = {}
         bundle = None
         try:
-            outcome: CellOutcome = ar.get(0)
+            outcome: CellOutcome = ar.get(_SETTLE)
         except Exception as err:
             error = JobError(f"engine {eid} could not run the cell: {err}")
         else:

@@ -46,6 +46,9 @@ _PER_ENGINE = 2
 _POLL = 0.05
 _PROGRESS_PERIOD = 0.1
 _CANCEL_GRACE = 1.5
+#: A finished task's AsyncResult marks itself ready in a callback that can run
+#: just after the future reports done; get() waits that long for it at most.
+_SETTLE = 5.0
 #: With chunks out and none back for this long, ask whether the controller lives.
 _CONTROLLER_CHECK = 2.0
 
@@ -321,7 +324,7 @@ def sliceable(iterable: Any) -> bool:
 
 
 class _Chunk:
-    __slots__ = ("attempts", "budget", "first", "items")
+    __slots__ = ("attempts", "budget", "check_results", "first", "items")
 
     def __init__(
         self, first: int, items: Sequence[Any], budget: float | None = None
@@ -330,6 +333,8 @@ class _Chunk:
         self.items = items
         self.budget = budget  # seconds after which the engine starts no item
         self.attempts = 0
+        # sent again after its reply could not be pickled: find which value
+        self.check_results = False
 
 
 class _MapRun:
@@ -524,10 +529,39 @@ class _MapRun:
             # them once per map, not once per chunk
             self.prepickled = (PrePickled(run_chunk), PrePickled(self.spec))
         func, spec = self.prepickled
-        ar = view.apply_async(
-            func, spec, chunk.first, chunk.items, self.star, None, chunk.budget
-        )
+        try:
+            ar = view.apply_async(
+                func,
+                spec,
+                chunk.first,
+                chunk.items,
+                self.star,
+                None,
+                chunk.budget,
+                chunk.check_results,
+            )
+        except Exception as err:
+            raise self._unsendable(chunk, err) from None
         self.in_flight[ar] = (chunk, eid)
+
+    def _unsendable(self, chunk: _Chunk, err: Exception) -> Exception:
+        """The error for a chunk that could not be pickled: name the item."""
+        from . import _pickling
+
+        for offset, item in enumerate(chunk.items):
+            try:
+                _pickling.dumps(item)
+            except Exception as item_err:
+                if self.star and len(item) == 1:
+                    item = item[0]
+                return InvalidRequest(
+                    f"item {chunk.first + offset} (input {_short(item)}) cannot be"
+                    f" sent to the engines: {type(item_err).__name__}: {item_err}"
+                )
+        return InvalidRequest(
+            f"items {chunk.first}-{chunk.first + len(chunk.items) - 1} cannot be"
+            f" sent to the engines: {type(err).__name__}: {err}"
+        )
 
     def _usable_engines(self) -> list[int]:
         live = set(self.session.engine_ids())
@@ -548,7 +582,7 @@ class _MapRun:
     def _collect(self, ar: Any) -> None:
         chunk, eid = self.in_flight.pop(ar)
         try:
-            outcome: ChunkOutcome = ar.get(0)
+            outcome: ChunkOutcome = ar.get(_SETTLE)
         except Exception as err:
             self._purge(ar)
             self._chunk_failed(chunk, eid, err)
@@ -561,7 +595,7 @@ class _MapRun:
         for ar in [ar for ar in self.in_flight if ar.done()]:
             chunk, _ = self.in_flight.pop(ar)
             with contextlib.suppress(Exception):
-                outcome: ChunkOutcome = ar.get(0)
+                outcome: ChunkOutcome = ar.get(_SETTLE)
                 values = list(outcome.values)
                 for failure in outcome.failures:
                     values[failure.index - chunk.first] = _SKIPPED
@@ -652,10 +686,17 @@ class _MapRun:
                 and err.ename == "KeyboardInterrupt"
             ):
                 raise KeyboardInterrupt()
-            text = getattr(err, "traceback", None) or str(err)
+            if isinstance(err, ipp.error.RemoteError) and not chunk.check_results:
+                # paracell's wrapper catches the items' own errors: what
+                # failed is the reply, most likely a value that cannot be
+                # pickled; run the chunk again, checking each value
+                chunk.check_results = True
+                self.retry.append(chunk)
+                return
+            what = f"{err.ename}: {err.evalue}" if hasattr(err, "ename") else err
             raise MapFailed(
                 f"engine {eid} could not run items {chunk.first}-"
-                f"{chunk.first + len(chunk.items) - 1}: {text}",
+                f"{chunk.first + len(chunk.items) - 1}: {what}",
                 self._partial_results(),
             )
         if eid in self.engines:

@@ -120,7 +120,7 @@ def test_the_magic_documents_every_subcommand(ip):
         "%cluster start [-n N]",
         "%cluster connect",
         "%cluster status",
-        "%cluster scale N",
+        "%cluster scale [--force] N",
         "%cluster restart",
         "%cluster stop",
     ):

@@ -423,3 +423,32 @@ def test_shipped_data_leaves_the_engines_when_the_notebook_drops_it(
         assert controller.memory_info().rss < 1.2 * 2**30
     finally:
         session.stop()
+
+
+def test_a_result_that_cannot_travel_back_names_its_item_in_one_line(
+    ip, shared_cluster
+):
+    define(ip, "import threading")
+    with pytest.raises(ItemError) as info:
+        ip.run_line_magic("pmap", "--no-progress threading.Lock() for x in range(3)")
+    message = str(info.value)
+    assert message.startswith("item 0 (input 0) failed on engine")
+    assert "cannot be sent back to the notebook" in message
+    assert "\x1b[" not in message and "\n" not in message
+    got = ip.run_line_magic(
+        "pmap",
+        "--no-progress --on-error collect"
+        " threading.Lock() if x == 1 else x for x in range(3)",
+    )
+    assert got[0] == 0 and got[2] == 2
+    assert "cannot be sent back" in str(got[1])
+
+
+def test_an_input_that_cannot_be_sent_names_its_index_in_one_line(ip, shared_cluster):
+    define(ip, "import threading\nthings = [1, 2, threading.Lock()]")
+    with pytest.raises(UsageError) as info:
+        ip.run_line_magic("pmap", "--no-progress str(t) for t in things")
+    message = str(info.value)
+    assert "cannot be sent to the engines" in message
+    assert "item 2 (input" in message
+    assert "\n" not in message
