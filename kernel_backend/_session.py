@@ -211,10 +211,13 @@ class ClusterSession:
         return done
 
     def current_work(self, engine: int) -> str | None:
-        """What ``engine`` is doing: a background job's name, ``pmap``, or None."""
+        """What ``engine`` is doing: a background job's name, ``pmap``,
+        ``cancelled work`` (still stopping), or None."""
         if engine in self._reserved:
             return self._reserved[engine]
-        return "pmap" if self._mapping.get(engine) else None
+        if self._mapping.get(engine):
+            return "pmap"
+        return "cancelled work" if self._stale.holds(engine) else None
 
     # -- change events -------------------------------------------------------
 

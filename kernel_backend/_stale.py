@@ -58,6 +58,10 @@ class StaleWork:
         self._tasks.setdefault(engine, []).append(task)
         self._since.setdefault(engine, time.monotonic())
 
+    def holds(self, engine: int) -> bool:
+        """Whether cancelled work may still run on ``engine``."""
+        return engine in self._tasks
+
     def clear(self) -> None:
         self._tasks.clear()
         self._since.clear()
