@@ -55,6 +55,9 @@ _STOP_GRACE = 10.0
 _log = logging.getLogger("paracell.cluster")
 _log.addHandler(logging.NullHandler())
 _log.setLevel(logging.ERROR)
+# a view's failure is a bug to see, not to hide: no NullHandler here, so
+# without logging set up it reaches stderr (logging's last resort)
+_observer_log = logging.getLogger("paracell.observers")
 
 
 @dataclass
@@ -242,8 +245,10 @@ class ClusterSession:
 
     def _changed(self) -> None:
         for observer in list(self._observers):
-            with contextlib.suppress(Exception):
+            try:
                 observer()
+            except Exception:  # a view's bug must not stop the cluster's work
+                _observer_log.warning("a cluster observer failed", exc_info=True)
 
     @contextlib.contextmanager
     def _changing(self, phase: str) -> Iterator[None]:

@@ -368,3 +368,52 @@ def test_panels_of_a_session_share_one_refresher():
     assert len(session._observers) == 1
     second.close()
     assert session._observers == []
+
+
+def test_a_change_made_in_another_thread_redraws_the_panel():
+    """Events from other threads reach the panel through the kernel's loop
+    (the panel's own timer is slowed down here so it cannot hide a miss)."""
+    import asyncio
+    import threading
+
+    from paracell.widgets._panel import _Refresher
+
+    session = ClusterSession()
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    try:
+        refresher = _Refresher(session, loop, period=3600.0)
+        redraws = []
+
+        class Panel:
+            _busy = False
+
+            def show(self, status):
+                redraws.append(status)
+
+        refresher.panels.append(Panel())
+        refresher._unsubscribe = session.subscribe(refresher._on_change)
+        changer = threading.Thread(target=session._changed)
+        changer.start()
+        changer.join()
+        assert wait_until(lambda: redraws, 5)
+        assert redraws[0] is not None and redraws[0].state == "stopped"
+        refresher._unsubscribe()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(5)
+        loop.close()
+
+
+def test_an_observer_that_fails_is_logged_not_swallowed(caplog):
+    session = ClusterSession()
+
+    def broken() -> None:
+        raise RuntimeError("view bug")
+
+    session.subscribe(broken)
+    with caplog.at_level("WARNING", logger="paracell.observers"):
+        session._changed()
+    assert "a cluster observer failed" in caplog.text
+    assert "view bug" in caplog.text

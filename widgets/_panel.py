@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from html import escape
 from typing import Any, ClassVar
@@ -302,7 +303,10 @@ class _Refresher:
             self.refresh(wait=True)
         elif self.loop is not None and not self.loop.is_closed():
             with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(self.refresh, wait=False)
+                # call_soon takes no keyword arguments: bind them first
+                self.loop.call_soon_threadsafe(
+                    functools.partial(self.refresh, wait=False)
+                )
         else:
             for panel in list(self.panels):
                 panel.show(None)  # at least the phase, without asking
