@@ -1,16 +1,19 @@
 # Shared set-up for scripts/demo and scripts/test (sourced, not run).
-# Installs Debian's Chromium when missing (the browser tests drive JupyterLab
-# with it), creates .venv when missing and installs paracell with what the
-# tests need; re-running it is cheap: each step skips what is already there.
+# Creates .venv when missing and installs paracell with the extras the
+# calling script names (PARACELL_EXTRAS: "demo" runs notebooks, "test" adds
+# the test tools); PARACELL_BROWSER=1 also installs Debian's Chromium, which
+# only the browser tests need.  Re-running it is cheap: each step skips what
+# is already there.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 CHROMIUM=/usr/bin/chromium
+EXTRAS="${PARACELL_EXTRAS:-test}"
 
 # The browser tests use the system's Chromium; Playwright never downloads one.
-if [ ! -x "$CHROMIUM" ]; then
+if [ "${PARACELL_BROWSER:-0}" = 1 ] && [ ! -x "$CHROMIUM" ]; then
     if [ "$(id -u)" -eq 0 ]; then
         AS_ROOT=()
     elif command -v sudo >/dev/null 2>&1; then
@@ -42,11 +45,16 @@ if [ ! -x "$PY" ]; then
 fi
 
 # Reinstall only when the project description changed since the last install.
-STAMP="$VENV/.paracell-installed"
+STAMP="$VENV/.paracell-installed-$EXTRAS"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || ! "$PY" -c "import paracell" 2>/dev/null; then
-    echo "paracell: installing paracell and its test tools into $VENV" >&2
+    echo "paracell: installing paracell[$EXTRAS] into $VENV" >&2
     "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
-    "$PY" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-    "$PY" -c "import paracell, jupyterlab, playwright" || { echo "paracell: installation failed" >&2; exit 1; }
+    "$PY" -m pip install --quiet --disable-pip-version-check -e "$ROOT[$EXTRAS]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+    if [ "$EXTRAS" = test ]; then
+        CHECK="import paracell, jupyterlab, playwright"
+    else
+        CHECK="import paracell, nbclient"
+    fi
+    "$PY" -c "$CHECK" || { echo "paracell: installation failed" >&2; exit 1; }
     touch "$STAMP"
 fi
