@@ -265,6 +265,8 @@ class ChunkOutcome:
     interrupted: bool = False
     # ran out of its time budget: the items after ``values`` were not run
     stopped: bool = False
+    #: warnings the items raised: (item index, category, message, file, line)
+    warnings: list[tuple[int, str, str, str, int]] = field(default_factory=list)
 
 
 class ItemTimeout(Exception):
@@ -306,14 +308,16 @@ def run_chunk(
         seed_item(item_seed_sequence(None, first, entropy=spec.entropy))
     token = _set_reporter(_engine_reporter)
     started = time.time()
+    caught: list[tuple[int, str, str, str, int]] = []
     try:
         if per_item_seed or spec.timeout is not None or not _EXTEND_KEEPS_PARTIAL:
             run = _run_each
         else:
             run = _run_all
-        seconds, interrupted, stopped = run(
-            spec, func, first, items, star, values, failures, budget
-        )
+        with _items_output(lambda: first + len(values), caught):
+            seconds, interrupted, stopped = run(
+                spec, func, first, items, star, values, failures, budget
+            )
     finally:
         _reset_reporter(token)
     if check_results:
@@ -329,7 +333,71 @@ def run_chunk(
         pid=pid,
         interrupted=interrupted,
         stopped=stopped,
+        warnings=caught,
     )
+
+
+class _ItemStream:
+    """A text stream that starts each line with the item that wrote it.
+
+    The item is read when a line starts (``index()``), so the loop over the
+    items pays nothing for it: items that print nothing cost nothing.
+    """
+
+    def __init__(self, stream: Any, index: Callable[[], int]) -> None:
+        self._stream = stream
+        self._index = index
+        self._at_line_start = True
+
+    def write(self, text: str) -> int:
+        if not text:
+            return 0
+        prefix = f"[item {self._index()}] "
+        out = []
+        for line in text.splitlines(keepends=True):
+            if self._at_line_start:
+                out.append(prefix)
+            out.append(line)
+            self._at_line_start = line.endswith("\n")
+        self._stream.write("".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _items_output(
+    index: Callable[[], int], caught: list[tuple[int, str, str, str, int]]
+) -> Iterator[None]:
+    """While items run: their printed lines name the item, and their warnings
+    are recorded (every one, with its item) instead of printed, so the
+    notebook can show each warning once with the number of items it came
+    from — as one process's default warning filter would."""
+    import warnings
+
+    def record(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        caught.append((index(), category.__name__, str(message), filename, lineno))
+
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ItemStream(out, index), _ItemStream(err, index)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            yield
+    finally:
+        sys.stdout, sys.stderr = out, err
 
 
 def _check_results(

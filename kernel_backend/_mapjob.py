@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import io
 import itertools
+import re
 import reprlib
 import threading
 import time
@@ -49,6 +51,8 @@ _CANCEL_GRACE = 1.5
 #: A finished task's AsyncResult marks itself ready in a callback that can run
 #: just after the future reports done; get() waits that long for it at most.
 _SETTLE = 5.0
+#: How long a finished task's printed output is waited for after its result.
+_OUTPUT_GRACE = 1.0
 #: With chunks out and none back for this long, ask whether the controller lives.
 _CONTROLLER_CHECK = 2.0
 
@@ -103,6 +107,11 @@ class MapProgress:
     elapsed: float
     per_engine: dict[int, int]
     partial: float = 0.0  # fraction of items reported done inside running chunks
+    #: lines the items printed since the previous event, each starting with
+    #: ``[item i · engine e]`` (all of them: ``MapJob.output()``)
+    lines: tuple[str, ...] = ()
+    #: each distinct warning once, with the number of items that raised it
+    warnings: tuple[str, ...] = ()
 
     @property
     def rate(self) -> float:
@@ -273,12 +282,54 @@ class MapJob(concurrent.futures.Future):  # type: ignore[type-arg]
         self.add_done_callback(self._note_finish)
         self._progress = MapProgress("queued", 0, 0, total, 0.0, {})
         self._observers: list[Callable[[MapProgress], None]] = []
+        self._lines: list[tuple[int | None, str]] = []  # (item, line)
+        # (category, message, file, line) -> [items that raised it, first item]
+        self._warnings: dict[tuple[str, str, str, int], list[int]] = {}
         self._running = False
         self._thread: threading.Thread | None = None
 
     @property
     def progress(self) -> MapProgress:
         return self._progress
+
+    def output(self, item: int | None = None) -> str:
+        """What the items printed (stdout and stderr), each line starting
+        with its item and engine; with ``item``, that item's lines only."""
+        return "".join(
+            line + "\n" for i, line in self._lines if item is None or i == item
+        )
+
+    def warning_summaries(self) -> tuple[str, ...]:
+        """Each distinct warning the items raised, once, with how many items
+        raised it, e.g. ``RuntimeWarning: overflow … (in 340 items)``."""
+        out = []
+        for (category, message, _, _), (count, first) in self._warnings.items():
+            where = f"in {count} items" if count > 1 else f"item {first}"
+            out.append(f"{category}: {message} ({where})")
+        return tuple(out)
+
+    def _add_lines(self, engine: int | None, text: str) -> list[str]:
+        """Take printed text from ``engine``; returns the new lines as shown."""
+        added = []
+        for raw in text.splitlines():
+            item, line = _item_of(raw)
+            where = "local" if engine is None or engine < 0 else f"engine {engine}"
+            shown = f"[item {item} · {where}] {line}" if item is not None else raw
+            self._lines.append((item, shown))
+            added.append(shown)
+        return added
+
+    def _add_warnings(self, caught: Sequence[tuple[int, str, str, str, int]]) -> bool:
+        """Count warnings by kind; True if one was seen for the first time."""
+        new = False
+        for item, category, message, filename, lineno in caught:
+            seen = self._warnings.get((category, message, filename, lineno))
+            if seen is None:
+                self._warnings[(category, message, filename, lineno)] = [1, item]
+                new = True
+            else:
+                seen[0] += 1
+        return new
 
     def timeline(self) -> Timeline:
         """Which engine ran which chunk when; displayed, a Gantt chart."""
@@ -308,6 +359,17 @@ class MapJob(concurrent.futures.Future):  # type: ignore[type-arg]
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(repr(self))
+
+
+_ITEM_PREFIX = re.compile(r"\[item (\d+)\] ")
+
+
+def _item_of(line: str) -> tuple[int | None, str]:
+    """Split the ``[item i] `` an engine put before a printed line."""
+    match = _ITEM_PREFIX.match(line)
+    if match is None:
+        return None, line
+    return int(match.group(1)), line[match.end() :]
 
 
 #: Stands for a skipped item (``on_error="skip"``) among a chunk's values.
@@ -386,6 +448,11 @@ class _MapRun:
         self.views: dict[int, Any] = {}
         self.prepickled: tuple[Any, Any] | None = None
         self.epoch = session.epoch if session is not None else 0
+        # tasks whose printed output is read as it arrives: task -> (engine,
+        # characters of stdout and stderr already taken, when it finished)
+        self.printing: dict[Any, tuple[int, int, int, float | None]] = {}
+        self.new_lines: list[str] = []  # not yet sent with an event
+        self.new_warnings = False
         self.last_answer = time.monotonic()  # when a chunk last came back
 
     # -- the loop --------------------------------------------------------
@@ -543,6 +610,7 @@ class _MapRun:
         except Exception as err:
             raise self._unsendable(chunk, err) from None
         self.in_flight[ar] = (chunk, eid)
+        self.printing[ar] = (eid, 0, 0, None)
 
     def _unsendable(self, chunk: _Chunk, err: Exception) -> Exception:
         """The error for a chunk that could not be pickled: name the item."""
@@ -581,19 +649,60 @@ class _MapRun:
 
     def _collect(self, ar: Any) -> None:
         chunk, eid = self.in_flight.pop(ar)
+        self._finished_printing(ar)
         try:
             outcome: ChunkOutcome = ar.get(_SETTLE)
         except Exception as err:
-            self._purge(ar)
             self._chunk_failed(chunk, eid, err)
             return
-        self._purge(ar)
+        if outcome.warnings and self.job._add_warnings(outcome.warnings):
+            self.new_warnings = True
         self._absorb(outcome, chunk, eid)
+
+    def _finished_printing(self, ar: Any) -> None:
+        if ar in self.printing:
+            eid, out, err, _ = self.printing[ar]
+            self.printing[ar] = (eid, out, err, time.monotonic())
+
+    def _read_output(self, final: bool = False) -> None:
+        """Take what running and finished tasks printed since the last look.
+
+        A task's output can arrive after its result, so a finished task is
+        read until its output is complete (or for ``_OUTPUT_GRACE`` s), and
+        only then dropped from the client's caches.
+        """
+        now = time.monotonic()
+        if final:
+            deadline = now + _OUTPUT_GRACE
+            for ar in list(self.printing):
+                if self.printing[ar][3] is not None:
+                    ar.wait_for_output(max(0.0, deadline - time.monotonic()))
+        for ar, (eid, out, err, ended) in list(self.printing.items()):
+            stdout, stderr = ar.stdout or "", ar.stderr or ""
+            for text, offset in ((stdout, out), (stderr, err)):
+                if len(text) > offset:
+                    # whole lines only, unless the task is over
+                    end = len(text) if ended else text.rfind("\n", offset) + 1
+                    if end > offset:
+                        self.new_lines += self.job._add_lines(eid, text[offset:end])
+                        if text is stdout:
+                            out = end
+                        else:
+                            err = end
+            self.printing[ar] = (eid, out, err, ended)
+            if ended is not None and (
+                final
+                or getattr(ar, "_output_ready", True)
+                or now - ended > _OUTPUT_GRACE
+            ):
+                del self.printing[ar]
+                self._purge(ar)
 
     def _harvest(self) -> None:
         """Keep the successful items of chunks that have already finished."""
         for ar in [ar for ar in self.in_flight if ar.done()]:
             chunk, _ = self.in_flight.pop(ar)
+            self.printing.pop(ar, None)
             with contextlib.suppress(Exception):
                 outcome: ChunkOutcome = ar.get(_SETTLE)
                 values = list(outcome.values)
@@ -736,6 +845,13 @@ class _MapRun:
         if not force and now - self.last_emit < _PROGRESS_PERIOD:
             return
         self.last_emit = now
+        if self.printing:
+            self._read_output(final=state != "running")
+        lines, self.new_lines = tuple(self.new_lines), []
+        warnings = ()
+        if self.new_warnings or (state != "running" and self.job._warnings):
+            warnings = self.job.warning_summaries()
+            self.new_warnings = False
         self.job._emit(
             MapProgress(
                 state=state,
@@ -745,6 +861,8 @@ class _MapRun:
                 elapsed=now - self.started,
                 per_engine=dict(self.per_engine),
                 partial=self._partial(),
+                lines=lines,
+                warnings=warnings,
             )
         )
 
@@ -762,6 +880,8 @@ class _MapRun:
         """Abort queued chunks, interrupt running ones, and wait briefly."""
         pending = {ar: eid for ar, (_, eid) in self.in_flight.items()}
         self.in_flight.clear()
+        for ar in pending:
+            self.printing.pop(ar, None)
         self.session.interrupt(pending, grace=_CANCEL_GRACE)
 
 
@@ -807,9 +927,19 @@ class _LocalRun(_MapRun):
         try:
             self._emit("running", force=True)
             while (chunk := self._next_chunk()) is not None:
-                outcome = run_chunk(
-                    self.spec, chunk.first, chunk.items, self.star, self.namespace
-                )
+                printed = io.StringIO()
+                # the items' lines go through the same views as on engines
+                with (
+                    contextlib.redirect_stdout(printed),
+                    contextlib.redirect_stderr(printed),
+                ):
+                    outcome = run_chunk(
+                        self.spec, chunk.first, chunk.items, self.star, self.namespace
+                    )
+                if printed.tell():
+                    self.new_lines += self.job._add_lines(-1, printed.getvalue())
+                if outcome.warnings and self.job._add_warnings(outcome.warnings):
+                    self.new_warnings = True
                 self._absorb(outcome, chunk, None)
                 self._emit("running")
         except BaseException:

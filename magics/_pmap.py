@@ -71,6 +71,11 @@ class PmapMagics(Magics):
     )
     @argument("--no-progress", action="store_true", help="no progress bar")
     @argument(
+        "--quiet",
+        action="store_true",
+        help="do not show what items print or warn (job.output() still has it)",
+    )
+    @argument(
         "--timeline",
         action="store_true",
         help="after the map, draw which engine ran which chunk when",
@@ -131,7 +136,8 @@ class PmapMagics(Magics):
                 options,
                 block=not args.run_async,
                 local=args.local,
-                observers=map_observers(show),
+                # an --async job shows its output in its own view
+                observers=map_observers(show, quiet=args.quiet or args.run_async),
             )
         if args.run_async:
             return job

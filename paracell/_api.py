@@ -126,6 +126,7 @@ def pmap(
     block: bool = True,
     targets: Sequence[int] | None = None,
     local: bool = False,
+    quiet: bool = False,
 ) -> list[Any] | MapJob:
     """Call ``func`` on every item of ``iterable`` on the cluster; ``%pmap``'s twin.
 
@@ -162,6 +163,9 @@ def pmap(
     local
         Run here, sequentially, with the same seeding: for debugging and to
         check a parallel run against.
+    quiet
+        Do not show what the items print or warn (``job.output()`` keeps it).
+        A job (``block=False``) shows it in its own view when displayed.
     """
     options = MapOptions(
         chunksize=chunksize,  # type: ignore[arg-type]
@@ -176,7 +180,7 @@ def pmap(
     if not local:
         _announce(session.ensure_engines())
     _display_hooks()
-    observers = map_observers(_show_progress(progress, block))
+    observers = map_observers(_show_progress(progress, block), quiet=quiet or not block)
     job = map_function(
         session, func, iterable, options, block=block, local=local, observers=observers
     )

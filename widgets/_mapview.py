@@ -16,7 +16,7 @@ import ipywidgets as w
 
 from ..kernel_backend import MapJob, MapProgress
 from ._frontend import PlainText
-from ._progress import progress_facts
+from ._progress import LineBudget, progress_facts
 
 __all__ = ["MapProgressWidget"]
 
@@ -50,6 +50,26 @@ def engines_html(per_engine: dict[int, int]) -> str:
     return '<div style="font-size:85%;color:#555">' + "".join(cells) + "</div>"
 
 
+def output_html(warnings: tuple[str, ...], budget: LineBudget, *, final: bool) -> str:
+    """The items' warnings and printed lines, in a fold that starts open."""
+    shown = len(budget.shown) + budget.hidden
+    parts = [
+        f'<div class="paracell-warning" style="color:#8a6d3b">{escape(text)}</div>'
+        for text in warnings
+    ]
+    if budget.shown:
+        note = budget.note() if final else ""
+        body = "\n".join(budget.shown) + ("\n" + note if note else "")
+        parts.append(
+            '<pre style="max-height:16em;overflow:auto;margin:2px 0;'
+            f'font-size:85%">{escape(body)}</pre>'
+        )
+    label = f"output: {shown:,} line{'s' * (shown != 1)}"
+    if warnings:
+        label += f", {len(warnings)} warning{'s' * (len(warnings) != 1)}"
+    return f"<details open><summary>{escape(label)}</summary>{''.join(parts)}</details>"
+
+
 class MapProgressWidget(PlainText, w.VBox):  # type: ignore[misc]
     """Live progress of one map.
 
@@ -58,7 +78,9 @@ class MapProgressWidget(PlainText, w.VBox):  # type: ignore[misc]
     without one it is fed by whoever owns it (a blocking ``%pmap``).
     """
 
-    def __init__(self, total: int | None = None, job: MapJob | None = None) -> None:
+    def __init__(
+        self, total: int | None = None, job: MapJob | None = None, quiet: bool = False
+    ) -> None:
         self.title = w.HTML("<b>pmap</b>")
         self.bar = w.FloatProgress(
             value=0.0,
@@ -82,10 +104,17 @@ class MapProgressWidget(PlainText, w.VBox):  # type: ignore[misc]
             [self.title, self.bar, self.label, self.cancel_button],
             layout=w.Layout(align_items="center"),
         )
-        super().__init__([row])
+        # what the items print and warn, below the bar, folded by the reader
+        self.output = w.HTML("", layout=w.Layout(display="none"))
+        self.output.add_class("paracell-map-output")
+        super().__init__([row, self.output])
         self.add_class("paracell-map")
         self.job = job
+        self.quiet = quiet
         self.event = MapProgress("queued", 0, 0, total, 0.0, {})
+        self._budget = LineBudget()
+        self._warnings: tuple[str, ...] = ()
+        self._output_changed = False
         self._drawn = 0.0
         self.draws = 0
         if job is not None:
@@ -96,6 +125,11 @@ class MapProgressWidget(PlainText, w.VBox):  # type: ignore[misc]
 
     def __call__(self, event: MapProgress, force: bool = False) -> None:
         self.event = event
+        if not self.quiet and (event.lines or event.warnings):
+            # taken from every event, drawn or not
+            self._budget.take(event.lines)
+            self._warnings = event.warnings or self._warnings
+            self._output_changed = True
         final = event.state in ("done", "failed", "cancelled")
         now = time.monotonic()
         if not (final or force) and now - self._drawn < _MIN_INTERVAL:
@@ -121,6 +155,12 @@ class MapProgressWidget(PlainText, w.VBox):  # type: ignore[misc]
             )
             if final:
                 self.cancel_button.layout.display = "none"
+            if self._output_changed or (final and self._budget.hidden):
+                self._output_changed = False
+                self.output.value = output_html(
+                    self._warnings, self._budget, final=final
+                )
+                self.output.layout.display = ""
         self.draws += 1
 
     def _ended(self, job: MapJob) -> None:

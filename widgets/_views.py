@@ -20,7 +20,7 @@ from ..kernel_backend import (
 )
 from ._frontend import in_kernel, use_widgets
 from ._jobs import JobsTable, JobView
-from ._progress import TextProgress
+from ._progress import TextLines, TextProgress
 from ._tables import ClusterStatusView
 from ._timeline import timeline_html, timeline_text
 
@@ -46,9 +46,10 @@ class _DisplayedProgress:
     in the notebook carries the final state in its ``text/plain`` too.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, quiet: bool = False) -> None:
         self.widget: Any = None
         self._handle: Any = None
+        self._quiet = quiet
 
     def __call__(self, event: MapProgress) -> None:
         if self.widget is None:
@@ -56,20 +57,24 @@ class _DisplayedProgress:
 
             from ._mapview import MapProgressWidget
 
-            self.widget = MapProgressWidget(event.total)
+            self.widget = MapProgressWidget(event.total, quiet=self._quiet)
             self._handle = display(self.widget, display_id=True)
         self.widget(event)
         if event.state in ("done", "failed", "cancelled") and self._handle:
             self._handle.update(self.widget)
 
 
-def map_observers(show: bool) -> list[Callable[[MapProgress], None]]:
-    """Progress observers for a blocking map: a widget bar, a text line, or none."""
+def map_observers(
+    show: bool, *, quiet: bool = False
+) -> list[Callable[[MapProgress], None]]:
+    """Observers for a blocking map: a widget bar, a text line, or none; the
+    items' output shows below the bar (or as plain lines without one) unless
+    ``quiet``."""
     if not show:
-        return []
+        return [] if quiet else [TextLines()]
     if use_widgets():
-        return [_DisplayedProgress()]
-    return [TextProgress()]
+        return [_DisplayedProgress(quiet=quiet)]
+    return [TextProgress(quiet=quiet)]
 
 
 _MAP_VIEWS: weakref.WeakKeyDictionary[MapJob, Any] = weakref.WeakKeyDictionary()
