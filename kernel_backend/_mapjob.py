@@ -47,6 +47,8 @@ _PER_ENGINE = 2
 _POLL = 0.05
 _PROGRESS_PERIOD = 0.1
 _CANCEL_GRACE = 1.5
+#: Items looked up in the result store at a time (``--cache``).
+_STORE_BLOCK = 1024
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class MapProgress:
     elapsed: float
     per_engine: dict[int, int]
     partial: float = 0.0  # fraction of items reported done inside running chunks
+    cached: int = 0  # items of ``done`` that came from the result store
 
     @property
     def rate(self) -> float:
@@ -111,9 +114,10 @@ class MapProgress:
         verb = {"queued": "queued", "running": "running", "done": "done"}.get(
             self.state, self.state
         )
+        stored = f" ({self.cached:,} from cache)" if self.cached else ""
         return (
             f"pmap: {self.done}/{total} {verb} in {self.elapsed:.1f} s,"
-            f" {self.failed} failed"
+            f" {self.failed} failed{stored}"
         )
 
 
@@ -379,6 +383,7 @@ class _MapRun:
         self.last_emit = 0.0
         self.views: dict[int, Any] = {}
         self.prepickled: tuple[Any, Any] | None = None
+        self.cache: Any = None  # a _cachedmap.MapCache with --cache
 
     # -- the loop --------------------------------------------------------
 
@@ -451,6 +456,8 @@ class _MapRun:
     def _next_chunk(self) -> _Chunk | None:
         if self.retry:
             return self.retry.pop(0)
+        if self.cache is not None and not self.pending:
+            self._take_stored()
         if self.pending:
             head = self.pending[0]
             size = self.sizer.next_size()
@@ -485,6 +492,27 @@ class _MapRun:
         chunk = _Chunk(self.next_index, items, budget)
         self.next_index += len(items)
         return chunk
+
+    def _take_stored(self) -> None:
+        """Stored items are results at once; the rest wait in ``pending``,
+        in runs of consecutive indices (an item keeps its index, so its seed).
+        """
+        while not self.pending and not self.exhausted:
+            items: Sequence[Any]
+            if self.source is not None:
+                items = self.source[self.next_index : self.next_index + _STORE_BLOCK]
+            else:
+                items = list(itertools.islice(self.items, _STORE_BLOCK))
+            if len(items) < _STORE_BLOCK:
+                self.exhausted = True
+            first = self.next_index
+            self.next_index += len(items)
+            hits, misses = self.cache.split(first, items)
+            for start, values in hits:
+                self._store(start, values)
+                self.succeeded += len(values)
+                self.sizer.skip(len(values))
+            self.pending.extend(_Chunk(start, run) for start, run in misses)
 
     def _send(self, chunk: _Chunk, eid: int) -> None:
         view = self.views.get(eid)
@@ -536,6 +564,7 @@ class _MapRun:
             chunk, _ = self.in_flight.pop(ar)
             with contextlib.suppress(Exception):
                 outcome: ChunkOutcome = ar.get(0)
+                self._save(chunk, outcome)
                 values = list(outcome.values)
                 for failure in outcome.failures:
                     values[failure.index - chunk.first] = _SKIPPED
@@ -546,6 +575,7 @@ class _MapRun:
         """Take a chunk's values and failures into the map's results."""
         if outcome.interrupted:
             raise KeyboardInterrupt()
+        self._save(chunk, outcome)
         self.sizer.record(len(outcome.values), outcome.seconds)
         self.job.chunks.append(
             ChunkRecord(
@@ -598,6 +628,12 @@ class _MapRun:
                 values.append(_SKIPPED)
                 self.skipped.add(index)
         self._store(chunk.first, values)
+
+    def _save(self, chunk: _Chunk, outcome: ChunkOutcome) -> None:
+        """Into the result store the moment results arrive (``--cache``)."""
+        if self.cache is not None:
+            failed = {failure.index for failure in outcome.failures}
+            self.cache.save(chunk.first, outcome.values, failed)
 
     def _store(self, first: int, values: list[Any]) -> None:
         self.parts.append((first, values))
@@ -678,6 +714,7 @@ class _MapRun:
                 elapsed=now - self.started,
                 per_engine=dict(self.per_engine),
                 partial=self._partial(),
+                cached=0 if self.cache is None else self.cache.hits,
             )
         )
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from ._analysis import Comprehension, element_free_names, iterate_items
+from ._cachedmap import MapCache
 from ._engine import WRAPPER_FILENAME, TaskSpec
 from ._errors import InvalidRequest
 from ._mapjob import MapJob, MapOptions, MapProgress, _LocalRun, _MapRun, sliceable
@@ -36,8 +37,13 @@ def map_function(
     block: bool = True,
     local: bool = False,
     observers: Iterable[Callable[[MapProgress], None]] = (),
+    cache: bool | str | None = None,
 ) -> MapJob:
-    """Map ``func`` over ``iterable``; returns the job (finished if ``block``)."""
+    """Map ``func`` over ``iterable``; returns the job (finished if ``block``).
+
+    ``cache``: keep each result in the result store (``True``: the default
+    store, a string: the store of that name) and take stored ones from it.
+    """
     if not callable(func):
         raise InvalidRequest(
             f"pmap needs a function to call, not {type(func).__name__}"
@@ -46,6 +52,17 @@ def map_function(
     # a range, list or tuple is cut into chunks by slicing
     items = iterable if sliceable(iterable) else iter(iterable)
     element = f"{_FUNC}({_ITEM})"
+    options = options.validated()
+    store = MapCache.for_map(
+        cache,
+        element,
+        (_ITEM,),
+        [],
+        {},
+        star=False,
+        seed=options.seed,
+        extra={_FUNC: func},
+    )
     if local:
         namespace = {"__builtins__": __builtins__, _FUNC: func}
         return _start_local(
@@ -58,6 +75,7 @@ def map_function(
             block,
             observers,
             star=False,
+            cache=store,
         )
     shipment = prepare_shipment([], {}, extra={_FUNC: func})
     return _start_remote(
@@ -71,6 +89,7 @@ def map_function(
         block,
         observers,
         star=False,
+        cache=store,
     )
 
 
@@ -83,14 +102,20 @@ def map_comprehension(
     block: bool = True,
     local: bool = False,
     observers: Iterable[Callable[[MapProgress], None]] = (),
+    cache: bool | str | None = None,
 ) -> MapJob:
     """Run ``comp``'s element on the engines once per item of its ``for`` clauses.
 
     The iterables and ``if`` clauses run here, in ``namespace``, lazily.
+    ``cache`` as for :func:`map_function`.
     """
+    options = options.validated()
     items, total, star = _comprehension_items(comp, namespace)
     names = comp.target_names
     free = element_free_names(comp)
+    store = MapCache.for_map(
+        cache, comp.element, names, free, namespace, star=star, seed=options.seed
+    )
     if local:
         missing = sorted(n for n in free - _builtin_names() if n not in namespace)
         if missing:
@@ -106,6 +131,7 @@ def map_comprehension(
             block,
             observers,
             star=star,
+            cache=store,
         )
     shipment = prepare_shipment(free, namespace)
     return _start_remote(
@@ -119,6 +145,7 @@ def map_comprehension(
         block,
         observers,
         star=star,
+        cache=store,
     )
 
 
@@ -198,6 +225,7 @@ def _start_remote(
     observers: Iterable[Callable[[MapProgress], None]],
     *,
     star: bool,
+    cache: MapCache | None = None,
 ) -> MapJob:
     options = options.validated()
     client = session.client
@@ -229,6 +257,7 @@ def _start_remote(
     for observer in observers:
         job.subscribe(observer)
     run = _MapRun(session, spec, items, options, job, star=star, engines=engines)
+    run.cache = cache
     job.add_done_callback(session.mapping(engines))
     return _launch(job, run.run, block, session)
 
@@ -244,6 +273,7 @@ def _start_local(
     observers: Iterable[Callable[[MapProgress], None]],
     *,
     star: bool,
+    cache: MapCache | None = None,
 ) -> MapJob:
     options = options.validated()
     spec = _spec(f"local-{id(namespace)}", element, arguments, options)
@@ -251,6 +281,7 @@ def _start_local(
     for observer in observers:
         job.subscribe(observer)
     run = _LocalRun(spec, items, options, job, star=star, namespace=namespace)
+    run.cache = cache
     return _launch(job, run.run, block, None)
 
 

@@ -118,6 +118,7 @@ def pmap(
     block: bool = True,
     targets: Sequence[int] | None = None,
     local: bool = False,
+    cache: bool | str = False,
 ) -> list[Any] | MapJob:
     """Call ``func`` on every item of ``iterable`` on the cluster; ``%pmap``'s twin.
 
@@ -154,6 +155,10 @@ def pmap(
     local
         Run here, sequentially, with the same seeding: for debugging and to
         check a parallel run against.
+    cache
+        ``True`` (the default store) or a store's name: keep each result as
+        it arrives, and take the results of items stored before from the
+        store instead of computing them (``%pmap --cache``).
     """
     options = MapOptions(
         chunksize=chunksize,  # type: ignore[arg-type]
@@ -170,7 +175,14 @@ def pmap(
     _display_hooks()
     observers = map_observers(_show_progress(progress, block))
     job = map_function(
-        session, func, iterable, options, block=block, local=local, observers=observers
+        session,
+        func,
+        iterable,
+        options,
+        block=block,
+        local=local,
+        observers=observers,
+        cache=cache,
     )
     return job.result() if block else job
 
