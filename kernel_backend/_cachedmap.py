@@ -12,8 +12,11 @@ be pickled each cost one warning per map, and the item is simply computed
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ._errors import InvalidRequest, ParacellWarning
@@ -21,12 +24,24 @@ from ._fingerprint import Unfingerprintable, item_key, map_fingerprint
 from ._store import (
     DEFAULT_STORE,
     ResultStore,
+    StoreInfo,
     StoreUnavailable,
     cache_folder,
+    parse_size,
+    set_cache_folder,
     validate_store_name,
 )
 
-__all__ = ["MapCache", "open_store", "store_name"]
+__all__ = [
+    "CacheReport",
+    "MapCache",
+    "cache_info",
+    "clear_cache",
+    "open_store",
+    "set_cache_dir",
+    "set_cache_limit",
+    "store_name",
+]
 
 #: One store object per folder, shared by the maps of this kernel.
 _STORES: dict[str, ResultStore] = {}
@@ -50,6 +65,86 @@ def store_name(cache: bool | str | None) -> str | None:
     if isinstance(cache, str):
         return validate_store_name(cache)
     raise InvalidRequest(f"cache must be True, False or a store's name, not {cache!r}")
+
+
+@dataclass(frozen=True)
+class CacheReport:
+    """The stores in the cache folder (``%cache``)."""
+
+    folder: str
+    limit: int | None
+    stores: tuple[StoreInfo, ...]
+
+    @property
+    def entries(self) -> int:
+        return sum(s.entries for s in self.stores)
+
+    @property
+    def size(self) -> int:
+        return sum(s.size for s in self.stores)
+
+    def summary(self) -> str:
+        """E.g. ``cache: 2 stores, 1,412 entries, 3.1 MB in /work/.paracell``."""
+        n = len(self.stores)
+        limit = "" if self.limit is None else f" (limit {format_size(self.limit)})"
+        return (
+            f"cache: {n} store{'s' * (n != 1)}, {self.entries:,} entries,"
+            f" {format_size(self.size)} in {self.folder}{limit}"
+        )
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+
+def format_size(nbytes: int) -> str:
+    """Bytes in the largest unit that keeps a number >= 1 (``3.1 MB``)."""
+    size = float(nbytes)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def cache_info() -> CacheReport:
+    """The stores in the cache folder: entries, size, last used."""
+    store = open_store()
+    try:
+        return CacheReport(str(store.folder), store.limit(), tuple(store.info()))
+    except StoreUnavailable as err:
+        raise InvalidRequest(f"the cache in {store.folder} is busy ({err})") from None
+
+
+def clear_cache(name: str | None = None) -> int:
+    """Remove every entry of store ``name`` (of all stores: ``None``);
+    returns how many were removed."""
+    if name is not None:
+        validate_store_name(name)
+    store = open_store()
+    try:
+        return store.clear(name)
+    except StoreUnavailable as err:
+        raise InvalidRequest(f"the cache in {store.folder} is busy ({err})") from None
+
+
+def set_cache_limit(limit: int | str | None) -> int:
+    """Keep at most ``limit`` bytes (``"5GB"``; ``None``: no limit) in the
+    cache folder, least recently used entries evicted first; returns how many
+    entries were evicted."""
+    nbytes = parse_size(limit) if isinstance(limit, str) else limit
+    if nbytes is not None and (isinstance(nbytes, bool) or nbytes < 0):
+        raise InvalidRequest(f"a cache limit is a size >= 0, not {limit!r}")
+    store = open_store()
+    try:
+        return store.set_limit(nbytes)
+    except StoreUnavailable as err:
+        raise InvalidRequest(f"the cache in {store.folder} is busy ({err})") from None
+
+
+def set_cache_dir(path: str | os.PathLike[str] | None) -> Path:
+    """Keep stores in ``path`` from now on (``None``: the default,
+    ``$PARACELL_CACHE_DIR`` or ``.paracell`` in the working directory)."""
+    return set_cache_folder(path)
 
 
 class MapCache:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .kernel_backend import (
+    CacheReport,
     CellJob,
     ClusterStatus,
     MapJob,
@@ -17,13 +18,21 @@ from .kernel_backend import (
     default_session,
     map_function,
     run_everywhere,
+    set_cache_dir,
+    set_cache_limit,
 )
+from .kernel_backend import cache_info as _cache_info
+from .kernel_backend import clear_cache as _clear_cache
 from .kernel_backend._seeding import validate_seed
 from .widgets import cluster_panel, map_observers, register_formatters
 from .widgets import jobs_panel as jobs_panel_view
 
 __all__ = [
+    "cache_dir",
+    "cache_info",
+    "cache_limit",
     "cancel",
+    "clear_cache",
     "clear_jobs",
     "connect",
     "jobs",
@@ -321,3 +330,30 @@ def _user_namespace() -> dict[str, Any]:
     import __main__
 
     return __main__.__dict__
+
+
+# -- the result store (%cache) ---------------------------------------------
+
+
+def cache_info() -> CacheReport:
+    """The result stores: entries, size and last use of each; ``%cache``."""
+    return _cache_info()
+
+
+def clear_cache(name: str | None = None) -> int:
+    """Remove every entry of store ``name`` (all stores: ``None``); returns
+    how many; ``%cache clear [NAME]``."""
+    return _clear_cache(name)
+
+
+def cache_limit(size: int | str | None) -> int:
+    """Keep at most ``size`` (bytes, or ``"5GB"``; ``None``: no limit) in the
+    stores, least recently used entries evicted first; returns how many were
+    evicted; ``%cache limit``."""
+    return set_cache_limit(size)
+
+
+def cache_dir(path: str | None) -> str:
+    """Keep the stores in ``path`` from now on (``None``: the default,
+    ``.paracell`` in the working directory); ``%cache dir``."""
+    return str(set_cache_dir(path))

@@ -18,7 +18,8 @@ _BAR = 20
 
 
 def progress_facts(event: MapProgress) -> list[str]:
-    """``done/total``, rate, elapsed, ETA and failures, as short phrases."""
+    """``done/total``, rate, elapsed, ETA, failures and how many results came
+    from the result store, as short phrases."""
     done, total = event.done, event.total
     shown = done + event.partial
     parts = [f"{done}/{total}" if total else f"{done} done"]
@@ -29,6 +30,8 @@ def progress_facts(event: MapProgress) -> list[str]:
         parts.append(f"ETA {eta:.1f} s")
     if event.failed:
         parts.append(f"{event.failed} failed")
+    if event.cached:
+        parts.append(f"{event.cached:,} from cache")
     if event.state in ("failed", "cancelled"):
         parts.append(event.state.upper())
     return parts
