@@ -44,7 +44,9 @@ def split_options(line: str) -> tuple[str, str]:
             # an optional store name: the next word, if what follows it is
             # the comprehension (`--cache sweep1 f(p) for p in ps`)
             value = _VALUE.match(line, pos)
-            if value is not None and _is_comprehension(line[value.end() :]):
+            if value is not None and _is_comprehension(
+                split_options(line[value.end() :])[1]
+            ):
                 options[-1] = f"--cache={value.group(1)}"
                 pos = value.end()
             continue
