@@ -10,6 +10,7 @@ from .kernel_backend import (
     CacheReport,
     CellJob,
     ClusterStatus,
+    InvalidRequest,
     MapJob,
     MapOptions,
     StartReport,
@@ -247,6 +248,7 @@ def parallel(
     block: bool = False,
     targets: Sequence[int] | str | None = None,
     namespace: dict[str, Any] | None = None,
+    cache: bool | str = False,
 ) -> Any:
     """Run ``code`` on the cluster in the background; ``%%parallel``'s twin.
 
@@ -259,12 +261,20 @@ def parallel(
     ``targets="all"`` or a list of engine ids runs ``code`` on each of those
     engines in the engine's own namespace instead (setup), blocking; it
     returns a list of :class:`EngineRun`.
+
+    ``cache=True`` (or a store's name) keeps the outcome in the result store;
+    the same code with the same inputs is then done at once, from the store
+    (``%%parallel --cache``).
     """
     ns = _user_namespace() if namespace is None else namespace
     _display_hooks()
     session = default_session()
     _announce(session.ensure_engines())
     if targets is not None:
+        if cache:
+            raise InvalidRequest(
+                "cache keeps a background cell's outcome; it does not go with targets"
+            )
         chosen = None if targets == "all" else [int(t) for t in targets]
         return run_everywhere(
             session, code, ns, targets=chosen, outputs=out or (), seed=seed
@@ -279,6 +289,7 @@ def parallel(
         retries=retries,
         timeout=timeout,
         priority=priority,
+        cache=cache,
     )
     if not block:
         return job
