@@ -74,11 +74,16 @@ CREATE TABLE IF NOT EXISTS entries (
     used REAL NOT NULL,
     PRIMARY KEY (store, key)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS entries_by_use ON entries (used);
+CREATE TABLE IF NOT EXISTS stores (name TEXT PRIMARY KEY, used REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 # Keys per query: well under SQLite's limit on bound parameters.
 _BATCH = 500
+
+#: An entry's "last used" time is rewritten only when older than this: the
+#: LRU order needs no finer grain, and rewriting 10,000 rows on every re-run
+#: would cost more than the re-run itself.
+TOUCH_GRAIN = 600.0
 
 
 def digest(*parts: bytes | memoryview) -> str:
@@ -197,6 +202,8 @@ class ResultStore:
         self.busy_timeout = BUSY_TIMEOUT if busy_timeout is None else busy_timeout
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        # store -> when this process last noted its use in the index
+        self._noted: dict[str, float] = {}
 
     # -- connection ------------------------------------------------------
 
@@ -258,7 +265,7 @@ class ResultStore:
         damaged: list[Damage] = []
         if not keys or not (self.folder / _INDEX).exists():
             return found, damaged
-        rows: list[tuple[str, str, str, bytes | None]] = []
+        rows: list[tuple[str, str, str, bytes | None, float]] = []
         with self._lock:
             try:
                 conn = self._connect()
@@ -266,19 +273,24 @@ class ResultStore:
                     batch = keys[start : start + _BATCH]
                     marks = ",".join("?" * len(batch))
                     rows += conn.execute(
-                        "SELECT key, kind, digest, data FROM entries"
+                        "SELECT key, kind, digest, data, used FROM entries"
                         f" WHERE store = ? AND key IN ({marks})",
                         (store, *batch),
                     ).fetchall()
             except sqlite3.Error as err:
                 raise StoreUnavailable(str(err)) from err
-        for key, kind, expected, data in rows:
+        stale = time.time() - TOUCH_GRAIN
+        touch = []
+        for key, kind, expected, data, used in rows:
             try:
                 found[key] = self._load(store, key, kind, expected, data)
             except Exception as err:  # any failure to read means: not stored
                 damaged.append(Damage(key, f"{type(err).__name__}: {err}"))
+                continue
+            if used < stale:
+                touch.append(key)
         if found:
-            self._touch(store, list(found))
+            self._touch(store, touch)
         if damaged:
             self._forget(store, [d.key for d in damaged])
         return found, damaged
@@ -306,10 +318,14 @@ class ResultStore:
         # "last used" feeds the LRU eviction; losing an update to a busy
         # index only makes an entry look older
         now = time.time()
+        if not keys and now - self._noted.get(store, 0.0) < 1.0:
+            return
+        self._noted[store] = now
         with (
             contextlib.suppress(StoreUnavailable, sqlite3.Error),
             self._transaction() as conn,
         ):
+            conn.execute("INSERT OR REPLACE INTO stores VALUES (?, ?)", (store, now))
             for start in range(0, len(keys), _BATCH):
                 batch = keys[start : start + _BATCH]
                 marks = ",".join("?" * len(batch))
@@ -343,9 +359,13 @@ class ResultStore:
                 unpicklable.append(key)
                 continue
             rows.append((store, key, kind, size, value_digest, data, now, now))
+        self._noted[store] = now
         if rows:
             try:
                 with self._transaction() as conn:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO stores VALUES (?, ?)", (store, now)
+                    )
                     conn.executemany(
                         "INSERT OR REPLACE INTO entries"
                         " (store, key, kind, size, digest, data, created, used)"
@@ -403,7 +423,9 @@ class ResultStore:
                 rows = (
                     self._connect()
                     .execute(
-                        "SELECT store, COUNT(*), SUM(size), MAX(used) FROM entries"
+                        "SELECT store, COUNT(*), SUM(size),"
+                        " MAX(MAX(used), COALESCE((SELECT used FROM stores"
+                        " WHERE name = store), 0)) FROM entries"
                         " GROUP BY store ORDER BY store"
                     )
                     .fetchall()
@@ -423,6 +445,7 @@ class ResultStore:
         where, params = ("WHERE store = ?", (store,)) if store else ("", ())
         with self._transaction() as conn:
             removed = conn.execute(f"DELETE FROM entries {where}", params).rowcount
+            conn.execute(f"DELETE FROM stores {where.replace('store', 'name')}", params)
         values = self.folder / "values"
         folders = [values / store] if store else list(_children(values))
         for folder in folders:

@@ -124,7 +124,8 @@ def test_a_locked_index_is_unavailable_not_a_hang(tmp_path):
         holder.close()
 
 
-def test_the_limit_evicts_the_least_recently_used_entries(tmp_path):
+def test_the_limit_evicts_the_least_recently_used_entries(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "TOUCH_GRAIN", 0.0)  # every use counts
     store = ResultStore(tmp_path)
     blob = b"x" * 1000
     for key in "abcd":
