@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 
 import nbformat
 import pytest
@@ -132,3 +133,22 @@ def test_tutorial_shows_every_view():
     ]
     assert widget in job_view
     assert job_view["text/plain"].startswith("job 'fit': done on engine")
+
+
+def test_tutorial_resumes_a_stopped_sweep_from_the_store():
+    nb = executed(os.path.join(HERE, "..", "notebooks", "tutorial.ipynb"))
+    shown = [(c.source, _text(c)) for c in nb.cells if c.cell_type == "code"]
+    (stopped,) = [
+        text for src, text in shown if src.startswith("job = %pmap --async --seed 1")
+    ]
+    kept = int(re.search(r"cache: 1 store, (\d+) entries", stopped).group(1))
+    assert 0 < kept < 80
+    (resumed,) = [
+        text for src, text in shown if src.startswith("results = %pmap --seed 1")
+    ]
+    assert re.match(r"pmap: 80/80 done in .*, 0 failed \((\d+) from cache\)", resumed)
+    assert int(re.search(r"\((\d+) from cache\)", resumed).group(1)) >= kept
+    (again,) = [text for src, text in shown if src.startswith("again = %pmap")]
+    assert "(80 from cache)" in again
+    assert "all from the store, same values: True" in again
+    assert "removed 80 entries from store 'sweep'" in dict(shown)["%cache clear sweep"]
