@@ -205,7 +205,7 @@ class _Fingerprinter:
 
 
 def _buffer_digest(array: np.ndarray[Any, Any]) -> bytes:
-    return xxhash.xxh3_128_digest(memoryview(array).cast("B"))
+    return xxhash.xxh3_128_digest(array.data.cast("B"))
 
 
 # attributes every class has that say nothing about its behaviour

@@ -522,7 +522,7 @@ def _pickle(value: Any) -> bytes:
         import cloudpickle
 
         # a lambda or a notebook class in the result
-        return cloudpickle.dumps(value, protocol=5)
+        return bytes(cloudpickle.dumps(value, protocol=5))
     except Exception as err:
         raise _Unpicklable(str(err)) from err
 
@@ -530,7 +530,7 @@ def _pickle(value: Any) -> bytes:
 def _array_digest(array: np.ndarray[Any, Any]) -> str:
     # dtype and shape as well as the raw bytes: a reshaped array is another value
     header = f"{array.dtype.str}{array.shape}".encode()
-    return digest(header, memoryview(array).cast("B"))
+    return digest(header, array.data.cast("B"))
 
 
 def _children(folder: Path) -> Iterator[Path]:

@@ -354,14 +354,14 @@ def cache_info() -> CacheReport:
 def clear_cache(name: str | None = None) -> int:
     """Remove every entry of store ``name`` (all stores: ``None``); returns
     how many; ``%cache clear [NAME]``."""
-    return _clear_cache(name)
+    return int(_clear_cache(name))
 
 
 def cache_limit(size: int | str | None) -> int:
     """Keep at most ``size`` (bytes, or ``"5GB"``; ``None``: no limit) in the
     stores, least recently used entries evicted first; returns how many were
     evicted; ``%cache limit``."""
-    return set_cache_limit(size)
+    return int(set_cache_limit(size))
 
 
 def cache_dir(path: str | None) -> str:
