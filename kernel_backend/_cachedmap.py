@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import InvalidRequest, ParacellWarning
-from ._fingerprint import Unfingerprintable, item_key, map_fingerprint
+from ._fingerprint import Fingerprinter, Unfingerprintable, item_key, map_fingerprint
 from ._store import (
     DEFAULT_STORE,
     ResultStore,
@@ -171,6 +171,7 @@ class MapCache:
         # index -> key of each item sent to run, until its result is stored
         self._keys: dict[int, str] = {}
         self._warned: set[str] = set()
+        self._reader = Fingerprinter()
 
     @classmethod
     def for_map(
@@ -218,7 +219,8 @@ class MapCache:
         keys: list[str | None] = []
         for index, item in enumerate(items, first):
             try:
-                keys.append(item_key(self.base, index if self.seeded else None, item))
+                index_part = index if self.seeded else None
+                keys.append(item_key(self.base, index_part, item, self._reader))
             except Unfingerprintable as err:
                 keys.append(None)
                 self._warn(

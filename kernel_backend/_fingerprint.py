@@ -31,9 +31,15 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from ._analysis import _import_location, plan_shipping
+from ._analysis import _code_global_names, _import_location, plan_shipping
 
-__all__ = ["Unfingerprintable", "code_digest", "item_key", "map_fingerprint"]
+__all__ = [
+    "Fingerprinter",
+    "Unfingerprintable",
+    "code_digest",
+    "item_key",
+    "map_fingerprint",
+]
 
 
 class Unfingerprintable(Exception):
@@ -64,7 +70,7 @@ def map_fingerprint(
 def names_fingerprint(names: Iterable[str], namespace: Mapping[str, Any]) -> str:
     """Digest of every name ``names`` need, transitively, by content."""
     plan = plan_shipping(names, namespace)
-    fp = _Fingerprinter()
+    fp = Fingerprinter()
     parts: list[tuple[str, str]] = []
     for name, module in sorted(plan.modules.items()):
         parts.append((name, f"module {module} {_version(module)}"))
@@ -87,9 +93,12 @@ def code_digest(source: str, mode: str = "exec") -> str:
     return xxhash.xxh3_128_hexdigest(ast.dump(tree).encode())
 
 
-def item_key(base: bytes, index: int | None, item: Any) -> str:
+def item_key(
+    base: bytes, index: int | None, item: Any, reader: Fingerprinter | None = None
+) -> str:
     """The key of one item: the map's part, the index (seeded maps), the input.
 
+    ``reader`` remembers what it read for the next items of the same map.
     Raises :class:`Unfingerprintable` if the input cannot be read.
     """
     prefix = base if index is None else base + index.to_bytes(8, "little")
@@ -102,7 +111,8 @@ def item_key(base: bytes, index: int | None, item: Any) -> str:
     # reads them by code
     if data and b"__main__" not in data:
         return xxhash.xxh3_128_hexdigest(prefix + data)
-    return xxhash.xxh3_128_hexdigest(prefix + _Fingerprinter().content(item).encode())
+    reader = reader or Fingerprinter()
+    return xxhash.xxh3_128_hexdigest(prefix + reader.content(item).encode())
 
 
 def _version(module: str) -> str:
@@ -115,8 +125,12 @@ def _stands_for(fingerprint: str) -> str:
     return fingerprint
 
 
-class _Fingerprinter:
-    """Digests of values; functions and classes of the notebook by code."""
+class Fingerprinter:
+    """Digests of values; functions and classes of the notebook by code.
+
+    Remembers each object it read (by identity, holding on to it), so one
+    map reads a large global once however many items refer to it.
+    """
 
     def __init__(self) -> None:
         self._memo: dict[int, str] = {}
@@ -160,9 +174,14 @@ class _Fingerprinter:
                 cells.append(self.value(cell.cell_contents))
             except ValueError:  # an empty cell
                 cells.append("empty")
+        # the globals it reads: an input may hold a function that reads a
+        # global the element itself never names
+        scope = func.__globals__
+        reads = sorted(n for n in _code_global_names(func.__code__) if n in scope)
         parts = [
             "function",
             _code(func.__code__),
+            [(name, self.value(scope[name])) for name in reads],
             [self.value(d) for d in func.__defaults__ or ()],
             sorted((k, self.value(v)) for k, v in (func.__kwdefaults__ or {}).items()),
             cells,
@@ -223,7 +242,7 @@ class _KeyPickler(pickle.Pickler):
     (plain pickle would write ``__main__.name`` and miss a changed body)."""
 
     def __init__(
-        self, out: io.BytesIO, fingerprinter: _Fingerprinter, buffers: Any
+        self, out: io.BytesIO, fingerprinter: Fingerprinter, buffers: Any
     ) -> None:
         super().__init__(out, protocol=5, buffer_callback=buffers)
         self._fp = fingerprinter

@@ -282,6 +282,14 @@ def test_an_input_holding_a_notebook_function_is_keyed_by_its_code():
     assert item_key(base, None, (one, 1)) == item_key(base, None, (again, 1))
 
 
+def test_an_input_holding_a_function_counts_the_globals_it_reads():
+    ns = _namespace("alpha = 1\ndef model(x):\n    return x * alpha\n")
+    base = _fp(BASE)
+    before = item_key(base, None, ns["model"])
+    ns["alpha"] = 2
+    assert item_key(base, None, ns["model"]) != before
+
+
 def test_code_digest_ignores_layout():
     assert code_digest("x = 1\ny = f(x)\n") == code_digest("x=1  # one\n\ny = f( x )")
 
