@@ -148,8 +148,9 @@ def test_two_kernels_writing_one_store_at_once_lose_nothing(kernels, tmp_path):
     ]
     for kernel, msg_id in zip((one, two), ids, strict=True):
         reply = kernel.client.get_shell_msg(timeout=120)
-        assert reply["parent_header"]["msg_id"] == msg_id
-        assert reply["content"]["status"] == "ok"
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = kernel.client.get_shell_msg(timeout=120)
+        assert reply["content"]["status"] == "ok", reply["content"]
     assert len(runs(tmp_path)) == 120
     assert stored(one) == 120
     # either kernel finds the other's results: the keys agree across kernels
