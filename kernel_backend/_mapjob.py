@@ -105,8 +105,9 @@ class MapProgress:
 
     @property
     def rate(self) -> float:
-        """Items per second so far."""
-        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+        """Items computed per second so far (results from the store aside)."""
+        computed = self.done - self.cached
+        return computed / self.elapsed if self.elapsed > 0 else 0.0
 
     def summary(self) -> str:
         """E.g. ``pmap: 60/60 done in 3.1 s, 0 failed``."""

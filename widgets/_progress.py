@@ -25,8 +25,9 @@ def progress_facts(event: MapProgress) -> list[str]:
     parts = [f"{done}/{total}" if total else f"{done} done"]
     parts.append(f"{event.rate:.1f} items/s")
     parts.append(f"{event.elapsed:.1f} s")
-    if total and event.state == "running" and 0 < shown < total:
-        eta = event.elapsed * (total - shown) / shown
+    computed = shown - event.cached  # results from the store took no time
+    if total and event.state == "running" and computed > 0 and shown < total:
+        eta = event.elapsed * (total - shown) / computed
         parts.append(f"ETA {eta:.1f} s")
     if event.failed:
         parts.append(f"{event.failed} failed")
