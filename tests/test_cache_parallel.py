@@ -9,6 +9,8 @@ from IPython.core.error import UsageError
 
 import paracell
 from paracell.kernel_backend import cache_info, default_jobs, set_cache_dir
+from paracell.widgets import JobView
+from paracell.widgets._jobview import JobWidget
 
 pytestmark = pytest.mark.cluster
 
@@ -71,6 +73,11 @@ def test_a_stored_cell_brings_its_names_back_at_once_on_no_engine(
     job = default_jobs().get("again")
     assert job.from_cache and job.engine is None
     assert job.summary() == "job 'again': done from cache"
+    # its views say so: the text view, and the widget's header
+    assert JobView(job).text().startswith("job 'again': done from cache")
+    widget = JobWidget(job)
+    assert "from cache" in widget.header.value
+    widget.close()
     assert runs(log) == 0
 
 
