@@ -6,6 +6,14 @@ plain records (:class:`ClusterStatus`, :class:`StartReport`, ...).
 
 from __future__ import annotations
 
+from ._cachedmap import (
+    CacheReport,
+    cache_info,
+    clear_cache,
+    format_size,
+    set_cache_dir,
+    set_cache_limit,
+)
 from ._engine import progress
 from ._errors import (
     ClusterStartError,
@@ -38,9 +46,11 @@ from ._maps import map_comprehension, map_function
 from ._seeding import rng
 from ._session import LAUNCHERS, ClusterSession, default_session
 from ._status import ClusterStatus, EngineRow, StartReport, StopReport
+from ._store import StoreInfo
 
 __all__ = [
     "LAUNCHERS",
+    "CacheReport",
     "CellJob",
     "ChunkRecord",
     "ClusterSession",
@@ -63,13 +73,19 @@ __all__ = [
     "RemoteItemError",
     "StartReport",
     "StopReport",
+    "StoreInfo",
     "Timeline",
     "bound_names",
+    "cache_info",
+    "clear_cache",
     "default_jobs",
     "default_session",
+    "format_size",
     "map_comprehension",
     "map_function",
     "progress",
     "rng",
     "run_everywhere",
+    "set_cache_dir",
+    "set_cache_limit",
 ]

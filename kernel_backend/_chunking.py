@@ -199,6 +199,13 @@ class ChunkSizer:
             raise ValueError(f"items must be >= 0, not {items}")
         self._handed_out = max(0, self._handed_out - items)
 
+    def skip(self, items: int) -> None:
+        """``items`` need no running (their results were stored): they count
+        as handed out, but not as chunks, so probing is not cut short."""
+        if items < 0:
+            raise ValueError(f"items must be >= 0, not {items}")
+        self._handed_out += items
+
     def record(self, items: int, seconds: float) -> None:
         """Learn from a finished chunk.
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._analysis import free_names
+from ._cachedcell import CellCache
 from ._engine import CellOutcome, ItemFailure, TaskSpec, run_cell
 from ._errors import EnginesDied, InvalidRequest, is_engine_death
 from ._seeding import fresh_entropy
@@ -177,6 +178,8 @@ class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
         #: the namespace the job's names come back into
         self._namespace: Mapping[str, Any] | None = None
         self._shipment: Any = None
+        #: brought back from the result store, run on no engine (--cache)
+        self.from_cache = False
 
     # -- live facts --------------------------------------------------------
 
@@ -223,6 +226,8 @@ class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
     def summary(self) -> str:
         """E.g. ``job 'cell-7': done on engine 1 in 2.3 s``."""
         where = f" on engine {self.engine}" if self.engine is not None else ""
+        if self.from_cache:
+            return f"job '{self.name}': {self.state} from cache"
         if self.state == "queued":
             return f"job '{self.name}': queued (priority {self.priority:g})"
         if self.state == "running":
@@ -349,8 +354,14 @@ class JobManager:
         retries: int = 0,
         timeout: float | None = None,
         priority: float = 0.0,
+        cache: bool | str | None = None,
+        ship_large: bool = False,
     ) -> CellJob:
         """Queue ``source`` (plain Python) to run on a free engine.
+
+        ``cache``: ``True`` or a store's name: a cell run before with the
+        same code and inputs is done at once, its outcome from the store;
+        otherwise its outcome is stored when it finishes.
 
         Raises ``SyntaxError`` (the user's) before anything is sent, and
         ``InvalidRequest`` for names that cannot be shipped.
@@ -371,7 +382,15 @@ class JobManager:
             # has that module already: no name to wait for, nothing to send
             here = modules_already_here(source, namespace)
             wanted = [n for n in bound if n not in here]
-        shipment = prepare_shipment(free_names(source, "exec"), namespace)
+        stored = CellCache.for_cell(
+            cache, source, namespace, seed=seed, outputs=wanted, pull=pull
+        )
+        record = None if stored is None else stored.lookup()
+        if record is not None:
+            return self._from_store(name, source, namespace, record, wanted, pull)
+        shipment = prepare_shipment(
+            free_names(source, "exec"), namespace, ship_large=ship_large
+        )
         session = self._session
         client = session.client
         session.require_controller()
@@ -427,9 +446,52 @@ class JobManager:
             self._jobs[name] = job
             heapq.heappush(self._queue, (-priority, next(self._order), job))
             self._ensure_monitor()
+        if stored is not None:
+            job.add_done_callback(stored.save)
         job.subscribe(self._changed)
         self._changed()
         self._wake.set()
+        return job
+
+    def _from_store(
+        self,
+        name: str | None,
+        source: str,
+        namespace: Mapping[str, Any],
+        record: dict[str, Any],
+        wanted: list[str],
+        pull: bool,
+    ) -> CellJob:
+        """A job done at once with a stored outcome (``--cache``)."""
+        with self._lock:
+            name = name or self._fresh_name()
+            self._check_name_free(name)
+            job = CellJob(
+                self,
+                name,
+                source,
+                outputs=wanted,
+                pull=pull,
+                priority=0.0,
+                retries=0,
+                timeout=None,
+                spec=TaskSpec(key=f"job-{name}-stored"),
+                filename=f"<{name}>",
+                snapshot={n: namespace.get(n, _ABSENT) for n in wanted},
+            )
+            job.from_cache = True
+            job.values = dict(record["values"])
+            job._failed_names = dict(record["failed"])
+            job.bundle = record["bundle"]
+            job._stdout, job._stderr = record["stdout"], record["stderr"]
+            job._namespace = namespace  # type: ignore[assignment]
+            job._seq = next(self._order)
+            job.started = time.time()
+            self._jobs.pop(name, None)
+            self._jobs[name] = job
+            job._finish("done")
+        job.subscribe(self._changed)
+        self._changed()
         return job
 
     def _check_name_free(self, name: str) -> None:
@@ -836,6 +898,7 @@ def run_everywhere(
     outputs: Sequence[str] = (),
     seed: int | None = None,
     filename: str = "<cell>",
+    ship_large: bool = False,
 ) -> list[EngineRun]:
     """Run a cell on each target engine, in the engine's own namespace.
 
@@ -855,7 +918,9 @@ def run_everywhere(
             f"--targets names engine {unknown[0] if unknown else '(none)'},"
             f" which is not running (engines: {', '.join(map(str, live)) or 'none'})"
         )
-    shipment = prepare_shipment(free_names(source, "exec"), namespace)
+    shipment = prepare_shipment(
+        free_names(source, "exec"), namespace, ship_large=ship_large
+    )
     # names the notebook lacks may be defined by the cell itself on engines
     try:
         shipment = session.shipper.send(

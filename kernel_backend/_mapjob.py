@@ -55,6 +55,8 @@ _SETTLE = 5.0
 _OUTPUT_GRACE = 1.0
 #: With chunks out and none back for this long, ask whether the controller lives.
 _CONTROLLER_CHECK = 2.0
+#: Items looked up in the result store at a time (``--cache``).
+_STORE_BLOCK = 1024
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class MapOptions:
     timeout: float | None = None
     on_error: OnError = "raise"
     targets: tuple[int, ...] | None = None
+    #: ship names larger than the limit (see ``_shipping.ship_limit``)
+    ship_large: bool = False
 
     def validated(self) -> MapOptions:
         from ._chunking import validate_chunksize
@@ -112,11 +116,13 @@ class MapProgress:
     lines: tuple[str, ...] = ()
     #: each distinct warning once, with the number of items that raised it
     warnings: tuple[str, ...] = ()
+    cached: int = 0  # items of ``done`` that came from the result store
 
     @property
     def rate(self) -> float:
-        """Items per second so far."""
-        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+        """Items computed per second so far (results from the store aside)."""
+        computed = self.done - self.cached
+        return computed / self.elapsed if self.elapsed > 0 else 0.0
 
     def summary(self) -> str:
         """E.g. ``pmap: 60/60 done in 3.1 s, 0 failed``."""
@@ -124,9 +130,10 @@ class MapProgress:
         verb = {"queued": "queued", "running": "running", "done": "done"}.get(
             self.state, self.state
         )
+        stored = f" ({self.cached:,} from cache)" if self.cached else ""
         return (
             f"pmap: {self.done}/{total} {verb} in {self.elapsed:.1f} s,"
-            f" {self.failed} failed"
+            f" {self.failed} failed{stored}"
         )
 
 
@@ -454,6 +461,7 @@ class _MapRun:
         self.new_lines: list[str] = []  # not yet sent with an event
         self.new_warnings = False
         self.last_answer = time.monotonic()  # when a chunk last came back
+        self.cache: Any = None  # a _cachedmap.MapCache with --cache
 
     # -- the loop --------------------------------------------------------
 
@@ -549,6 +557,8 @@ class _MapRun:
     def _next_chunk(self) -> _Chunk | None:
         if self.retry:
             return self.retry.pop(0)
+        if self.cache is not None and not self.pending:
+            self._take_stored()
         if self.pending:
             head = self.pending[0]
             size = self.sizer.next_size()
@@ -583,6 +593,27 @@ class _MapRun:
         chunk = _Chunk(self.next_index, items, budget)
         self.next_index += len(items)
         return chunk
+
+    def _take_stored(self) -> None:
+        """Stored items are results at once; the rest wait in ``pending``,
+        in runs of consecutive indices (an item keeps its index, so its seed).
+        """
+        while not self.pending and not self.exhausted:
+            items: Sequence[Any]
+            if self.source is not None:
+                items = self.source[self.next_index : self.next_index + _STORE_BLOCK]
+            else:
+                items = list(itertools.islice(self.items, _STORE_BLOCK))
+            if len(items) < _STORE_BLOCK:
+                self.exhausted = True
+            first = self.next_index
+            self.next_index += len(items)
+            hits, misses = self.cache.split(first, items)
+            for start, values in hits:
+                self._store(start, values)
+                self.succeeded += len(values)
+                self.sizer.skip(len(values))
+            self.pending.extend(_Chunk(start, run) for start, run in misses)
 
     def _send(self, chunk: _Chunk, eid: int) -> None:
         view = self.views.get(eid)
@@ -705,6 +736,7 @@ class _MapRun:
             self.printing.pop(ar, None)
             with contextlib.suppress(Exception):
                 outcome: ChunkOutcome = ar.get(_SETTLE)
+                self._save(chunk, outcome)
                 values = list(outcome.values)
                 for failure in outcome.failures:
                     values[failure.index - chunk.first] = _SKIPPED
@@ -715,6 +747,7 @@ class _MapRun:
         """Take a chunk's values and failures into the map's results."""
         if outcome.interrupted:
             raise KeyboardInterrupt()
+        self._save(chunk, outcome)
         self.sizer.record(len(outcome.values), outcome.seconds)
         self.job.chunks.append(
             ChunkRecord(
@@ -767,6 +800,12 @@ class _MapRun:
                 values.append(_SKIPPED)
                 self.skipped.add(index)
         self._store(chunk.first, values)
+
+    def _save(self, chunk: _Chunk, outcome: ChunkOutcome) -> None:
+        """Into the result store the moment results arrive (``--cache``)."""
+        if self.cache is not None:
+            failed = {failure.index for failure in outcome.failures}
+            self.cache.save(chunk.first, outcome.values, failed)
 
     def _store(self, first: int, values: list[Any]) -> None:
         self.parts.append((first, values))
@@ -863,6 +902,7 @@ class _MapRun:
                 partial=self._partial(),
                 lines=lines,
                 warnings=warnings,
+                cached=0 if self.cache is None else self.cache.hits,
             )
         )
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from ._analysis import Comprehension, element_free_names, iterate_items
+from ._cachedmap import MapCache
 from ._engine import WRAPPER_FILENAME, TaskSpec
 from ._errors import EnginesDied, InvalidRequest
 from ._mapjob import (
@@ -44,8 +45,13 @@ def map_function(
     block: bool = True,
     local: bool = False,
     observers: Iterable[Callable[[MapProgress], None]] = (),
+    cache: bool | str | None = None,
 ) -> MapJob:
-    """Map ``func`` over ``iterable``; returns the job (finished if ``block``)."""
+    """Map ``func`` over ``iterable``; returns the job (finished if ``block``).
+
+    ``cache``: keep each result in the result store (``True``: the default
+    store, a string: the store of that name) and take stored ones from it.
+    """
     if not callable(func):
         raise InvalidRequest(
             f"pmap needs a function to call, not {type(func).__name__}"
@@ -54,6 +60,17 @@ def map_function(
     # a range, list or tuple is cut into chunks by slicing
     items = iterable if sliceable(iterable) else iter(iterable)
     element = f"{_FUNC}({_ITEM})"
+    options = options.validated()
+    store = MapCache.for_map(
+        cache,
+        element,
+        (_ITEM,),
+        [],
+        {},
+        star=False,
+        seed=options.seed,
+        extra={_FUNC: func},
+    )
     if local:
         namespace = {"__builtins__": __builtins__, _FUNC: func}
         return _start_local(
@@ -66,8 +83,11 @@ def map_function(
             block,
             observers,
             star=False,
+            cache=store,
         )
-    shipment = prepare_shipment([], {}, extra={_FUNC: func})
+    shipment = prepare_shipment(
+        [], {}, extra={_FUNC: func}, ship_large=options.ship_large
+    )
     return _start_remote(
         session,
         element,
@@ -79,6 +99,7 @@ def map_function(
         block,
         observers,
         star=False,
+        cache=store,
     )
 
 
@@ -91,14 +112,20 @@ def map_comprehension(
     block: bool = True,
     local: bool = False,
     observers: Iterable[Callable[[MapProgress], None]] = (),
+    cache: bool | str | None = None,
 ) -> MapJob:
     """Run ``comp``'s element on the engines once per item of its ``for`` clauses.
 
     The iterables and ``if`` clauses run here, in ``namespace``, lazily.
+    ``cache`` as for :func:`map_function`.
     """
+    options = options.validated()
     items, total, star = _comprehension_items(comp, namespace)
     names = comp.target_names
     free = element_free_names(comp)
+    store = MapCache.for_map(
+        cache, comp.element, names, free, namespace, star=star, seed=options.seed
+    )
     if local:
         missing = sorted(n for n in free - _builtin_names() if n not in namespace)
         if missing:
@@ -114,8 +141,9 @@ def map_comprehension(
             block,
             observers,
             star=star,
+            cache=store,
         )
-    shipment = prepare_shipment(free, namespace)
+    shipment = prepare_shipment(free, namespace, ship_large=options.ship_large)
     return _start_remote(
         session,
         comp.element,
@@ -127,6 +155,7 @@ def map_comprehension(
         block,
         observers,
         star=star,
+        cache=store,
     )
 
 
@@ -206,6 +235,7 @@ def _start_remote(
     observers: Iterable[Callable[[MapProgress], None]],
     *,
     star: bool,
+    cache: MapCache | None = None,
 ) -> MapJob:
     options = options.validated()
     client = session.client
@@ -238,6 +268,7 @@ def _start_remote(
     for observer in observers:
         job.subscribe(observer)
     run = _MapRun(session, spec, items, options, job, star=star, engines=engines)
+    run.cache = cache
     job.add_done_callback(session.mapping(engines))
     return _launch(job, run.run, block, session)
 
@@ -270,6 +301,7 @@ def _start_local(
     observers: Iterable[Callable[[MapProgress], None]],
     *,
     star: bool,
+    cache: MapCache | None = None,
 ) -> MapJob:
     options = options.validated()
     spec = _spec(f"local-{id(namespace)}", element, arguments, options)
@@ -277,6 +309,7 @@ def _start_local(
     for observer in observers:
         job.subscribe(observer)
     run = _LocalRun(spec, items, options, job, star=star, namespace=namespace)
+    run.cache = cache
     return _launch(job, run.run, block, None)
 
 

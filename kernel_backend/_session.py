@@ -100,6 +100,7 @@ class ClusterSession:
         self._atexit_registered = False
         self._stale = StaleWork()
         self._to_replace: set[int] = set()  # stuck engines killed, to restart
+        self._threads: int | None = None  # BLAS/OpenMP threads per engine
         self.shipper = NameShipper(self.purge)
         self._stop_callbacks: list[Callable[[], None]] = []
         self._reserved: dict[int, str] = {}  # engine -> background job's name
@@ -338,6 +339,7 @@ class ClusterSession:
                 idle_stopped=len(self._idle_stopped),
                 engines=tuple(rows),
                 controller_answers=answering,
+                threads_per_engine=self._threads,
             )
 
     # -- lifecycle ---------------------------------------------------------
@@ -351,6 +353,7 @@ class ClusterSession:
         idle_timeout: float | None = None,
         timeout: float = _DEFAULT_START_TIMEOUT,
         force: bool = False,
+        threads: int | None = None,
     ) -> StartReport:
         """Start a controller and ``n`` engines (default: the CPU count).
 
@@ -358,12 +361,20 @@ class ClusterSession:
         listens on 127.0.0.1 only.  ``idle_timeout`` stops engines that sat
         idle that many seconds; :meth:`ensure_engines` brings them back.
         More engines than the launcher can place are refused before anything
-        starts, unless ``force``.
+        starts, unless ``force``.  ``threads`` caps BLAS/OpenMP threads per
+        engine; local engines get ``max(1, cores // n)`` by default, so ``n``
+        engines doing numpy work do not oversubscribe the cores.
         """
         n = (os.cpu_count() or 1) if n is None else n
         _check_count(n, "number of engines", minimum=1)
         launcher = _check_launcher(launcher)
         check_engine_count(n, launcher, force=force)
+        explicit = threads is not None
+        if explicit:
+            _check_count(threads, "--threads", minimum=1)
+        per_engine = threads
+        if per_engine is None and launcher == "local":
+            per_engine = max(1, (os.cpu_count() or 1) // n)
         if idle_timeout is not None and not idle_timeout > 0:
             raise InvalidRequest(
                 "--idle-timeout must be a positive number of seconds,"
@@ -381,7 +392,9 @@ class ClusterSession:
             if self._client is not None:
                 raise InvalidRequest("a cluster was started meanwhile")
             tic = time.perf_counter()
-            cluster = _make_cluster(launcher, profile)
+            cluster = _make_cluster(
+                launcher, profile, _thread_env(per_engine, explicit)
+            )
             try:
                 client = self._start_cluster(cluster, n, timeout)
             except BaseException:
@@ -392,6 +405,7 @@ class ClusterSession:
                 cluster.cluster_id, os.path.join(cluster.profile_dir, "security")
             )
             self._idle_timeout = idle_timeout
+            self._threads = per_engine
             if idle_timeout is not None:
                 self._reaper = _IdleReaper(self, idle_timeout)
                 self._reaper.start()
@@ -838,6 +852,7 @@ class ClusterSession:
         self._cluster_id = self._location = self._connection_file = None
         self._target = 0
         self._idle_timeout = None
+        self._threads = None
         self._records.clear()
         self._removed.clear()
         self._idle_stopped.clear()
@@ -975,14 +990,37 @@ def _check_launcher(launcher: str) -> str:
     return name
 
 
-def _make_cluster(launcher: str, profile: str | None) -> ipp.Cluster:
+#: What BLAS and OpenMP libraries read for their thread count at start.
+_THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def _thread_env(threads: int | None, explicit: bool) -> dict[str, str]:
+    """Thread limits for engines; a limit the user set in the kernel's own
+    environment is kept unless ``--threads`` was given."""
+    if threads is None:
+        return {}
+    return {
+        var: str(threads) for var in _THREAD_VARS if explicit or var not in os.environ
+    }
+
+
+def _make_cluster(
+    launcher: str, profile: str | None, env: dict[str, str] | None = None
+) -> ipp.Cluster:
     config = Config()
     # ipyparallel sleeps 0.1 s between local engines; they need no pacing here.
     config.LocalEngineSetLauncher.delay = 0
     # Every process the launchers start carries the cluster's id, so teardown
     # can find all of them, even children a dying controller left behind.
     cluster_id = f"{int(time.time())}-{secrets.token_hex(2)}"
-    config.BaseLauncher.environment = {_MARK: cluster_id}
+    config.BaseLauncher.environment = {**(env or {}), _MARK: cluster_id}
     kwargs: dict[str, Any] = {}
     if launcher == "local":
         kwargs["controller_ip"] = "127.0.0.1"

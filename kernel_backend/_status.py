@@ -56,6 +56,8 @@ class ClusterStatus:
     engines: tuple[EngineRow, ...] = field(default_factory=tuple)
     #: False when the controller did not answer (it died or hangs)
     controller_answers: bool = True
+    #: the BLAS/OpenMP thread limit of each engine, if paracell set one
+    threads_per_engine: int | None = None
 
     @property
     def live_engines(self) -> int:
@@ -79,6 +81,9 @@ class ClusterStatus:
                 " %cluster stop cleans up, then %cluster start"
             )
         text = f"running: {_engines(self.live_engines)} ({how}; {where})"
+        if self.threads_per_engine is not None:
+            n = self.threads_per_engine
+            text += f", {n} BLAS thread{'s' * (n != 1)} per engine"
         if self.dead_engines:
             text += f", {self.dead_engines} dead"
         if self.idle_stopped:

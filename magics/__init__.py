@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from ..widgets import register_formatters, unregister_formatters
 from . import _delivery
+from ._cache import CacheMagics
 from ._cluster import ClusterMagics
 from ._parallel import ParallelMagics
 from ._pmap import PmapMagics
@@ -13,9 +14,16 @@ from ._pmap import PmapMagics
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-__all__ = ["ClusterMagics", "ParallelMagics", "PmapMagics", "register", "unregister"]
+__all__ = [
+    "CacheMagics",
+    "ClusterMagics",
+    "ParallelMagics",
+    "PmapMagics",
+    "register",
+    "unregister",
+]
 
-_MAGIC_CLASSES = (ClusterMagics, PmapMagics, ParallelMagics)
+_MAGIC_CLASSES = (ClusterMagics, PmapMagics, ParallelMagics, CacheMagics)
 
 
 def register(ipython: InteractiveShell) -> None:

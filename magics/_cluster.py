@@ -80,6 +80,14 @@ class ClusterMagics(Magics):
         default=60.0,
         help="give up if the engines are not up after S seconds (default: 60)",
     )
+    @argument(
+        "--threads",
+        type=positive_int,
+        metavar="K",
+        default=None,
+        help="BLAS/OpenMP threads per engine (default for local engines:"
+        " cores // engines, so numpy work does not oversubscribe the cores)",
+    )
     @_FORCE
     def _start(self, rest: str) -> None:
         """Start a cluster; prints how many engines, where, and how long it took."""
@@ -91,6 +99,7 @@ class ClusterMagics(Magics):
             idle_timeout=args.idle_timeout,
             timeout=args.timeout,
             force=args.force,
+            threads=args.threads,
         )
         print(report)
 

@@ -83,7 +83,8 @@ _F = TypeVar("_F", bound=Callable[..., object])
 
 
 def run_options(unit: str, targets_help: str) -> Callable[[_F], _F]:
-    """``--seed``, ``--retries``, ``--timeout``, ``--targets``: shared by the
+    """``--seed``, ``--retries``, ``--timeout``, ``--targets``, ``--ship-large``:
+    shared by the
     magics that run code on engines (``unit`` names what runs, e.g. "an item").
     """
     options = [
@@ -107,6 +108,11 @@ def run_options(unit: str, targets_help: str) -> Callable[[_F], _F]:
         ),
         argument(
             "--targets", type=engine_ids, default=None, metavar="IDS", help=targets_help
+        ),
+        argument(
+            "--ship-large",
+            action="store_true",
+            help="ship names larger than PARACELL_SHIP_LIMIT (default 1 GB) anyway",
         ),
     ]
 

@@ -92,6 +92,15 @@ class ParallelMagics(Magics):
     @argument(
         "--all", action="store_true", help="run on every engine, in its own namespace"
     )
+    @argument(
+        "--cache",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="NAME",
+        help="keep the cell's outcome in the result store (NAME: a store of its"
+        " own); run again unchanged, its names come back at once",
+    )
     @cell_magic
     def parallel(self, line: str, cell: str) -> Any:
         """Run the cell on the cluster in the background; its names come back.
@@ -105,6 +114,11 @@ class ParallelMagics(Magics):
         ``--all`` / ``--targets`` run the cell on those engines, in each
         engine's own namespace, blocking, with output per engine (for imports
         and setup); ``--out`` then returns a dict engine id -> value.
+
+        ``--cache`` keys the cell by its code (comments and spacing aside)
+        and the names it reads (functions by code, data by content); with
+        the same key stored, the job is done at once, on no engine, and its
+        names are back when the cell returns.  See ``%cache``.
         """
         args = parse_argstring(self.parallel, line)
         with user_errors():
@@ -116,6 +130,11 @@ class ParallelMagics(Magics):
         except SyntaxError as err:
             raise CellSyntaxError(err) from None
         if args.all or args.targets is not None:
+            if args.cache is not None:
+                raise UsageError(
+                    "--cache keeps a background cell's outcome; it does not go"
+                    " with --all or --targets"
+                )
             return self._everywhere(args, source, seed)
         delivery = _delivery.current() or _delivery.install(self.shell)
         delivery.remember_loop()
@@ -132,7 +151,11 @@ class ParallelMagics(Magics):
                 retries=args.retries,
                 timeout=args.timeout,
                 priority=args.priority,
+                cache=args.cache,
+                ship_large=args.ship_large,
             )
+        if job.from_cache:
+            delivery.deliver()  # its names are here when the cell returns
         if args.block:
             return self._block(job, delivery)
         self._show_live(job)
@@ -190,6 +213,7 @@ class ParallelMagics(Magics):
                 targets=args.targets,
                 outputs=args.out or (),
                 seed=seed,
+                ship_large=args.ship_large,
             )
         for run in runs:
             print(f"[engine {run.engine}]")

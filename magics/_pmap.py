@@ -40,6 +40,16 @@ def split_options(line: str) -> tuple[str, str]:
         name, inline = match.group(1), match.group(2)
         pos = match.end()
         options.append(name + (inline or ""))
+        if name == "--cache" and not inline:
+            # an optional store name: the next word, if what follows it is
+            # the comprehension (`--cache sweep1 f(p) for p in ps`)
+            value = _VALUE.match(line, pos)
+            if value is not None and _is_comprehension(
+                split_options(line[value.end() :])[1]
+            ):
+                options[-1] = f"--cache={value.group(1)}"
+                pos = value.end()
+            continue
         if name in _VALUED and not inline:
             value = _VALUE.match(line, pos)
             if value is None:
@@ -47,6 +57,14 @@ def split_options(line: str) -> tuple[str, str]:
             options.append(value.group(1))
             pos = value.end()
     return " ".join(options), line[pos:].strip()
+
+
+def _is_comprehension(text: str) -> bool:
+    try:
+        parse_comprehension(text.strip())
+    except Exception:  # any failure: not a comprehension
+        return False
+    return True
 
 
 @magics_class
@@ -86,6 +104,15 @@ class PmapMagics(Magics):
     @argument(
         "--local", action="store_true", help="run here, sequentially, same seeding"
     )
+    @argument(
+        "--cache",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="NAME",
+        help="keep each result in the result store (NAME: a store of its own) and"
+        " take stored ones from it: a re-run computes only what is missing",
+    )
     @line_magic
     def pmap(self, line: str) -> list[Any] | MapJob:
         """Run a list comprehension on the cluster: ``%pmap f(x) for x in xs``.
@@ -102,6 +129,15 @@ class PmapMagics(Magics):
             results = %pmap [score(m, f) for m in models for f in folds if ok(m)]
             results = %pmap --seed 42 bootstrap_mean(data) for _ in range(10_000)
             job = %pmap --async fit(cfg) for cfg in grid
+            results = %pmap --cache simulate(p) for p in params
+            results = %pmap --cache sweep1 simulate(p) for p in params
+
+        With ``--cache``, a result is stored as it arrives; running the same
+        map again (after an interrupt, a failed item, a kernel restart)
+        computes only the items the store lacks.  An item's key covers the
+        element's code, every name it uses (functions by code, data by
+        content), its input and, with ``--seed``, the seed and its index.
+        See ``%cache``.
         """
         option_text, body = split_options(line)
         args = parse_argstring(self.pmap, option_text)
@@ -122,6 +158,7 @@ class PmapMagics(Magics):
                 timeout=args.timeout,
                 on_error=args.on_error,
                 targets=args.targets,
+                ship_large=args.ship_large,
             ).validated()
             session = default_session()
             if not args.local:
@@ -138,6 +175,7 @@ class PmapMagics(Magics):
                 local=args.local,
                 # an --async job shows its output in its own view
                 observers=map_observers(show, quiet=args.quiet or args.run_async),
+                cache=args.cache,
             )
         if args.run_async:
             return job

@@ -9,7 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._api import (
+    cache_dir,
+    cache_info,
+    cache_limit,
     cancel,
+    clear_cache,
     clear_jobs,
     connect,
     jobs,
@@ -48,7 +52,11 @@ __all__ = [
     "MapJob",
     "Timeline",
     "__version__",
+    "cache_dir",
+    "cache_info",
+    "cache_limit",
     "cancel",
+    "clear_cache",
     "clear_jobs",
     "connect",
     "jobs",

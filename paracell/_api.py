@@ -7,8 +7,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .kernel_backend import (
+    CacheReport,
     CellJob,
     ClusterStatus,
+    InvalidRequest,
     MapJob,
     MapOptions,
     StartReport,
@@ -17,13 +19,21 @@ from .kernel_backend import (
     default_session,
     map_function,
     run_everywhere,
+    set_cache_dir,
+    set_cache_limit,
 )
+from .kernel_backend import cache_info as _cache_info
+from .kernel_backend import clear_cache as _clear_cache
 from .kernel_backend._seeding import validate_seed
 from .widgets import cluster_panel, map_observers, register_formatters
 from .widgets import jobs_panel as jobs_panel_view
 
 __all__ = [
+    "cache_dir",
+    "cache_info",
+    "cache_limit",
     "cancel",
+    "clear_cache",
     "clear_jobs",
     "connect",
     "jobs",
@@ -48,6 +58,7 @@ def start(
     idle_timeout: float | None = None,
     timeout: float = 60.0,
     force: bool = False,
+    threads: int | None = None,
 ) -> StartReport:
     """Start a cluster of ``n`` engines (default: one per CPU); ``%cluster start``.
 
@@ -68,6 +79,9 @@ def start(
     force
         Start more engines than the launcher is thought able to place (a
         small multiple of the cores, and what memory allows, for local ones).
+    threads
+        BLAS/OpenMP threads per engine (default for local engines: cores //
+        engines, so numpy work in every engine does not oversubscribe).
     """
     return default_session().start(
         n,
@@ -76,6 +90,7 @@ def start(
         idle_timeout=idle_timeout,
         timeout=timeout,
         force=force,
+        threads=threads,
     )
 
 
@@ -127,6 +142,8 @@ def pmap(
     targets: Sequence[int] | None = None,
     local: bool = False,
     quiet: bool = False,
+    ship_large: bool = False,
+    cache: bool | str = False,
 ) -> list[Any] | MapJob:
     """Call ``func`` on every item of ``iterable`` on the cluster; ``%pmap``'s twin.
 
@@ -166,6 +183,13 @@ def pmap(
     quiet
         Do not show what the items print or warn (``job.output()`` keeps it).
         A job (``block=False``) shows it in its own view when displayed.
+    ship_large
+        Ship names larger than ``PARACELL_SHIP_LIMIT`` (default 1 GB), which
+        are refused otherwise.
+    cache
+        ``True`` (the default store) or a store's name: keep each result as
+        it arrives, and take the results of items stored before from the
+        store instead of computing them (``%pmap --cache``).
     """
     options = MapOptions(
         chunksize=chunksize,  # type: ignore[arg-type]
@@ -175,6 +199,7 @@ def pmap(
         timeout=timeout,
         on_error=on_error,  # type: ignore[arg-type]
         targets=None if targets is None else tuple(targets),
+        ship_large=ship_large,
     ).validated()
     session = default_session()
     if not local:
@@ -182,7 +207,14 @@ def pmap(
     _display_hooks()
     observers = map_observers(_show_progress(progress, block), quiet=quiet or not block)
     job = map_function(
-        session, func, iterable, options, block=block, local=local, observers=observers
+        session,
+        func,
+        iterable,
+        options,
+        block=block,
+        local=local,
+        observers=observers,
+        cache=cache,
     )
     return job.result() if block else job
 
@@ -238,6 +270,8 @@ def parallel(
     block: bool = False,
     targets: Sequence[int] | str | None = None,
     namespace: dict[str, Any] | None = None,
+    cache: bool | str = False,
+    ship_large: bool = False,
 ) -> Any:
     """Run ``code`` on the cluster in the background; ``%%parallel``'s twin.
 
@@ -250,15 +284,30 @@ def parallel(
     ``targets="all"`` or a list of engine ids runs ``code`` on each of those
     engines in the engine's own namespace instead (setup), blocking; it
     returns a list of :class:`EngineRun`.
+
+    ``cache=True`` (or a store's name) keeps the outcome in the result store;
+    the same code with the same inputs is then done at once, from the store
+    (``%%parallel --cache``).  ``ship_large=True`` ships names larger than
+    ``PARACELL_SHIP_LIMIT`` (default 1 GB), which are refused otherwise.
     """
     ns = _user_namespace() if namespace is None else namespace
     _display_hooks()
     session = default_session()
     _announce(session.ensure_engines())
     if targets is not None:
+        if cache:
+            raise InvalidRequest(
+                "cache keeps a background cell's outcome; it does not go with targets"
+            )
         chosen = None if targets == "all" else [int(t) for t in targets]
         return run_everywhere(
-            session, code, ns, targets=chosen, outputs=out or (), seed=seed
+            session,
+            code,
+            ns,
+            targets=chosen,
+            outputs=out or (),
+            seed=seed,
+            ship_large=ship_large,
         )
     job = default_jobs().submit(
         code,
@@ -270,6 +319,8 @@ def parallel(
         retries=retries,
         timeout=timeout,
         priority=priority,
+        cache=cache,
+        ship_large=ship_large,
     )
     if not block:
         return job
@@ -321,3 +372,30 @@ def _user_namespace() -> dict[str, Any]:
     import __main__
 
     return __main__.__dict__
+
+
+# -- the result store (%cache) ---------------------------------------------
+
+
+def cache_info() -> CacheReport:
+    """The result stores: entries, size and last use of each; ``%cache``."""
+    return _cache_info()
+
+
+def clear_cache(name: str | None = None) -> int:
+    """Remove every entry of store ``name`` (all stores: ``None``); returns
+    how many; ``%cache clear [NAME]``."""
+    return int(_clear_cache(name))
+
+
+def cache_limit(size: int | str | None) -> int:
+    """Keep at most ``size`` (bytes, or ``"5GB"``; ``None``: no limit) in the
+    stores, least recently used entries evicted first; returns how many were
+    evicted; ``%cache limit``."""
+    return int(set_cache_limit(size))
+
+
+def cache_dir(path: str | None) -> str:
+    """Keep the stores in ``path`` from now on (``None``: the default,
+    ``.paracell`` in the working directory); ``%cache dir``."""
+    return str(set_cache_dir(path))

@@ -117,3 +117,31 @@ def test_text_lines_print_new_lines_and_the_count_of_the_rest():
     text = stream.getvalue()
     assert text.count("[item") == SHOWN_LINES
     assert text.endswith("… 3 more lines; job.output() has them all\n")
+
+
+@pytest.mark.cluster
+def test_a_huge_global_is_not_shipped_without_asking(ip, shared_cluster, monkeypatch):
+    import numpy as np
+    from IPython.core.error import UsageError
+
+    monkeypatch.setenv("PARACELL_SHIP_LIMIT", "1MB")
+    ip.user_ns["huge"] = np.ones(300_000)  # 2.4 MB
+    ip.user_ns["unrelated"] = np.ones(300_000)
+    with pytest.raises(UsageError) as info:
+        ip.run_line_magic("pmap", "--no-progress huge[i] for i in range(3)")
+    message = str(info.value)
+    assert "'huge' (ndarray) is 2.3 MB" in message and "--ship-large" in message
+    with pytest.raises(UsageError, match="--ship-large"):
+        ip.run_cell_magic("parallel", "--block", "total = huge.sum()")
+    got = ip.run_line_magic(
+        "pmap", "--no-progress --ship-large huge[i] for i in range(3)"
+    )
+    assert got == [1.0, 1.0, 1.0]
+    # a large global the element does not read costs nothing
+    sent = shared_cluster.shipper.bytes_sent
+    assert ip.run_line_magic("pmap", "--no-progress i * 2 for i in range(3)") == [
+        0,
+        2,
+        4,
+    ]
+    assert shared_cluster.shipper.bytes_sent - sent < 100_000

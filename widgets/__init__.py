@@ -12,7 +12,7 @@ from __future__ import annotations
 from ._frontend import use_widgets
 from ._jobs import JobsTable, JobView
 from ._progress import TextProgress, format_progress, progress_facts
-from ._tables import ClusterStatusView, html_table, text_table
+from ._tables import CacheView, ClusterStatusView, html_table, text_table
 from ._timeline import timeline_html, timeline_text
 from ._views import (
     TimelineView,
@@ -27,6 +27,7 @@ from ._views import (
 )
 
 __all__ = [
+    "CacheView",
     "ClusterStatusView",
     "JobView",
     "JobsTable",

@@ -82,6 +82,8 @@ class JobWidget(PlainText, w.VBox):  # type: ignore[misc]
             job = self.job
             done = job.done()
             engine = "" if job.engine is None else f" · engine {job.engine}"
+            if job.from_cache:
+                engine = " · from cache"
             with self.hold_sync():
                 self.header.value = (
                     f"<b>{escape(job.name)}</b> {badge_html(job.state)}"

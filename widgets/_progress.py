@@ -88,17 +88,21 @@ def lines_to_print(
 
 
 def progress_facts(event: MapProgress) -> list[str]:
-    """``done/total``, rate, elapsed, ETA and failures, as short phrases."""
+    """``done/total``, rate, elapsed, ETA, failures and how many results came
+    from the result store, as short phrases."""
     done, total = event.done, event.total
     shown = done + event.partial
     parts = [f"{done}/{total}" if total else f"{done} done"]
     parts.append(f"{event.rate:.1f} items/s")
     parts.append(f"{event.elapsed:.1f} s")
-    if total and event.state == "running" and 0 < shown < total:
-        eta = event.elapsed * (total - shown) / shown
+    computed = shown - event.cached  # results from the store took no time
+    if total and event.state == "running" and computed > 0 and shown < total:
+        eta = event.elapsed * (total - shown) / computed
         parts.append(f"ETA {eta:.1f} s")
     if event.failed:
         parts.append(f"{event.failed} failed")
+    if event.cached:
+        parts.append(f"{event.cached:,} from cache")
     if event.state in ("failed", "cancelled"):
         parts.append(event.state.upper())
     return parts

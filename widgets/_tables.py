@@ -6,20 +6,24 @@ same in a terminal, in nbconvert output and in a screen reader.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-from ..kernel_backend import ClusterStatus
+from ..kernel_backend import CacheReport, ClusterStatus, format_size
 
 __all__ = [
+    "CACHE_COLUMNS",
     "ENGINE_COLUMNS",
+    "CacheView",
     "ClusterStatusView",
     "engine_rows",
     "html_table",
     "text_table",
 ]
 
+CACHE_COLUMNS = ("store", "entries", "size", "last used", "folder")
 ENGINE_COLUMNS = ("id", "host", "pid", "state", "tasks done", "current job")
 
 
@@ -89,3 +93,44 @@ class ClusterStatusView:
         if self.status.engines:
             html += html_table(ENGINE_COLUMNS, self._rows())
         return f'<div class="paracell-cluster-status">{html}</div>'
+
+
+class CacheView:
+    """Displays a :class:`~paracell.kernel_backend.CacheReport`: one row per
+    store.  ``report`` holds the record (``c = %cache; c.report.stores``)."""
+
+    def __init__(self, report: CacheReport) -> None:
+        self.report = report
+
+    def _rows(self) -> list[tuple[Any, ...]]:
+        return [
+            (
+                s.name,
+                f"{s.entries:,}",
+                format_size(s.size),
+                _when(s.last_used),
+                s.folder,
+            )
+            for s in self.report.stores
+        ]
+
+    def __repr__(self) -> str:
+        text = self.report.summary()
+        if self.report.stores:
+            text += "\n" + text_table(CACHE_COLUMNS, self._rows())
+        return text
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
+
+    def _repr_html_(self) -> str:
+        html = f"<p><b>cache</b> {escape(self.report.summary())}</p>"
+        if self.report.stores:
+            html += html_table(CACHE_COLUMNS, self._rows())
+        return f'<div class="paracell-cache">{html}</div>'
+
+
+def _when(stamp: float | None) -> str:
+    if stamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
