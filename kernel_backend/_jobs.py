@@ -47,6 +47,8 @@ _ABSENT = object()
 #: A finished task's AsyncResult marks itself ready in a callback that can run
 #: just after the future reports done; get() waits that long for it at most.
 _SETTLE = 5.0
+#: How long a finished task's output is waited for (it can trail the result).
+_OUTPUT_WAIT = 3.0
 _TICK = 0.25  # how often running jobs are looked at (and their views refreshed)
 
 
@@ -263,7 +265,7 @@ class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
         if self._ar is not None:
             # the result can arrive before the last of the cell's output
             with contextlib.suppress(Exception):
-                self._ar.wait_for_output(1.0)
+                self._ar.wait_for_output(_OUTPUT_WAIT)
             self._stdout = getattr(self._ar, "stdout", "")
             self._stderr = getattr(self._ar, "stderr", "")
             self._manager._purge(self._ar)
@@ -953,7 +955,7 @@ def run_everywhere(
     runs = []
     for ar, eid in tasks.items():
         with contextlib.suppress(Exception):
-            ar.wait_for_output(1.0)  # the result can arrive before the output
+            ar.wait_for_output(_OUTPUT_WAIT)  # the result can come before the output
         stdout, stderr = getattr(ar, "stdout", ""), getattr(ar, "stderr", "")
         error: JobError | None = None
         values: dict[str, Any] = {}

@@ -62,8 +62,17 @@ class Kernel:
                 result.error = content
             elif kind == "status" and content["execution_state"] == "idle":
                 break
-        result.reply = self.client.get_shell_msg(timeout=timeout)["content"]
+        result.reply = self._reply_to(msg_id, timeout)
         return result
+
+    def _reply_to(self, msg_id: str, timeout: float) -> dict[str, Any]:
+        """The shell reply to ``msg_id``; replies to other requests (a second
+        kernel_info_reply from ``wait_for_ready`` on a busy machine) are
+        skipped, so a run never takes its predecessor's reply."""
+        while True:
+            reply = self.client.get_shell_msg(timeout=timeout)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply["content"]  # type: ignore[no-any-return]
 
     def interrupt(self, msg_id: str, timeout: float = 30) -> dict[str, Any]:
         """Interrupt the kernel and return the reply to ``msg_id``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -73,10 +74,14 @@ def test_the_cell_returns_at_once_its_view_goes_live_and_names_arrive(
         texts = [_plain(m) for m in updates if m["msg_type"] == "update_display_data"]
         assert any("running on engine" in t for t in texts)
     else:
-        # the widget's own messages: its header said "running" while it ran
+        # the widget's own messages: its header said "running" while it ran;
+        # its last ones may follow the display update on a busy machine
+        late = []
+        with contextlib.suppress(AssertionError):
+            late = _iopub_until(kernel, lambda m: False, timeout=1.0)
         states = [
             str(m["content"].get("data", {}).get("state", {}))
-            for m in updates
+            for m in updates + late
             if m["msg_type"] == "comm_msg"
         ]
         assert any('data-state="running"' in s for s in states)

@@ -4,6 +4,8 @@ that no machine can place, jobs that always end, status that never hangs."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from IPython.core.error import UsageError
 
@@ -432,7 +434,7 @@ def test_a_result_that_cannot_travel_back_names_its_item_in_one_line(
     with pytest.raises(ItemError) as info:
         ip.run_line_magic("pmap", "--no-progress threading.Lock() for x in range(3)")
     message = str(info.value)
-    assert message.startswith("item 0 (input 0) failed on engine")
+    assert re.match(r"item (\d) \(input \1\) failed on engine \d+: ", message)
     assert "cannot be sent back to the notebook" in message
     assert "\x1b[" not in message and "\n" not in message
     got = ip.run_line_magic(
