@@ -10,6 +10,7 @@ from ._engine import progress
 from ._errors import (
     ClusterStartError,
     InvalidRequest,
+    MapInterrupted,
     NoCluster,
     ParacellError,
     ParacellWarning,
@@ -54,6 +55,7 @@ __all__ = [
     "JobError",
     "JobManager",
     "MapFailed",
+    "MapInterrupted",
     "MapJob",
     "MapOptions",
     "MapProgress",

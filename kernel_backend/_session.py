@@ -28,6 +28,7 @@ from traitlets.config import Config
 
 from ._engine import engine_identity
 from ._errors import ClusterStartError, InvalidRequest, NoCluster
+from ._profiles import check_profile_name
 from ._shipping import NameShipper
 from ._status import ClusterStatus, EngineRow, Ownership, StartReport, StopReport
 
@@ -300,6 +301,7 @@ class ClusterSession:
         n = (os.cpu_count() or 1) if n is None else n
         _check_count(n, "number of engines", minimum=1)
         launcher = _check_launcher(launcher)
+        profile = check_profile_name(profile)
         if idle_timeout is not None and not idle_timeout > 0:
             raise InvalidRequest(
                 "--idle-timeout must be a positive number of seconds,"
@@ -346,6 +348,7 @@ class ClusterSession:
         """
         if cluster_id is not None and file is not None:
             raise InvalidRequest("give --cluster-id or --file, not both")
+        profile = check_profile_name(profile)
         with self._changing("connecting"), self._lock:
             if self._client is not None:
                 raise InvalidRequest(

@@ -11,7 +11,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..kernel_backend import (
     CellJob,
@@ -23,7 +23,7 @@ from ..kernel_backend import (
 from ..kernel_backend._seeding import validate_seed
 from ..widgets import JobsTable, JobView, jobs_panel, show_job
 from . import _delivery
-from ._common import run_options, user_errors
+from ._common import parse_options, run_options, user_errors
 
 __all__ = ["ParallelMagics"]
 
@@ -106,7 +106,7 @@ class ParallelMagics(Magics):
         engine's own namespace, blocking, with output per engine (for imports
         and setup); ``--out`` then returns a dict engine id -> value.
         """
-        args = parse_argstring(self.parallel, line)
+        args = parse_options(self.parallel, line)
         with user_errors():
             seed = validate_seed(args.seed)
         # line numbers in tracebacks match the notebook cell (line 1 = magic)
