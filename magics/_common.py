@@ -72,7 +72,8 @@ def parse_options(magic: Callable[..., Any], text: str) -> argparse.Namespace:
     try:
         return parse_argstring(magic, text)
     except ValueError as err:
-        prog = magic.parser.prog.lstrip("%")  # type: ignore[attr-defined]
+        # "pmap", "cluster start"; a cell magic's is "%parallel"
+        prog = magic.parser.prog  # type: ignore[attr-defined]
         raise UsageError(
             f"%{prog}: cannot read the options {text.strip()!r}:"
             f" {str(err).lower()}; close the quote, or drop it"

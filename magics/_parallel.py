@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import math
 import sys
 import traceback
 from collections.abc import Callable
@@ -40,9 +41,13 @@ def _names(text: str) -> list[str]:
 
 def _priority(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+        value = math.nan
+    # nan compares false with everything: the queue could not order it
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+    return value
 
 
 class CellSyntaxError(Exception):
