@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from IPython.core.error import UsageError
 
-from paracell.kernel_backend import MapJob, default_jobs
+from paracell.kernel_backend import MapJob, default_jobs, default_session
 
 from _shell import run_cell
 
@@ -477,11 +477,17 @@ def test_every_fuzzed_magic_line_ends_as_usage_error_user_error_or_success(
             kinds[line.kind, result] += 1
             continue
         counts["failed"] += 1
-        if len(failures) < 10:
-            failures.append(
-                f"seed {SEED}, line {number}: {line.cell!r} {result}:\n"
-                + "\n".join(text.splitlines()[-30:])
-            )
+        failures.append(
+            f"seed {SEED}, line {number}: {line.cell!r} {result}:\n"
+            + "\n".join(text.splitlines()[-30:])
+        )
+        if result.startswith(("hung", "left a job")):
+            # what runs after a hang would only wait behind it
+            status = default_session().status()
+            failures.append(f"the cluster then: {status}")
+            break
+        if len(failures) >= 10:
+            break
     with capsys.disabled():
         print(
             f"\nfuzz seed {SEED}: {SIZE} lines: {counts['usage']} UsageError,"
