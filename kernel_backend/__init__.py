@@ -18,6 +18,7 @@ from ._engine import progress
 from ._errors import (
     ClusterStartError,
     InvalidRequest,
+    MapInterrupted,
     NoCluster,
     ParacellError,
     ParacellWarning,
@@ -64,6 +65,7 @@ __all__ = [
     "JobError",
     "JobManager",
     "MapFailed",
+    "MapInterrupted",
     "MapJob",
     "MapOptions",
     "MapProgress",

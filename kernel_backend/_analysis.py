@@ -28,13 +28,14 @@ import sys
 import tokenize
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from types import CellType, CodeType, FunctionType, ModuleType
+from types import CellType, CodeType, FunctionType, ModuleType, TracebackType
 from typing import Any
 
 from . import _pickling
 from ._errors import InvalidRequest
 
 __all__ = [
+    "COMPREHENSION_FILENAME",
     "Comprehension",
     "Generator",
     "ShippingPlan",
@@ -46,9 +47,15 @@ __all__ = [
     "plan_shipping",
     "rebind_globals",
     "strip_globals",
+    "user_traceback",
 ]
 
 _EXAMPLE = "e.g. %pmap f(x) for x in xs"
+
+#: Filename under which a comprehension's ``for`` and ``if`` clauses run here
+#: (the element, run by the engines, is ``<pmap>``); an exception raised
+#: through it is the user's (see :func:`user_traceback`).
+COMPREHENSION_FILENAME = "<pmap clauses>"
 
 
 # --------------------------------------------------------------------------
@@ -124,9 +131,11 @@ def parse_comprehension(text: str) -> Comprehension:
     Raises
     ------
     InvalidRequest
-        If the text is empty, not valid Python, not a comprehension, or uses
-        something ``%pmap`` cannot run (``async for``, ``await``, a loop
-        target that is not a plain name, a set or dict comprehension).
+        If the text is empty, not valid Python (also what only the compiler
+        rejects, such as a walrus rebinding a loop variable or ``yield``), not
+        a comprehension, or uses something ``%pmap`` cannot run (``async
+        for``, ``await``, a loop target that is not a plain name, a set or
+        dict comprehension).
     """
     text = text.strip()
     if not text:
@@ -155,6 +164,13 @@ def parse_comprehension(text: str) -> Comprehension:
         )
 
     generators = tuple(_generator(parsed_text, gen) for gen in node.generators)
+    try:
+        # The parser accepts what the compiler rejects: a walrus rebinding a
+        # loop variable, a starred target alone, `yield`, a nested `async for`.
+        compile(parsed_text, COMPREHENSION_FILENAME, "eval")
+    except SyntaxError as error:
+        shift = 0 if parsed_text == text else 1
+        raise _syntax_problem(error, text, shift=shift, verb="cannot run") from None
     if parsed_text == text:  # the user wrote the brackets
         source = _segment(text, node)
         if isinstance(node, ast.GeneratorExp):
@@ -213,7 +229,9 @@ def _without_trailing_comment(text: str) -> str:
     return "".join(lines[: end[0] - 1]) + lines[end[0] - 1][: end[1]]
 
 
-def _syntax_problem(error: SyntaxError, text: str, *, shift: int) -> InvalidRequest:
+def _syntax_problem(
+    error: SyntaxError, text: str, *, shift: int, verb: str = "could not parse"
+) -> InvalidRequest:
     """Turn a ``SyntaxError`` into a one-line message about the user's text."""
     lines = text.splitlines() or [""]
     lineno = error.lineno or 1
@@ -225,7 +243,7 @@ def _syntax_problem(error: SyntaxError, text: str, *, shift: int) -> InvalidRequ
         if len(lines) > 1:
             where = f"on line {lineno} {where}"
     return InvalidRequest(
-        f"%pmap could not parse the comprehension: {error.msg} ({where}); "
+        f"%pmap {verb} the comprehension: {error.msg} ({where}); "
         f"fix the syntax, {_EXAMPLE}"
     )
 
@@ -291,10 +309,11 @@ def iterate_items(
 ) -> Iterator[dict[str, Any]]:
     """Run the ``for`` and ``if`` clauses in the notebook; yield one dict per item.
 
-    The clauses run exactly as in a Python comprehension: later iterables may
-    use earlier targets (also from inside lambdas), ``if`` conditions filter
-    where they stand, and the user's iterables are consumed lazily, one item
-    at a time. Nothing runs until the first item is requested.
+    The clauses run exactly as in a Python comprehension: the first iterable
+    is evaluated, and iterated over, at once (so ``for x in 5`` fails here
+    and now); later iterables may use earlier targets (also from inside
+    lambdas), ``if`` conditions filter where they stand, and the user's
+    iterables are consumed lazily, one item at a time.
 
     Parameters
     ----------
@@ -306,16 +325,17 @@ def iterate_items(
         A ``dict`` holding ``__builtins__`` (like IPython's ``user_ns``) is
         used live; any other mapping is copied once.
 
-    Yields
-    ------
-    dict
+    Returns
+    -------
+    iterator of dict
         Every target name of every ``for`` clause, mapped to its value for
-        this item.
+        each item.
 
     Raises
     ------
     Exception
-        Whatever the user's iterables or conditions raise, unchanged.
+        Whatever the user's iterables or conditions raise, unchanged; their
+        tracebacks start in code named :data:`COMPREHENSION_FILENAME`.
     """
     names = comp.target_names
     clauses = "".join(
@@ -327,10 +347,39 @@ def iterate_items(
     # One generator expression compiled once gives Python's own semantics
     # for free. The enclosing lambda is a function scope, so a walrus in an
     # `if` binds there instead of in the user's namespace.
-    code = compile(f"lambda: ({values}{clauses})", "<pmap>", "eval")
+    code = compile(f"lambda: ({values}{clauses})", COMPREHENSION_FILENAME, "eval")
     make_items = eval(code, _evaluation_globals(namespace))
-    for item in make_items():
-        yield dict(zip(names, item, strict=True))
+    # Calling it evaluates the first iterable and asks it for an iterator.
+    return (dict(zip(names, item, strict=True)) for item in make_items())
+
+
+def user_traceback(
+    tb: TracebackType | None,
+) -> tuple[bool, TracebackType | None]:
+    """Whether the user's comprehension raised, and the traceback to show.
+
+    An exception whose traceback runs through code compiled under
+    :data:`COMPREHENSION_FILENAME` was raised by the user's iterables or
+    conditions, or by code they call.  The frames before are paracell's;
+    those compiled from the clauses are paracell's arrangement of the user's
+    text (the cell line that holds the comprehension says more).  What is
+    left to show is the frames of the code the clauses called, if any, as
+    Python shows an error in a comprehension.
+
+    Returns
+    -------
+    (bool, traceback or None)
+        ``(False, None)`` when ``tb`` never enters the user's code; else
+        ``(True, tail)``, where ``tail`` is None when the clauses' own text
+        raised.
+    """
+    while tb is not None and tb.tb_frame.f_code.co_filename != COMPREHENSION_FILENAME:
+        tb = tb.tb_next
+    if tb is None:
+        return False, None
+    while tb is not None and tb.tb_frame.f_code.co_filename == COMPREHENSION_FILENAME:
+        tb = tb.tb_next
+    return True, tb
 
 
 def _evaluation_globals(namespace: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,10 +13,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ._analysis import Comprehension, element_free_names, iterate_items
+from ._analysis import (
+    COMPREHENSION_FILENAME,
+    Comprehension,
+    element_free_names,
+    iterate_items,
+    user_traceback,
+)
 from ._cachedmap import MapCache
 from ._engine import WRAPPER_FILENAME, TaskSpec
-from ._errors import EnginesDied, InvalidRequest
+from ._errors import EnginesDied, InvalidRequest, MapInterrupted
 from ._mapjob import (
     MapFailed,
     MapJob,
@@ -56,9 +62,9 @@ def map_function(
         raise InvalidRequest(
             f"pmap needs a function to call, not {type(func).__name__}"
         )
-    total = len(iterable) if hasattr(iterable, "__len__") else None
+    total = known_length(iterable)
     # a range, list or tuple is cut into chunks by slicing
-    items = iterable if sliceable(iterable) else iter(iterable)
+    items = iterable if total is not None and sliceable(iterable) else iter(iterable)
     element = f"{_FUNC}({_ITEM})"
     options = options.validated()
     store = MapCache.for_map(
@@ -159,6 +165,21 @@ def map_comprehension(
     )
 
 
+def known_length(iterable: Any) -> int | None:
+    """``len(iterable)``, or None when it has no length Python can tell.
+
+    ``len(range(10**20))`` raises ``OverflowError``; a comprehension never
+    asks for a length, so neither may a map fail for want of one: the map
+    then runs with an unknown total, taking items as they come.  (A
+    ``__len__`` of the user's that raises counts as no length, for the same
+    reason.)
+    """
+    try:
+        return len(iterable)
+    except Exception:
+        return None
+
+
 def _builtin_names() -> set[str]:
     import builtins
 
@@ -178,14 +199,20 @@ def _comprehension_items(
     no ``if``.
     """
     first = comp.generators[0]
+    code = compile(first.iter, COMPREHENSION_FILENAME, "eval")
     try:
-        iterable = eval(compile(first.iter, "<pmap>", "eval"), dict(namespace))
+        iterable = eval(code, dict(namespace))
     except NameError as err:
+        users, called = user_traceback(err.__traceback__)
+        if not users or called is not None:
+            raise  # raised inside code the iterable calls: the user's bug
+        # the iterable's own text names something undefined: one line says so
         raise InvalidRequest(f"{err} (in the comprehension's first iterable)") from None
     total = None
-    if len(comp.generators) == 1 and not first.ifs and hasattr(iterable, "__len__"):
-        total = len(iterable)
-        if first.target_names == (first.target,) and sliceable(iterable):
+    if len(comp.generators) == 1 and not first.ifs:
+        total = known_length(iterable)
+        simple = first.target_names == (first.target,)
+        if total is not None and simple and sliceable(iterable):
             return iterable, total, False
     rewritten = replace(
         comp, generators=(replace(first, iter=_FIRST_ITER), *comp.generators[1:])
@@ -270,7 +297,7 @@ def _start_remote(
     run = _MapRun(session, spec, items, options, job, star=star, engines=engines)
     run.cache = cache
     job.add_done_callback(session.mapping(engines))
-    return _launch(job, run.run, block, session)
+    return _launch(job, run, block, session)
 
 
 def _ship(session: Any, client: Any, engines: list[int], shipment: Any) -> Any:
@@ -310,19 +337,25 @@ def _start_local(
         job.subscribe(observer)
     run = _LocalRun(spec, items, options, job, star=star, namespace=namespace)
     run.cache = cache
-    return _launch(job, run.run, block, None)
+    return _launch(job, run, block, None)
 
 
-def _launch(
-    job: MapJob, work: Callable[[], list[Any]], block: bool, session: Any
-) -> MapJob:
+def _launch(job: MapJob, run: _MapRun, block: bool, session: Any) -> MapJob:
     def target() -> None:
         try:
             if session is not None:
                 with session.in_use():
-                    result = work()
+                    result = run.run()
             else:
-                result = work()
+                result = run.run()
+        except KeyboardInterrupt:
+            # one line saying what finished, instead of our frames
+            stopped = _interrupted(run, job.total)
+            if not job.done():
+                job.set_exception(stopped)
+            if block:
+                raise stopped from None
+            return
         except BaseException as err:
             if not job.done():
                 job.set_exception(err)
@@ -338,3 +371,15 @@ def _launch(
         job._thread = threading.Thread(target=target, name="paracell-map", daemon=True)
         job._thread.start()
     return job
+
+
+def _interrupted(run: _MapRun, total: int | None) -> MapInterrupted:
+    partial = run._partial_results()
+    if not partial:
+        return MapInterrupted("pmap stopped before any item finished", partial)
+    of = "" if total is None else f" of {total}"
+    return MapInterrupted(
+        f"pmap stopped: {len(partial)}{of} items had finished;"
+        " their results are kept in sys.last_value.partial",
+        partial,
+    )

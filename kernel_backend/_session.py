@@ -31,6 +31,7 @@ from . import _pickling
 from ._engine import engine_identity
 from ._errors import ClusterStartError, InvalidRequest, NoCluster
 from ._limits import check_engine_count
+from ._profiles import check_profile_name
 from ._shipping import NameShipper
 from ._stale import StaleWork
 from ._status import ClusterStatus, EngineRow, Ownership, StartReport, StopReport
@@ -375,6 +376,7 @@ class ClusterSession:
         per_engine = threads
         if per_engine is None and launcher == "local":
             per_engine = max(1, (os.cpu_count() or 1) // n)
+        profile = check_profile_name(profile)
         if idle_timeout is not None and not idle_timeout > 0:
             raise InvalidRequest(
                 "--idle-timeout must be a positive number of seconds,"
@@ -427,6 +429,7 @@ class ClusterSession:
         """
         if cluster_id is not None and file is not None:
             raise InvalidRequest("give --cluster-id or --file, not both")
+        profile = check_profile_name(profile)
         with self._changing("connecting"), self._lock:
             if self._client is not None:
                 raise InvalidRequest(

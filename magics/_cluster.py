@@ -8,11 +8,17 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..kernel_backend import LAUNCHERS, default_session
 from ..widgets import ClusterStatusView, cluster_panel
-from ._common import non_negative_int, positive_float, positive_int, user_errors
+from ._common import (
+    non_negative_int,
+    parse_options,
+    positive_float,
+    positive_int,
+    user_errors,
+)
 
 __all__ = ["ClusterMagics"]
 
@@ -91,7 +97,7 @@ class ClusterMagics(Magics):
     @_FORCE
     def _start(self, rest: str) -> None:
         """Start a cluster; prints how many engines, where, and how long it took."""
-        args = parse_argstring(self._start, rest)
+        args = parse_options(self._start, rest)
         report = default_session().start(
             args.n,
             launcher=args.launcher,
@@ -111,7 +117,7 @@ class ClusterMagics(Magics):
     )
     def _connect(self, rest: str) -> None:
         """Use a running cluster (started by ipcluster, JupyterLab, a batch job)."""
-        args = parse_argstring(self._connect, rest)
+        args = parse_options(self._connect, rest)
         print(
             default_session().connect(
                 profile=args.profile, cluster_id=args.cluster_id, file=args.file
@@ -121,7 +127,7 @@ class ClusterMagics(Magics):
     @magic_arguments(name="cluster status")
     def _status(self, rest: str) -> ClusterStatusView:
         """The cluster's state and a row per engine: id, host, pid, state, tasks."""
-        parse_argstring(self._status, rest)
+        parse_options(self._status, rest)
         return ClusterStatusView(default_session().status())
 
     @magic_arguments(name="cluster scale")
@@ -132,7 +138,7 @@ class ClusterMagics(Magics):
 
         With no cluster active, starts a local one with N engines.
         """
-        args = parse_argstring(self._scale, rest)
+        args = parse_options(self._scale, rest)
         session = default_session()
         if not session.active:
             if args.N == 0:
@@ -150,14 +156,14 @@ class ClusterMagics(Magics):
     @magic_arguments(name="cluster restart")
     def _restart(self, rest: str) -> None:
         """Replace every engine with a fresh one (clean namespaces), same count."""
-        parse_argstring(self._restart, rest)
+        parse_options(self._restart, rest)
         report = default_session().restart()
         print(f"paracell: restarted {report.engines} engines in {report.seconds:.1f} s")
 
     @magic_arguments(name="cluster stop")
     def _stop(self, rest: str) -> None:
         """Stop the cluster paracell started (every process), or disconnect."""
-        parse_argstring(self._stop, rest)
+        parse_options(self._stop, rest)
         print(default_session().stop())
 
     @magic_arguments(name="cluster panel")
@@ -166,7 +172,7 @@ class ClusterMagics(Magics):
 
         In a terminal (no widgets), the cluster's status instead.
         """
-        parse_argstring(self._panel, rest)
+        parse_options(self._panel, rest)
         return cluster_panel(default_session())
 
 

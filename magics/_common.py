@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+import math
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
-from IPython.core.magic_arguments import argument
+from IPython.core.magic_arguments import argument, parse_argstring
 
 from ..kernel_backend import ParacellError
+from ..kernel_backend._analysis import user_traceback
 
 __all__ = [
     "engine_ids",
     "non_negative_int",
+    "parse_options",
     "positive_float",
     "positive_int",
     "run_options",
@@ -22,13 +25,59 @@ __all__ = [
 ]
 
 
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Show paracell's errors as one-line ``UsageError`` s, never a traceback."""
+def user_errors() -> _UserErrors:
+    """Show errors as the user should see them, never with paracell's frames.
+
+    - paracell's own errors (:class:`ParacellError`) become a one-line
+      ``UsageError``;
+    - an exception raised by the user's own code that ran here (a
+      comprehension's iterables and conditions) keeps its type, and its
+      traceback is cut to the user's own frames, so IPython shows the cell's
+      line, then the user's functions, and none of ours.
+
+    A class rather than a ``contextlib.contextmanager``: ``__exit__`` returning
+    False lets the exception go on from the ``with`` statement as it was, and
+    the traceback it carries is the one set here (Python 3.11 and later), so
+    neither the magic's frame nor a context manager's shows.
+    """
+    return _UserErrors()
+
+
+class _UserErrors:
+    """The context manager behind :func:`user_errors`."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        etype: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if isinstance(error, ParacellError):
+            raise UsageError(str(error)) from None
+        users, shown = user_traceback(tb)
+        if error is not None and users:
+            error.__traceback__ = shown
+        return False
+
+
+def parse_options(magic: Callable[..., Any], text: str) -> argparse.Namespace:
+    """``parse_argstring`` that also turns unbalanced quotes into a ``UsageError``.
+
+    IPython splits the options like a shell does; an unclosed quote (``--seed
+    "1``) or a trailing backslash makes that split raise ``ValueError``.
+    """
     try:
-        yield
-    except ParacellError as err:
-        raise UsageError(str(err)) from None
+        return parse_argstring(magic, text)
+    except ValueError as err:
+        # "pmap", "cluster start"; a cell magic's is "%parallel"
+        prog = magic.parser.prog  # type: ignore[attr-defined]
+        raise UsageError(
+            f"%{prog}: cannot read the options {text.strip()!r}:"
+            f" {str(err).lower()}; close the quote, or drop it"
+        ) from None
 
 
 def _whole_number(text: str, minimum: int) -> int:
@@ -54,14 +103,15 @@ def non_negative_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
-    """argparse type: a number of seconds > 0."""
+    """argparse type: a finite number of seconds > 0."""
     try:
         value = float(text)
     except ValueError:
-        value = float("nan")
-    if not value > 0:
+        value = math.nan
+    # inf would reach timers and event waits, which reject it
+    if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(
-            f"must be a number of seconds > 0, not {text!r}"
+            f"must be a finite number of seconds > 0, not {text!r}"
         )
     return value
 

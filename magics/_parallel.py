@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import math
 import sys
 import traceback
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..kernel_backend import (
     CellJob,
@@ -23,7 +24,7 @@ from ..kernel_backend import (
 from ..kernel_backend._seeding import validate_seed
 from ..widgets import JobsTable, JobView, jobs_panel, show_job
 from . import _delivery
-from ._common import run_options, user_errors
+from ._common import parse_options, run_options, user_errors
 
 __all__ = ["ParallelMagics"]
 
@@ -40,9 +41,13 @@ def _names(text: str) -> list[str]:
 
 def _priority(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+        value = math.nan
+    # nan compares false with everything: the queue could not order it
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+    return value
 
 
 class CellSyntaxError(Exception):
@@ -120,7 +125,7 @@ class ParallelMagics(Magics):
         the same key stored, the job is done at once, on no engine, and its
         names are back when the cell returns.  See ``%cache``.
         """
-        args = parse_argstring(self.parallel, line)
+        args = parse_options(self.parallel, line)
         with user_errors():
             seed = validate_seed(args.seed)
         # line numbers in tracebacks match the notebook cell (line 1 = magic)

@@ -7,7 +7,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
 from ..kernel_backend import (
@@ -18,7 +18,7 @@ from ..kernel_backend import (
 )
 from ..kernel_backend._analysis import parse_comprehension
 from ..widgets import TimelineView, map_observers
-from ._common import run_options, user_errors
+from ._common import parse_options, run_options, user_errors
 
 __all__ = ["PmapMagics", "split_options"]
 
@@ -140,7 +140,7 @@ class PmapMagics(Magics):
         See ``%cache``.
         """
         option_text, body = split_options(line)
-        args = parse_argstring(self.pmap, option_text)
+        args = parse_options(self.pmap, option_text)
         if not body:
             raise UsageError("%pmap needs a comprehension, e.g. %pmap f(x) for x in xs")
         if args.timeline and args.run_async:

@@ -356,8 +356,8 @@ def test_clauses_are_compiled_once_not_per_item(
         compiled.append(source)
         return builtins.compile(source, *args, **kwargs)
 
-    monkeypatch.setattr(_analysis, "compile", counting_compile, raising=False)
     comp = parse_comprehension("(a, b) for a in range(50) if a % 2 for b in range(a)")
+    monkeypatch.setattr(_analysis, "compile", counting_compile, raising=False)
 
     items = list(iterate_items(comp, notebook()))
 
