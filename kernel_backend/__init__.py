@@ -24,6 +24,7 @@ from ._jobs import (
     default_jobs,
     run_everywhere,
 )
+from ._launchers import LauncherOptions
 from ._mapjob import (
     ChunkRecord,
     ItemError,
@@ -53,6 +54,7 @@ __all__ = [
     "ItemError",
     "JobError",
     "JobManager",
+    "LauncherOptions",
     "MapFailed",
     "MapJob",
     "MapOptions",

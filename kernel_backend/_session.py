@@ -28,6 +28,7 @@ from traitlets.config import Config
 
 from ._engine import engine_identity
 from ._errors import ClusterStartError, InvalidRequest, NoCluster
+from ._launchers import LauncherOptions, LaunchPlan, configure, plan, waiting_engines
 from ._shipping import NameShipper
 from ._status import ClusterStatus, EngineRow, Ownership, StartReport, StopReport
 
@@ -83,6 +84,7 @@ class ClusterSession:
         self._location: str | None = None
         self._connection_file: str | None = None
         self._target = 0
+        self._launch: LaunchPlan | None = None  # how paracell started the engines
         self._idle_timeout: float | None = None
         self._records: dict[int, _EngineRecord] = {}
         self._removed: set[int] = set()
@@ -278,6 +280,7 @@ class ClusterSession:
                 idle_timeout=self._idle_timeout,
                 idle_stopped=len(self._idle_stopped),
                 engines=tuple(rows),
+                waiting=self._waiting(ids),
             )
 
     # -- lifecycle ---------------------------------------------------------
@@ -290,16 +293,23 @@ class ClusterSession:
         profile: str | None = None,
         idle_timeout: float | None = None,
         timeout: float = _DEFAULT_START_TIMEOUT,
+        options: LauncherOptions | None = None,
     ) -> StartReport:
         """Start a controller and ``n`` engines (default: the CPU count).
 
-        Returns once every engine is registered and usable.  A local cluster
-        listens on 127.0.0.1 only.  ``idle_timeout`` stops engines that sat
-        idle that many seconds; :meth:`ensure_engines` brings them back.
+        Returns once every engine is registered and usable; with a batch
+        launcher, once the first one is (or after ``timeout``, the others
+        still queued: :meth:`status` says where they wait).  A local cluster
+        listens on 127.0.0.1 only; remote launchers where their engines can
+        reach it (``options``: see :class:`LauncherOptions`).  ``idle_timeout``
+        stops engines that sat idle that many seconds; :meth:`ensure_engines`
+        brings them back.
         """
-        n = (os.cpu_count() or 1) if n is None else n
-        _check_count(n, "number of engines", minimum=1)
+        if n is not None:
+            _check_count(n, "number of engines", minimum=1)
         launcher = _check_launcher(launcher)
+        launch = plan(launcher, n, options or LauncherOptions())
+        n = launch.n
         if idle_timeout is not None and not idle_timeout > 0:
             raise InvalidRequest(
                 "--idle-timeout must be a positive number of seconds,"
@@ -317,13 +327,17 @@ class ClusterSession:
             if self._client is not None:
                 raise InvalidRequest("a cluster was started meanwhile")
             tic = time.perf_counter()
-            cluster = _make_cluster(launcher, profile)
+            cluster = _make_cluster(launch, profile)
+            self._launch = launch
             try:
                 client = self._start_cluster(cluster, n, timeout)
             except BaseException:
+                # Ctrl-C included: batch jobs still queued are cancelled too
+                self._launch = None
                 _teardown(cluster, _cluster_pids(cluster))
                 raise
             self._adopt(client, cluster, "started", launcher, n)
+            self._location = launch.location
             self._idle_timeout = idle_timeout
             if idle_timeout is not None:
                 self._reaper = _IdleReaper(self, idle_timeout)
@@ -414,6 +428,14 @@ class ClusterSession:
             self._forget_dead(client)
             live = [eid for eid in client.ids if eid not in self._removed]
             change = n - len(live)
+            if self._launch is not None and self._launch.batch:
+                # engines still queued count as coming: submit or cancel only
+                # the difference, and cancel queued ones before running ones
+                waiting = max(0, self._target - len(live))
+                if n - len(live) - waiting < 0 and waiting:
+                    _cancel_waiting(cluster, waiting - max(0, n - len(live)))
+                    waiting = max(0, n - len(live))
+                change = n - len(live) - waiting
             if change > 0:
                 self._add_engines(cluster, client, change, timeout)
             elif change < 0:
@@ -549,6 +571,8 @@ class ClusterSession:
     def _start_cluster(
         self, cluster: ipp.Cluster, n: int, timeout: float
     ) -> ipp.Client:
+        if self._launch is not None:
+            configure(cluster, self._launch)
         try:
             cluster.start_controller_sync()
             cluster.start_engines_sync(n=n)
@@ -574,8 +598,15 @@ class ClusterSession:
         n: int,
         timeout: float,
     ) -> None:
-        """Wait until ``n`` engines are up; fail early if the launcher died."""
+        """Wait until ``n`` engines are up; fail early if the launcher died.
+
+        Engines from a batch queue arrive when the queue lets them: waiting
+        ends with the first new one, or quietly at the timeout.
+        """
         deadline = time.monotonic() + timeout
+        queued = self._launch is not None and self._launch.batch
+        if queued:
+            n = min(n, len(set(client.ids) - self._removed) + 1)
         while len(set(client.ids) - self._removed) < n:
             controller = cluster.controller
             if controller is None or controller.state == "after":
@@ -587,6 +618,8 @@ class ClusterSession:
             if sets and all(es.state == "after" for es in sets):
                 raise ClusterStartError(_launcher_failure(cluster, None))
             if time.monotonic() > deadline:
+                if queued:
+                    break
                 up = len(set(client.ids) - self._removed)
                 raise ClusterStartError(
                     f"only {up} of {n} engines registered within {timeout:g} s;"
@@ -662,6 +695,21 @@ class ClusterSession:
                     rec.host, rec.pid = ar.get(0)
                 self.purge(ar, client)
 
+    def _waiting(self, ids: list[int]) -> str | None:
+        """Engines asked for that have not registered yet, and where they wait."""
+        if self._cluster is None or self._launch is None or self._launch.local:
+            return None
+        live = len([eid for eid in ids if eid not in self._removed])
+        waiting = waiting_engines(self._cluster, self._target, live)
+        return None if waiting is None else str(waiting)
+
+    def engines_coming(self) -> bool:
+        """Whether engines asked for are still to register (e.g. queued)."""
+        client, launch = self._client, self._launch
+        if client is None or launch is None or not launch.batch:
+            return False
+        return len(set(client.ids) - self._removed) < self._target
+
     def _process_alive(self, rec: _EngineRecord) -> bool:
         """For engines started here, ask the process table, not the heartbeat."""
         if self._ownership != "started" or self._launcher != "local" or not rec.pid:
@@ -729,6 +777,7 @@ class ClusterSession:
         self._ownership = self._launcher = self._profile = None
         self._cluster_id = self._location = self._connection_file = None
         self._target = 0
+        self._launch = None
         self._idle_timeout = None
         self._records.clear()
         self._removed.clear()
@@ -837,7 +886,7 @@ def _check_launcher(launcher: str) -> str:
     return name
 
 
-def _make_cluster(launcher: str, profile: str | None) -> ipp.Cluster:
+def _make_cluster(launch: LaunchPlan, profile: str | None) -> ipp.Cluster:
     config = Config()
     # ipyparallel sleeps 0.1 s between local engines; they need no pacing here.
     config.LocalEngineSetLauncher.delay = 0
@@ -845,9 +894,8 @@ def _make_cluster(launcher: str, profile: str | None) -> ipp.Cluster:
     # can find all of them, even children a dying controller left behind.
     cluster_id = f"{int(time.time())}-{secrets.token_hex(2)}"
     config.BaseLauncher.environment = {_MARK: cluster_id}
-    kwargs: dict[str, Any] = {}
-    if launcher == "local":
-        kwargs["controller_ip"] = "127.0.0.1"
+    kwargs: dict[str, Any] = {"controller_ip": launch.controller_ip}
+    if launch.local:
         # Engines start while the controller does and wait for its connection
         # file themselves, instead of starting only once it is written.
         kwargs["send_engines_connection_env"] = False
@@ -855,7 +903,7 @@ def _make_cluster(launcher: str, profile: str | None) -> ipp.Cluster:
         kwargs["profile"] = profile
     return ipp.Cluster(
         cluster_id=cluster_id,
-        engines=launcher,
+        engines=launch.engine_class,
         delay=0,
         controller_args=[
             f"--HeartMonitor.period={_HEARTBEAT_MS}",
@@ -942,6 +990,14 @@ def _check_engines_configured(cluster: ipp.Cluster) -> None:
                 f"{type(es).__name__} has no hosts: set"
                 f" c.{type(es).__name__}.engines in the profile's ipcluster_config.py"
             )
+
+
+def _cancel_waiting(cluster: ipp.Cluster, count: int) -> None:
+    """Cancel up to ``count`` engines still waiting in a batch queue."""
+    for engine_set in reversed(list(cluster.engines.values())):
+        cancel = getattr(engine_set, "cancel_waiting", None)
+        if count > 0 and cancel is not None:
+            count -= cancel(count)
 
 
 def _launchers_of(engine_set: Any) -> list[Any]:

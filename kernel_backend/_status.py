@@ -54,6 +54,9 @@ class ClusterStatus:
     idle_timeout: float | None = None
     idle_stopped: int = 0
     engines: tuple[EngineRow, ...] = field(default_factory=tuple)
+    # engines asked for but not registered yet, and where they wait, e.g.
+    # "13 waiting (queued in Slurm, job 1234)"
+    waiting: str | None = None
 
     @property
     def live_engines(self) -> int:
@@ -71,7 +74,8 @@ class ClusterStatus:
             return "stopped: no cluster active"
         how = "started here" if self.ownership == "started" else "connected"
         where = f"{self.launcher or 'unknown launcher'}, {self.location or '?'}"
-        text = f"running: {_engines(self.live_engines)} ({how}; {where})"
+        waiting = f", {self.waiting}" if self.waiting else ""
+        text = f"running: {_engines(self.live_engines)}{waiting} ({how}; {where})"
         if self.dead_engines:
             text += f", {self.dead_engines} dead"
         if self.idle_stopped:

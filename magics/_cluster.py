@@ -10,7 +10,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from ..kernel_backend import LAUNCHERS, default_session
+from ..kernel_backend import LAUNCHERS, LauncherOptions, default_session
 from ..widgets import ClusterStatusView, cluster_panel
 from ._common import non_negative_int, positive_float, positive_int, user_errors
 
@@ -57,7 +57,35 @@ class ClusterMagics(Magics):
         default="local",
         metavar="L",
         help=f"how engines are started: {', '.join(LAUNCHERS)} (default: local);"
-        " non-local launchers read the profile's ipcluster_config.py",
+        " the profile's ipcluster_config.py applies, these options override it",
+    )
+    @argument(
+        "--hosts",
+        metavar="H",
+        default=None,
+        help="ssh: where engines run, [user@]host[:count],... e.g. alice@node1,node2:4"
+        " (hosts without a count share the rest of -n)",
+    )
+    @argument("--queue", metavar="Q", default=None, help="batch queue (partition)")
+    @argument(
+        "--time", metavar="T", default=None, help="slurm: time limit, e.g. 1:00:00"
+    )
+    @argument("--account", metavar="A", default=None, help="slurm: account to charge")
+    @argument(
+        "--mem", metavar="M", default=None, help="slurm: memory per engine, e.g. 4G"
+    )
+    @argument(
+        "--extra",
+        metavar="OPTS",
+        default=None,
+        help='more options for sbatch, mpiexec or ssh, e.g. --extra="--qos=high"',
+    )
+    @argument(
+        "--ip",
+        metavar="ADDR",
+        default=None,
+        help="remote launchers: the address engines reach the controller at"
+        " (default: the one routing to the first ssh host; batch: all interfaces)",
     )
     @argument("--profile", metavar="P", default=None, help="IPython profile to use")
     @argument(
@@ -72,7 +100,9 @@ class ClusterMagics(Magics):
         type=positive_float,
         metavar="S",
         default=60.0,
-        help="give up if the engines are not up after S seconds (default: 60)",
+        help="give up if the engines are not up after S seconds (default: 60);"
+        " batch launchers return at the first engine, or after S seconds with"
+        " the others still queued",
     )
     def _start(self, rest: str) -> None:
         """Start a cluster; prints how many engines, where, and how long it took."""
@@ -83,6 +113,15 @@ class ClusterMagics(Magics):
             profile=args.profile,
             idle_timeout=args.idle_timeout,
             timeout=args.timeout,
+            options=LauncherOptions(
+                hosts=args.hosts,
+                queue=args.queue,
+                time=args.time,
+                account=args.account,
+                mem=args.mem,
+                extra=args.extra,
+                ip=args.ip,
+            ),
         )
         print(report)
 

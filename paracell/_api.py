@@ -9,6 +9,7 @@ from typing import Any
 from .kernel_backend import (
     CellJob,
     ClusterStatus,
+    LauncherOptions,
     MapJob,
     MapOptions,
     StartReport,
@@ -47,6 +48,13 @@ def start(
     profile: str | None = None,
     idle_timeout: float | None = None,
     timeout: float = 60.0,
+    hosts: str | None = None,
+    queue: str | None = None,
+    time: str | None = None,
+    account: str | None = None,
+    mem: str | None = None,
+    extra: str | None = None,
+    ip: str | None = None,
 ) -> StartReport:
     """Start a cluster of ``n`` engines (default: one per CPU); ``%cluster start``.
 
@@ -56,21 +64,46 @@ def start(
         Number of engines.
     launcher
         ipyparallel engine launcher: local, mpi, ssh, slurm, pbs, sge, lsf or
-        htcondor.  Non-local launchers take their settings from the profile's
-        ``ipcluster_config.py``.
+        htcondor.  The profile's ``ipcluster_config.py`` applies; the options
+        below override it.
     profile
         IPython profile holding the cluster's files and configuration.
     idle_timeout
         Stop engines idle this many seconds; the next call restarts them.
     timeout
-        Give up (and clean up) if the engines are not up by then.
+        Give up (and clean up) if the engines are not up by then.  Batch
+        launchers return once the first engine is up, or at the timeout
+        with the others still queued (``status()`` says where).
+    hosts
+        ssh: ``[user@]host[:count],...``; hosts without a count share the
+        rest of ``n`` (one each when ``n`` is not given).
+    queue
+        Batch queue (Slurm partition).
+    time, account, mem
+        Slurm: time limit (``1:00:00``), account, memory per engine (``4G``).
+    extra
+        More options for ``sbatch``, ``mpiexec`` or ``ssh``.
+    ip
+        Remote launchers: the address engines reach the controller at
+        (default: the one routing to the first ssh host; batch: all
+        interfaces).  Local clusters always listen on 127.0.0.1.
     """
+    options = LauncherOptions(
+        hosts=hosts,
+        queue=queue,
+        time=time,
+        account=account,
+        mem=mem,
+        extra=extra,
+        ip=ip,
+    )
     return default_session().start(
         n,
         launcher=launcher,
         profile=profile,
         idle_timeout=idle_timeout,
         timeout=timeout,
+        options=options,
     )
 
 
