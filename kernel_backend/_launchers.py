@@ -27,6 +27,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,8 @@ _TIME = re.compile(
 )
 _MEM = re.compile(r"^(\d+)\s*([KMGT])?(?:I?B)?$", re.I)
 _HOST_NAME = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+$")
+# how long a stop waits for Slurm to see its engines gone
+_SLURM_STOP_WAIT = 30.0
 # ssh gives up on a host that does not answer after this many seconds
 _SSH_CONNECT_TIMEOUT = 10
 
@@ -404,10 +407,16 @@ exec {program_and_args}
     def stop(self) -> str:
         # scancel of a finished job fails; stopping what has ended is no error
         try:
-            return str(super().stop())
+            output = str(super().stop())
         except (subprocess.CalledProcessError, OSError) as err:
             self.notify_stop({"job_id": self.job_id, "output": str(err)})
             return ""
+        # stopped means gone from the queue, not "completing": a cluster
+        # stopped and started again must not find its old engines running
+        deadline = time.monotonic() + _SLURM_STOP_WAIT
+        while self.tasks() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return output
 
     def tasks(self) -> list[tuple[str, str]]:
         """(task id, state) of each array task still in the queue."""

@@ -793,6 +793,7 @@ class ClusterSession:
             cluster_id=self._cluster_id or "",
             seconds=seconds,
             ownership=self._ownership,
+            waiting=self._waiting(self._client.ids) if self._client else None,
         )
 
     def _register_atexit(self) -> None:

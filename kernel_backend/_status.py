@@ -97,6 +97,7 @@ class StartReport:
     cluster_id: str
     seconds: float
     ownership: Ownership
+    waiting: str | None = None  # engines still queued, e.g. "2 waiting (...)"
 
     def __str__(self) -> str:
         if self.ownership == "connected":
@@ -105,8 +106,9 @@ class StartReport:
                 f" (profile '{self.profile}', cluster id '{self.cluster_id}')"
                 f" in {self.seconds:.1f} s"
             )
+        waiting = f", {self.waiting}" if self.waiting else ""
         return (
-            f"paracell: started {_engines(self.engines)} on {self.location}"
+            f"paracell: started {_engines(self.engines)}{waiting} on {self.location}"
             f" ({self.launcher} launcher, profile '{self.profile}')"
             f" in {self.seconds:.1f} s"
         )
