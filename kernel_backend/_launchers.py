@@ -504,20 +504,35 @@ class CheckedSSHEngineSetLauncher(SSHEngineSetLauncher):  # type: ignore[misc]
 
 
 def waiting_engines(cluster: Any, target: int, registered: int) -> Waiting | None:
-    """Engines asked for that have not registered, and where they wait."""
+    """Engines asked for that have not registered, and where they wait.
+
+    For Slurm the queue decides: engines whose tasks were cancelled or ended
+    are not coming, whatever the target says.
+    """
     missing = target - registered
-    if missing <= 0:
-        return None
-    jobs = []
-    queued = 0
-    for engine_set in list(getattr(cluster, "engines", {}).values()):
-        if isinstance(engine_set, SlurmArrayEngineSetLauncher):
+    slurm = [
+        es
+        for es in list(getattr(cluster, "engines", {}).values())
+        if isinstance(es, SlurmArrayEngineSetLauncher)
+    ]
+    if slurm:
+        jobs, queued, in_queue = [], 0, 0
+        for engine_set in slurm:
             states = [state for _, state in engine_set.tasks()]
             if states:
                 jobs.append(engine_set.job_id)
                 queued += states.count("PENDING")
-    if not jobs:
-        return Waiting(missing, "starting")
-    label = "job" if len(jobs) == 1 else "jobs"
-    where = "queued in Slurm" if queued else "starting in Slurm"
-    return Waiting(missing, f"{where}, {label} {', '.join(jobs)}")
+                in_queue += sum(1 for s in states if s in _SLURM_ALIVE)
+        missing = min(missing, in_queue - registered)
+        if missing <= 0:
+            return None
+        label = "job" if len(jobs) == 1 else "jobs"
+        where = "queued in Slurm" if queued else "starting in Slurm"
+        return Waiting(missing, f"{where}, {label} {', '.join(jobs)}")
+    if missing <= 0:
+        return None
+    return Waiting(missing, "starting")
+
+
+# Slurm job states of tasks whose engine is still to come or running
+_SLURM_ALIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "RESIZING"})

@@ -85,6 +85,7 @@ class ClusterSession:
         self._connection_file: str | None = None
         self._target = 0
         self._launch: LaunchPlan | None = None  # how paracell started the engines
+        self._coming = (0.0, False)  # (when asked, whether engines are coming)
         self._idle_timeout: float | None = None
         self._records: dict[int, _EngineRecord] = {}
         self._removed: set[int] = set()
@@ -704,11 +705,20 @@ class ClusterSession:
         return None if waiting is None else str(waiting)
 
     def engines_coming(self) -> bool:
-        """Whether engines asked for are still to register (e.g. queued)."""
-        client, launch = self._client, self._launch
-        if client is None or launch is None or not launch.batch:
+        """Whether engines asked for are still to register (e.g. queued).
+
+        Asks the batch system at most once a second: maps call this in a loop
+        while they wait.
+        """
+        client, launch, cluster = self._client, self._launch, self._cluster
+        if client is None or launch is None or cluster is None or not launch.batch:
             return False
-        return len(set(client.ids) - self._removed) < self._target
+        now = time.monotonic()
+        if now - self._coming[0] > 1.0:
+            live = len(set(client.ids) - self._removed)
+            coming = waiting_engines(cluster, self._target, live) is not None
+            self._coming = (now, coming)
+        return self._coming[1]
 
     def _process_alive(self, rec: _EngineRecord) -> bool:
         """For engines started here, ask the process table, not the heartbeat."""
@@ -793,7 +803,7 @@ class ClusterSession:
             cluster_id=self._cluster_id or "",
             seconds=seconds,
             ownership=self._ownership,
-            waiting=self._waiting(self._client.ids) if self._client else None,
+            waiting=None if self._client is None else self._waiting(self._client.ids),
         )
 
     def _register_atexit(self) -> None:
