@@ -78,7 +78,8 @@ class ClusterMagics(Magics):
         "--extra",
         metavar="OPTS",
         default=None,
-        help='more options for sbatch, mpiexec or ssh, e.g. --extra="--qos=high"',
+        help="more options for sbatch, mpiexec or ssh, quoted:"
+        ' --extra "--qos=high -N 1"',
     )
     @argument(
         "--ip",
@@ -119,7 +120,7 @@ class ClusterMagics(Magics):
                 time=args.time,
                 account=args.account,
                 mem=args.mem,
-                extra=args.extra,
+                extra=_unquoted(args.extra),
                 ip=args.ip,
             ),
         )
@@ -189,6 +190,13 @@ class ClusterMagics(Magics):
         """
         parse_argstring(self._panel, rest)
         return cluster_panel(default_session())
+
+
+def _unquoted(text: str | None) -> str | None:
+    """``"-p 2222"`` -> ``-p 2222``: magic arguments keep their quotes."""
+    if text and len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
 
 
 def _cluster_doc() -> str:
