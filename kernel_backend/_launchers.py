@@ -36,6 +36,7 @@ from ipyparallel.cluster.launcher import (
     LauncherError,
     MPIEngineSetLauncher,
     SlurmEngineSetLauncher,
+    SSHEngineLauncher,
     SSHEngineSetLauncher,
 )
 from traitlets import List, Unicode
@@ -451,6 +452,25 @@ exec {program_and_args}
         return len(chosen)
 
 
+class _SSHEngineLauncher(SSHEngineLauncher):  # type: ignore[misc]
+    """One engine over ssh; stopped on purpose, its log is not fetched.
+
+    Fetching a remote log takes three ssh round trips per engine; the log
+    only matters when an engine fails on its own (then it is fetched).
+    """
+
+    _stopping = False
+
+    async def stop(self) -> Any:
+        self._stopping = True
+        return await super().stop()
+
+    def get_output(self, remove: bool = False) -> str:
+        if self._stopping:
+            return ""
+        return str(super().get_output(remove=remove))
+
+
 class CheckedSSHEngineSetLauncher(SSHEngineSetLauncher):  # type: ignore[misc]
     """ipyparallel's SSH engines, after checking that every host answers.
 
@@ -458,6 +478,7 @@ class CheckedSSHEngineSetLauncher(SSHEngineSetLauncher):  # type: ignore[misc]
     fails at once instead of waiting for one nobody types.
     """
 
+    launcher_class = _SSHEngineLauncher
     extra_ssh_args = List(Unicode(), config=True, help="More ssh options")
 
     def __init__(self, **kwargs: Any) -> None:
