@@ -199,9 +199,9 @@ def engines_per_host(
     if n is None:
         n = fixed + len(free)
     if n < fixed or (n > fixed and not free) or (free and n - fixed < len(free)):
-        counts = ", ".join(f"{h.location}:{h.count or '?'}" for h in hosts)
+        given = ", ".join(f"{h.location}:{h.count or '?'}" for h in hosts)
         raise InvalidRequest(
-            f"-n {n} does not fit --hosts {counts}: give -n equal to the counts'"
+            f"-n {n} does not fit --hosts {given}: give -n equal to the counts'"
             " sum, or leave some hosts without a count to take the rest"
         )
     share, extra = divmod(n - fixed, len(free)) if free else (0, 0)
@@ -485,15 +485,20 @@ class CheckedSSHEngineSetLauncher(SSHEngineSetLauncher):  # type: ignore[misc]
         super().__init__(**kwargs)
         # ssh takes the first value given for an option: the profile's own
         # ssh_args come first and win over these defaults
-        self.ssh_args = [
-            *self.ssh_args,
-            *self.extra_ssh_args,
+        defaults = [
             "-o",
             "BatchMode=yes",
             "-o",
             f"ConnectTimeout={_SSH_CONNECT_TIMEOUT}",
         ]
-        self.scp_args = [*self.scp_args, *self.ssh_args]
+        extra = list(self.extra_ssh_args)
+        # (traits set in ipyparallel's untyped classes: mypy sees no type)
+        ssh_args: list[str] = list(self.ssh_args)  # type: ignore[has-type]
+        scp_args: list[str] = list(self.scp_args)  # type: ignore[has-type]
+        self.ssh_args = [*ssh_args, *extra, *defaults]
+        # scp (fetching a failed engine's log) shares ssh's -F, -i and -o;
+        # its other letters mean other things (-p, -P)
+        self.scp_args = [*scp_args, *_scp_compatible(extra), *defaults]
 
     def start(self, n: int) -> Any:
         for location in self.engines:
@@ -519,6 +524,18 @@ class CheckedSSHEngineSetLauncher(SSHEngineSetLauncher):  # type: ignore[misc]
             lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
             why = lines[-1] if lines else f"exit code {done.returncode}"
             raise LauncherError(f"ssh {location}: {why}")
+
+
+def _scp_compatible(ssh_args: Sequence[str]) -> list[str]:
+    """The options among ``ssh_args`` that scp takes too, with their values."""
+    kept: list[str] = []
+    args = iter(ssh_args)
+    for arg in args:
+        if arg in ("-F", "-i", "-o"):
+            kept += [arg, next(args, "")]
+        elif arg[:2] in ("-F", "-i", "-o"):
+            kept.append(arg)
+    return kept
 
 
 # -- queue state ---------------------------------------------------------------

@@ -85,7 +85,8 @@ class ClusterSession:
         self._connection_file: str | None = None
         self._target = 0
         self._launch: LaunchPlan | None = None  # how paracell started the engines
-        self._coming = (0.0, False)  # (when asked, whether engines are coming)
+        # (when the batch system was last asked, whether engines are coming)
+        self._coming: tuple[float, bool] = (0.0, False)
         self._idle_timeout: float | None = None
         self._records: dict[int, _EngineRecord] = {}
         self._removed: set[int] = set()
