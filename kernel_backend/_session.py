@@ -617,7 +617,7 @@ class ClusterSession:
                     f" {_tail(controller.get_output() if controller else '')}"
                 )
             sets = list(cluster.engines.values())
-            if sets and all(es.state == "after" for es in sets):
+            if sets and all(_engine_set_exited(es) for es in sets):
                 raise ClusterStartError(_launcher_failure(cluster, None))
             if time.monotonic() > deadline:
                 if queued:
@@ -1010,6 +1010,30 @@ def _cancel_waiting(cluster: ipp.Cluster, count: int) -> None:
         cancel = getattr(engine_set, "cancel_waiting", None)
         if count > 0 and cancel is not None:
             count -= cancel(count)
+
+
+def _engine_set_exited(engine_set: Any) -> bool:
+    """Whether every process of an engine set has exited.
+
+    ipyparallel notices a launcher's exit only when its event loop polls;
+    ``mpiexec`` refusing its options exits before that, so ask the process.
+    """
+    if engine_set.state == "after":
+        return True
+    procs = [getattr(el, "process", None) for el in _launchers_of(engine_set)]
+    if not procs or any(p is None for p in procs):
+        return False
+    return all(_process_exited(p) for p in procs)
+
+
+def _process_exited(proc: Any) -> bool:
+    poll = getattr(proc, "poll", None)  # a Popen: also reaps it
+    if poll is not None:
+        return poll() is not None
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
 
 
 def _launchers_of(engine_set: Any) -> list[Any]:
