@@ -24,7 +24,7 @@ from ._jobs import (
     default_jobs,
     run_everywhere,
 )
-from ._launchers import LauncherOptions
+from ._launchers import LauncherOptions, accepted_options
 from ._mapjob import (
     ChunkRecord,
     ItemError,
@@ -66,6 +66,7 @@ __all__ = [
     "StartReport",
     "StopReport",
     "Timeline",
+    "accepted_options",
     "bound_names",
     "default_jobs",
     "default_session",

@@ -52,6 +52,7 @@ __all__ = [
     "LauncherOptions",
     "SlurmArrayEngineSetLauncher",
     "Waiting",
+    "accepted_options",
     "parse_hosts",
     "plan",
     "waiting_engines",
@@ -214,6 +215,11 @@ def engines_per_host(
             extra -= 1
         counts[h.location] = counts.get(h.location, 0) + add
     return counts, n
+
+
+def accepted_options(launcher: str) -> frozenset[str]:
+    """Names of the :class:`LauncherOptions` fields ``launcher`` uses."""
+    return _ACCEPTS.get(launcher, frozenset())
 
 
 def _check_options(launcher: str, options: LauncherOptions) -> None:
