@@ -231,6 +231,16 @@ def hpc(*args: str) -> str:
     return done.stdout
 
 
+def _stop_and_remove(command: str, where: str) -> None:
+    """``scripts/hpc COMMAND WHERE``, then remove WHERE (keys, logs, state)."""
+    import shutil
+
+    try:
+        hpc(command, where)
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
 def _setting(output: str, name: str) -> str:
     for line in output.splitlines():
         if line.startswith(f"{name}="):
@@ -243,7 +253,7 @@ def slurm(request: pytest.FixtureRequest) -> str:
     """A one-node Slurm for the run; ``SLURM_CONF`` is set for this process
     and the kernels it starts.  Its daemons stop at the end of the run."""
     where = os.path.join(HPC_DIR, "slurm")
-    request.addfinalizer(lambda: hpc("slurm-stop", where))
+    request.addfinalizer(lambda: _stop_and_remove("slurm-stop", where))
     conf = _setting(hpc("slurm-start", where), "SLURM_CONF")
     os.environ["SLURM_CONF"] = conf
     return conf
@@ -257,7 +267,7 @@ def ssh_host(request: pytest.FixtureRequest) -> str:
     the namespace, its sshd and whatever runs there go at the end of the run.
     """
     where = os.path.join(HPC_DIR, "ssh")
-    request.addfinalizer(lambda: hpc("ssh-stop", where))
+    request.addfinalizer(lambda: _stop_and_remove("ssh-stop", where))
     ssh_config = _setting(hpc("ssh-start", where), "SSH_CONFIG")
     profile = os.path.join(IPYTHONDIR, "profile_hpc")
     os.makedirs(profile, exist_ok=True)

@@ -18,6 +18,8 @@ from paracell.kernel_backend._launchers import (
     plan,
 )
 
+pytestmark = pytest.mark.hpc
+
 
 @pytest.mark.parametrize(
     ("line", "message"),
