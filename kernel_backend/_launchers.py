@@ -22,6 +22,7 @@ configuration, which ipyparallel merges over the profile's).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shlex
 import socket
@@ -270,15 +271,43 @@ def address_towards(host: str) -> str:
     A UDP socket's ``connect`` picks the route without sending anything.
     """
     try:
-        target = socket.getaddrinfo(host, 22, socket.AF_INET, socket.SOCK_DGRAM)[0][4]
+        target = socket.getaddrinfo(
+            _ssh_hostname(host), 22, socket.AF_INET, socket.SOCK_DGRAM
+        )[0][4]
     except OSError as err:
-        raise InvalidRequest(f"--hosts: cannot resolve {host!r} ({err})") from None
+        raise InvalidRequest(
+            f"--hosts: cannot resolve {host!r} ({err}); give --ip ADDR, the"
+            " address engines there reach this machine at"
+        ) from None
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
             probe.connect(target)
         except OSError as err:
             raise InvalidRequest(f"--hosts: no route to {host!r} ({err})") from None
         return str(probe.getsockname()[0])
+
+
+def _ssh_hostname(host: str) -> str:
+    """The name ssh connects to for ``host`` (an alias in ~/.ssh/config too).
+
+    ``ssh -G`` only reads the configuration; it connects nowhere.
+    """
+    try:
+        out = subprocess.run(
+            ["ssh", "-G", host],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return host
+    for line in out.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "hostname" and value.strip():
+            return value.strip()
+    return host
 
 
 # -- the plan ----------------------------------------------------------------
@@ -290,8 +319,6 @@ def plan(launcher: str, n: int | None, options: LauncherOptions) -> LaunchPlan:
     Raises ``InvalidRequest`` (one line, for the user) on any mistake, before
     anything is started.
     """
-    import os
-
     _check_options(launcher, options)
     config = Config()
     extra = shlex.split(options.extra) if options.extra else []

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import _thread
+import json
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -56,6 +58,13 @@ def test_slurm_engines_run_items_inside_slurm_jobs(ip, capsys):
     assert len(set(jobs)) == 2, "each engine is a Slurm job of its own"
     status = paracell.status()
     assert status.summary().startswith("running: 2 engines (started here; slurm,")
+    # listening on every interface, the connection files stay private and keyed
+    security = os.path.join(IPYTHONDIR, "profile_default", "security")
+    for kind in ("client", "engine"):
+        path = os.path.join(security, f"ipcontroller-{status.cluster_id}-{kind}.json")
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        with open(path) as f:
+            assert json.load(f)["key"]
 
 
 def test_scaling_submits_and_stopping_cancels_slurm_jobs(ip, capsys):
