@@ -433,7 +433,8 @@ class ClusterSession:
             if self._launch is not None and self._launch.batch:
                 # engines still queued count as coming: submit or cancel only
                 # the difference, and cancel queued ones before running ones
-                waiting = max(0, self._target - len(live))
+                queue = waiting_engines(cluster, self._target, len(live))
+                waiting = queue.count if queue is not None else 0
                 if n - len(live) - waiting < 0 and waiting:
                     _cancel_waiting(cluster, waiting - max(0, n - len(live)))
                     waiting = max(0, n - len(live))
@@ -699,7 +700,7 @@ class ClusterSession:
 
     def _waiting(self, ids: list[int]) -> str | None:
         """Engines asked for that have not registered yet, and where they wait."""
-        if self._cluster is None or self._launch is None or self._launch.local:
+        if self._cluster is None or self._launch is None or not self._launch.batch:
             return None
         live = len([eid for eid in ids if eid not in self._removed])
         waiting = waiting_engines(self._cluster, self._target, live)
