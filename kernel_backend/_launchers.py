@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 from ipyparallel.cluster.launcher import (
     LauncherError,
     MPIEngineSetLauncher,
@@ -65,7 +66,7 @@ BATCH_LAUNCHERS = ("slurm", "pbs", "sge", "lsf", "htcondor")
 # Which options each launcher uses.  Anything else given to it is a mistake
 # the user should hear about, not a setting silently dropped.
 _ACCEPTS: dict[str, frozenset[str]] = {
-    "local": frozenset(),
+    "local": frozenset({"mem_per_engine"}),
     "mpi": frozenset({"extra", "ip"}),
     "ssh": frozenset({"hosts", "extra", "ip"}),
     "slurm": frozenset({"queue", "time", "account", "mem", "extra", "ip"}),
@@ -104,6 +105,7 @@ class LauncherOptions:
     mem: str | None = None
     extra: str | None = None
     ip: str | None = None
+    mem_per_engine: str | None = None
 
     def given(self) -> list[str]:
         """Names of the options that were given."""
@@ -136,6 +138,7 @@ class LaunchPlan:
     config: Config = field(default_factory=Config)
     hosts: tuple[Host, ...] = ()
     extra: tuple[str, ...] = ()  # --extra, split like a shell would
+    note: str | None = None  # said with the start report, e.g. why n was capped
 
     @property
     def local(self) -> bool:
@@ -229,16 +232,19 @@ def _check_options(launcher: str, options: LauncherOptions) -> None:
         if name not in accepted:
             users = [k for k, v in _ACCEPTS.items() if name in v]
             where = f"only {', '.join(users)} use it" if users else "none uses it"
-            raise InvalidRequest(f"the {launcher} launcher ignores --{name} ({where})")
+            flag = name.replace("_", "-")
+            raise InvalidRequest(f"the {launcher} launcher ignores --{flag} ({where})")
     if options.time is not None and not _TIME.match(options.time.strip()):
         raise InvalidRequest(
             f"--time {options.time!r} is not a Slurm time limit; write minutes,"
             " hours:minutes:seconds or days-hours[:minutes], e.g. 1:00:00"
         )
-    if options.mem is not None and not _MEM.match(options.mem.strip()):
-        raise InvalidRequest(
-            f"--mem {options.mem!r} is not an amount of memory; write e.g. 500M or 4G"
-        )
+    memory = (("--mem", options.mem), ("--mem-per-engine", options.mem_per_engine))
+    for flag, value in memory:
+        if value is not None and not _MEM.match(value.strip()):
+            raise InvalidRequest(
+                f"{flag} {value!r} is not an amount of memory; write e.g. 500M or 4G"
+            )
     for name in ("queue", "account", "ip"):
         value = getattr(options, name)
         if value is not None and (not value.strip() or any(c.isspace() for c in value)):
@@ -252,6 +258,40 @@ def _check_options(launcher: str, options: LauncherOptions) -> None:
         raise InvalidRequest(
             "the ssh launcher needs --hosts, e.g. --hosts alice@node1,node2:4"
         )
+
+
+def memory_bytes(text: str) -> int:
+    """``500MB``, ``4G``, ``2GiB`` -> bytes (K, M, G, T are powers of 1024)."""
+    match = _MEM.match(text.strip())
+    if match is None:
+        raise InvalidRequest(f"{text!r} is not an amount of memory; write e.g. 500M")
+    number, unit = match.groups()
+    return int(number) * 1024 ** "BKMGT".index((unit or "B").upper())
+
+
+def _capped_by_memory(
+    n: int, per_engine: str, explicit: bool
+) -> tuple[int, str | None]:
+    """At most as many engines as available memory holds, ``per_engine`` each.
+
+    Returns the count and, when it capped, the sentence that says so.
+    """
+    need = memory_bytes(per_engine)
+    available = int(psutil.virtual_memory().available)
+    fits = available // max(1, need)
+    gib = available / 1024**3
+    if fits < 1:
+        raise InvalidRequest(
+            f"not enough memory for one engine of {per_engine}"
+            f" ({gib:.1f} GiB available)"
+        )
+    if n <= fits:
+        return n, None
+    asked = f"-n {n}" if explicit else f"one per CPU: {n}"
+    return fits, (
+        f"capped at {fits} engine{'' if fits == 1 else 's'} ({asked}):"
+        f" {gib:.1f} GiB available, {per_engine.strip()} each"
+    )
 
 
 def _slurm_memory(text: str) -> str:
@@ -327,7 +367,14 @@ def plan(launcher: str, n: int | None, options: LauncherOptions) -> LaunchPlan:
     engine_class: Any = launcher
     ip = options.ip
     if launcher == "local":
-        return LaunchPlan(launcher, count, launcher, "127.0.0.1", "127.0.0.1")
+        note = None
+        if options.mem_per_engine is not None:
+            count, note = _capped_by_memory(
+                count, options.mem_per_engine, explicit=n is not None
+            )
+        return LaunchPlan(
+            launcher, count, launcher, "127.0.0.1", "127.0.0.1", note=note
+        )
     if launcher == "ssh":
         assert options.hosts is not None
         hosts = parse_hosts(options.hosts)

@@ -806,6 +806,7 @@ class ClusterSession:
             seconds=seconds,
             ownership=self._ownership,
             waiting=None if self._client is None else self._waiting(self._client.ids),
+            note=self._launch.note if self._launch is not None else None,
         )
 
     def _register_atexit(self) -> None:

@@ -98,6 +98,7 @@ class StartReport:
     seconds: float
     ownership: Ownership
     waiting: str | None = None  # engines still queued, e.g. "2 waiting (...)"
+    note: str | None = None  # e.g. why fewer engines were started than asked
 
     def __str__(self) -> str:
         if self.ownership == "connected":
@@ -107,10 +108,11 @@ class StartReport:
                 f" in {self.seconds:.1f} s"
             )
         waiting = f", {self.waiting}" if self.waiting else ""
+        note = f"; {self.note}" if self.note else ""
         return (
             f"paracell: started {_engines(self.engines)}{waiting} on {self.location}"
             f" ({self.launcher} launcher, profile '{self.profile}')"
-            f" in {self.seconds:.1f} s"
+            f" in {self.seconds:.1f} s{note}"
         )
 
     def started_on_demand(self) -> str:

@@ -82,6 +82,13 @@ class ClusterMagics(Magics):
         ' --extra "--qos=high -N 1"',
     )
     @argument(
+        "--mem-per-engine",
+        metavar="M",
+        default=None,
+        help="local: start no more engines than available memory holds, M each"
+        " (e.g. 500MB); the start line says when it capped -n",
+    )
+    @argument(
         "--ip",
         metavar="ADDR",
         default=None,
@@ -122,6 +129,7 @@ class ClusterMagics(Magics):
                 mem=args.mem,
                 extra=_unquoted(args.extra),
                 ip=args.ip,
+                mem_per_engine=args.mem_per_engine,
             ),
         )
         print(report)

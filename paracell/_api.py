@@ -55,6 +55,7 @@ def start(
     mem: str | None = None,
     extra: str | None = None,
     ip: str | None = None,
+    mem_per_engine: str | None = None,
 ) -> StartReport:
     """Start a cluster of ``n`` engines (default: one per CPU); ``%cluster start``.
 
@@ -87,6 +88,9 @@ def start(
         Remote launchers: the address engines reach the controller at
         (default: the one routing to the first ssh host; batch: all
         interfaces).  Local clusters always listen on 127.0.0.1.
+    mem_per_engine
+        Local: start no more engines than available memory holds, this much
+        each (``"500MB"``); the report says when it capped ``n``.
     """
     options = LauncherOptions(
         hosts=hosts,
@@ -96,6 +100,7 @@ def start(
         mem=mem,
         extra=extra,
         ip=ip,
+        mem_per_engine=mem_per_engine,
     )
     return default_session().start(
         n,

@@ -6,6 +6,7 @@ things in test_hpc_slurm.py, test_hpc_ssh.py and test_hpc_mpi.py.
 
 from __future__ import annotations
 
+import psutil
 import pytest
 from IPython.core.error import UsageError
 
@@ -14,6 +15,7 @@ from paracell.kernel_backend import InvalidRequest, LauncherOptions, default_ses
 from paracell.kernel_backend._launchers import (
     Host,
     engines_per_host,
+    memory_bytes,
     parse_hosts,
     plan,
 )
@@ -34,6 +36,12 @@ pytestmark = pytest.mark.hpc
         ("--launcher ssh --hosts n1 --time 10", "the ssh launcher ignores --time"),
         ("--launcher mpi --hosts n1", "the mpi launcher ignores --hosts"),
         ("--launcher local --ip 10.0.0.1", "the local launcher ignores --ip"),
+        (
+            "--launcher slurm --mem-per-engine 1G",
+            "the slurm launcher ignores --mem-per-engine (only local use it)",
+        ),
+        ("--mem-per-engine lots", "--mem-per-engine 'lots' is not an amount"),
+        ("--mem-per-engine 1000T", "not enough memory for one engine of 1000T"),
         ("--launcher slurm --mem lots", "--mem 'lots' is not an amount of memory"),
     ],
 )
@@ -111,3 +119,22 @@ def test_where_the_controller_listens():
     ssh = plan("ssh", None, LauncherOptions(hosts="localhost:2"))
     assert ssh.controller_ip == "127.0.0.1"
     assert ssh.n == 2
+
+
+def test_memory_amounts_count_in_powers_of_1024():
+    assert memory_bytes("500MB") == 500 * 1024**2
+    assert memory_bytes("4G") == memory_bytes("4 GiB") == 4 * 1024**3
+    assert memory_bytes("2048") == 2048
+
+
+@pytest.mark.cluster
+def test_memory_per_engine_caps_a_local_cluster_and_says_so(no_other_cluster):
+    # room for one engine, not two
+    per_engine = psutil.virtual_memory().available * 2 // 3 // 1024**2
+    report = paracell.start(2, mem_per_engine=f"{per_engine}M")
+    try:
+        assert report.engines == 1
+        assert "capped at 1 engines (-n 2): " in str(report)
+        assert f"{per_engine}M each" in str(report)
+    finally:
+        paracell.stop()

@@ -57,6 +57,7 @@ _OPTION_HINTS = {
     "mem": "4G (per engine)",
     "extra": "--qos=high (sbatch, mpiexec, ssh)",
     "ip": "where engines reach the controller",
+    "mem_per_engine": "500MB (caps local engines)",
 }
 
 
