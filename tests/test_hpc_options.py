@@ -134,7 +134,7 @@ def test_memory_per_engine_caps_a_local_cluster_and_says_so(no_other_cluster):
     report = paracell.start(2, mem_per_engine=f"{per_engine}M")
     try:
         assert report.engines == 1
-        assert "capped at 1 engines (-n 2): " in str(report)
+        assert "capped at 1 engine (-n 2): " in str(report)
         assert f"{per_engine}M each" in str(report)
     finally:
         paracell.stop()
