@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psutil
@@ -139,6 +139,7 @@ class LaunchPlan:
     hosts: tuple[Host, ...] = ()
     extra: tuple[str, ...] = ()  # --extra, split like a shell would
     note: str | None = None  # said with the start report, e.g. why n was capped
+    n_given: bool = True  # whether n came from the user (not a default)
 
     @property
     def local(self) -> bool:
@@ -254,10 +255,6 @@ def _check_options(launcher: str, options: LauncherOptions) -> None:
             shlex.split(options.extra)
         except ValueError as err:
             raise InvalidRequest(f"--extra {options.extra!r}: {err}") from None
-    if launcher == "ssh" and not options.hosts:
-        raise InvalidRequest(
-            "the ssh launcher needs --hosts, e.g. --hosts alice@node1,node2:4"
-        )
 
 
 def memory_bytes(text: str) -> int:
@@ -376,13 +373,25 @@ def plan(launcher: str, n: int | None, options: LauncherOptions) -> LaunchPlan:
             launcher, count, launcher, "127.0.0.1", "127.0.0.1", note=note
         )
     if launcher == "ssh":
-        assert options.hosts is not None
-        hosts = parse_hosts(options.hosts)
-        per_host, count = engines_per_host(hosts, n)
         engine_class = CheckedSSHEngineSetLauncher
-        config.SSHEngineSetLauncher.engines = per_host
         if extra:
             config.CheckedSSHEngineSetLauncher.extra_ssh_args = extra
+        if not options.hosts:
+            # the profile's c.SSHEngineSetLauncher.engines, or a mistake:
+            # configure() tells once the profile is read
+            return LaunchPlan(
+                launcher,
+                count,
+                engine_class,
+                ip or "",
+                ip or "",
+                config,
+                extra=tuple(extra),
+                n_given=n is not None,
+            )
+        hosts = parse_hosts(options.hosts)
+        per_host, count = engines_per_host(hosts, n)
+        config.SSHEngineSetLauncher.engines = per_host
         ip = ip or address_towards(hosts[0].name)
     elif launcher == "mpi":
         engine_class = MPIEngineSetLauncher
@@ -420,15 +429,18 @@ _BATCH_CLASSES = {
 }
 
 
-def configure(cluster: Any, launch: LaunchPlan) -> None:
+def configure(cluster: Any, launch: LaunchPlan) -> LaunchPlan:
     """Give ``cluster`` the plan's settings, over the profile's configuration.
 
     Defaults chosen here (the engine Python, non-interactive ssh, where batch
     files go) apply only where the profile set nothing; the user's options
-    always win.
+    always win.  Returns the plan completed from the profile (ssh hosts it
+    names, and so the engine count and the controller's address).
     """
     config = cluster.config
     profile_dir = str(cluster.profile_dir)
+    if launch.launcher == "ssh" and not launch.hosts:
+        launch = _hosts_from_profile(cluster, launch)
     if launch.launcher == "ssh":
         ssh = config.SSHLauncher
         # the engines' Python: the kernel's, on a shared filesystem the usual
@@ -454,6 +466,25 @@ def configure(cluster: Any, launch: LaunchPlan) -> None:
         before = mpi.get("mpi_args", config.MPILauncher.get("mpi_args", []))
         mpi.mpi_args = [*before, *launch.extra]
     config.merge(launch.config)
+    return launch
+
+
+def _hosts_from_profile(cluster: Any, launch: LaunchPlan) -> LaunchPlan:
+    engines = cluster.config.SSHEngineSetLauncher.get("engines") or {}
+    if not engines:
+        raise InvalidRequest(
+            "the ssh launcher needs --hosts, e.g. --hosts alice@node1,node2:4"
+            " (or c.SSHEngineSetLauncher.engines in the profile)"
+        )
+    counts = [
+        c.get("n", 1) if isinstance(c, dict) else int(c) for c in engines.values()
+    ]
+    n = launch.n if launch.n_given else sum(counts)
+    first = str(next(iter(engines))).rpartition("@")[2].partition(":")[0]
+    ip = launch.controller_ip or address_towards(first)
+    cluster.controller_ip = ip
+    hosts = tuple(Host(str(h)) for h in engines)
+    return replace(launch, n=n, controller_ip=ip, location=ip, hosts=hosts)
 
 
 # -- launchers ---------------------------------------------------------------

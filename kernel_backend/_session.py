@@ -338,7 +338,8 @@ class ClusterSession:
                 self._launch = None
                 _teardown(cluster, _cluster_pids(cluster))
                 raise
-            self._adopt(client, cluster, "started", launcher, n)
+            launch = self._launch or launch  # completed from the profile
+            self._adopt(client, cluster, "started", launcher, launch.n)
             self._location = launch.location
             self._idle_timeout = idle_timeout
             if idle_timeout is not None:
@@ -575,7 +576,8 @@ class ClusterSession:
         self, cluster: ipp.Cluster, n: int, timeout: float
     ) -> ipp.Client:
         if self._launch is not None:
-            configure(cluster, self._launch)
+            self._launch = configure(cluster, self._launch)
+            n = self._launch.n
         try:
             cluster.start_controller_sync()
             cluster.start_engines_sync(n=n)
@@ -908,6 +910,7 @@ def _make_cluster(launch: LaunchPlan, profile: str | None) -> ipp.Cluster:
     # can find all of them, even children a dying controller left behind.
     cluster_id = f"{int(time.time())}-{secrets.token_hex(2)}"
     config.BaseLauncher.environment = {_MARK: cluster_id}
+    # (ssh hosts from the profile: configure() sets the address later)
     kwargs: dict[str, Any] = {"controller_ip": launch.controller_ip}
     if launch.local:
         # Engines start while the controller does and wait for its connection

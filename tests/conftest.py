@@ -269,14 +269,18 @@ def ssh_host(request: pytest.FixtureRequest) -> str:
     where = os.path.join(HPC_DIR, "ssh")
     request.addfinalizer(lambda: _stop_and_remove("ssh-stop", where))
     ssh_config = _setting(hpc("ssh-start", where), "SSH_CONFIG")
-    profile = os.path.join(IPYTHONDIR, "profile_hpc")
-    os.makedirs(profile, exist_ok=True)
-    with open(os.path.join(profile, "ipcluster_config.py"), "w") as f:
-        f.write(
-            "# how paracell's tests reach their second host (scripts/hpc ssh-start)\n"
-            f"c.SSHLauncher.ssh_args = ['-F', {ssh_config!r}]\n"
-            f"c.SSHLauncher.scp_args = ['-F', {ssh_config!r}]\n"
-        )
+    settings = (
+        "# how paracell's tests reach their second host (scripts/hpc ssh-start)\n"
+        f"c.SSHLauncher.ssh_args = ['-F', {ssh_config!r}]\n"
+        f"c.SSHLauncher.scp_args = ['-F', {ssh_config!r}]\n"
+    )
+    # profile hpc_hosts names the host too, as ipcluster users' profiles do
+    hosts = f"c.SSHEngineSetLauncher.engines = {{'root@{SSH_HOST}': 1}}\n"
+    for name, text in (("hpc", settings), ("hpc_hosts", settings + hosts)):
+        profile = os.path.join(IPYTHONDIR, f"profile_{name}")
+        os.makedirs(profile, exist_ok=True)
+        with open(os.path.join(profile, "ipcluster_config.py"), "w") as f:
+            f.write(text)
     return SSH_HOST
 
 

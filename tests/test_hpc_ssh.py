@@ -100,11 +100,11 @@ def test_ssh_engines_run_on_the_other_host_and_stop_there(ip, ssh_host, capsys):
 
 
 def test_a_host_that_refuses_ssh_is_a_one_line_error(ip, ssh_host):
+    # the host comes from the profile's c.SSHEngineSetLauncher.engines
     with pytest.raises(UsageError) as info:
         ip.run_line_magic(
             "cluster",
-            f"start --launcher ssh --profile hpc --hosts root@{ssh_host}"
-            ' --extra "-p 2222" --timeout 30',
+            'start --launcher ssh --profile hpc_hosts --extra "-p 2222" --timeout 30',
         )
     message = str(info.value)
     assert "\n" not in message
