@@ -212,7 +212,6 @@ def open_notebook(
 # -- launcher tests: Slurm, a second host over SSH, Open MPI (scripts/hpc) ----
 
 HPC_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "hpc")
-HPC_DIR = tempfile.mkdtemp(prefix="paracell-tests-hpc-")
 #: the second host: a network namespace behind a veth pair (see scripts/hpc)
 SSH_HOST = "10.213.0.2"
 SSH_HOST_SIDE = "10.213.0.1"
@@ -249,10 +248,20 @@ def _setting(output: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def slurm(request: pytest.FixtureRequest) -> str:
+def hpc_dir() -> Iterator[str]:
+    """A directory for the run's Slurm and SSH set-up files, removed after."""
+    import shutil
+
+    where = tempfile.mkdtemp(prefix="paracell-tests-hpc-")
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def slurm(request: pytest.FixtureRequest, hpc_dir: str) -> str:
     """A one-node Slurm for the run; ``SLURM_CONF`` is set for this process
     and the kernels it starts.  Its daemons stop at the end of the run."""
-    where = os.path.join(HPC_DIR, "slurm")
+    where = os.path.join(hpc_dir, "slurm")
     request.addfinalizer(lambda: _stop_and_remove("slurm-stop", where))
     conf = _setting(hpc("slurm-start", where), "SLURM_CONF")
     os.environ["SLURM_CONF"] = conf
@@ -260,13 +269,13 @@ def slurm(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def ssh_host(request: pytest.FixtureRequest) -> str:
+def ssh_host(request: pytest.FixtureRequest, hpc_dir: str) -> str:
     """A second host reachable over SSH at ``SSH_HOST``, for the run.
 
     Profile ``hpc`` (in the tests' IPYTHONDIR) tells ssh how to reach it;
     the namespace, its sshd and whatever runs there go at the end of the run.
     """
-    where = os.path.join(HPC_DIR, "ssh")
+    where = os.path.join(hpc_dir, "ssh")
     request.addfinalizer(lambda: _stop_and_remove("ssh-stop", where))
     ssh_config = _setting(hpc("ssh-start", where), "SSH_CONFIG")
     settings = (
