@@ -33,6 +33,7 @@ from ._jobs import (
     default_jobs,
     run_everywhere,
 )
+from ._launchers import LauncherOptions, accepted_options
 from ._mapjob import (
     ChunkRecord,
     ItemError,
@@ -64,6 +65,7 @@ __all__ = [
     "ItemError",
     "JobError",
     "JobManager",
+    "LauncherOptions",
     "MapFailed",
     "MapInterrupted",
     "MapJob",
@@ -77,6 +79,7 @@ __all__ = [
     "StopReport",
     "StoreInfo",
     "Timeline",
+    "accepted_options",
     "bound_names",
     "cache_info",
     "clear_cache",

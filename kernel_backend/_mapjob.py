@@ -479,6 +479,10 @@ class _MapRun:
                     if self.exhausted and not self.retry and not self.pending:
                         break
                     if not self._usable_engines():
+                        if self.session.engines_coming():
+                            # engines queued in a batch system: wait for them
+                            time.sleep(_POLL)
+                            continue
                         raise MapFailed(
                             "no engines left to run the map"
                             f" ({self._done_count()} items finished)",

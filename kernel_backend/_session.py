@@ -30,6 +30,7 @@ from traitlets.config import Config
 from . import _pickling
 from ._engine import engine_identity
 from ._errors import ClusterStartError, InvalidRequest, NoCluster
+from ._launchers import LauncherOptions, LaunchPlan, configure, plan, waiting_engines
 from ._limits import check_engine_count
 from ._profiles import check_profile_name
 from ._shipping import NameShipper
@@ -92,6 +93,9 @@ class ClusterSession:
         self._location: str | None = None
         self._connection_file: str | None = None
         self._target = 0
+        self._launch: LaunchPlan | None = None  # how paracell started the engines
+        # (when the batch system was last asked, whether engines are coming)
+        self._coming: tuple[float, bool] = (0.0, False)
         self._idle_timeout: float | None = None
         self._records: dict[int, _EngineRecord] = {}
         self._removed: set[int] = set()
@@ -341,6 +345,7 @@ class ClusterSession:
                 engines=tuple(rows),
                 controller_answers=answering,
                 threads_per_engine=self._threads,
+                waiting=self._waiting(ids),
             )
 
     # -- lifecycle ---------------------------------------------------------
@@ -355,20 +360,31 @@ class ClusterSession:
         timeout: float = _DEFAULT_START_TIMEOUT,
         force: bool = False,
         threads: int | None = None,
+        options: LauncherOptions | None = None,
     ) -> StartReport:
         """Start a controller and ``n`` engines (default: the CPU count).
 
-        Returns once every engine is registered and usable.  A local cluster
-        listens on 127.0.0.1 only.  ``idle_timeout`` stops engines that sat
-        idle that many seconds; :meth:`ensure_engines` brings them back.
-        More engines than the launcher can place are refused before anything
-        starts, unless ``force``.  ``threads`` caps BLAS/OpenMP threads per
-        engine; local engines get ``max(1, cores // n)`` by default, so ``n``
-        engines doing numpy work do not oversubscribe the cores.
+        Returns once every engine is registered and usable; with a batch
+        launcher, once the first one is (or after ``timeout``, the others
+        still queued: :meth:`status` says where they wait).  A local cluster
+        listens on 127.0.0.1 only; remote launchers where their engines can
+        reach it (``options``: see :class:`LauncherOptions`).  ``idle_timeout``
+        stops engines that sat idle that many seconds; :meth:`ensure_engines`
+        brings them back.  More engines than the launcher can place are
+        refused before anything starts, unless ``force``.  ``threads`` caps
+        BLAS/OpenMP threads per engine; local engines get ``max(1, cores //
+        n)`` by default, so ``n`` engines doing numpy work do not
+        oversubscribe the cores.
         """
-        n = (os.cpu_count() or 1) if n is None else n
-        _check_count(n, "number of engines", minimum=1)
+        if n is not None:
+            _check_count(n, "number of engines", minimum=1)
         launcher = _check_launcher(launcher)
+        profile = check_profile_name(profile)
+        if n is not None:
+            # before planning: a plan for an absurd count is itself costly
+            check_engine_count(n, launcher, force=force)
+        launch = plan(launcher, n, options or LauncherOptions())
+        n = launch.n
         check_engine_count(n, launcher, force=force)
         explicit = threads is not None
         if explicit:
@@ -376,7 +392,6 @@ class ClusterSession:
         per_engine = threads
         if per_engine is None and launcher == "local":
             per_engine = max(1, (os.cpu_count() or 1) // n)
-        profile = check_profile_name(profile)
         if idle_timeout is not None and not idle_timeout > 0:
             raise InvalidRequest(
                 "--idle-timeout must be a positive number of seconds,"
@@ -394,15 +409,18 @@ class ClusterSession:
             if self._client is not None:
                 raise InvalidRequest("a cluster was started meanwhile")
             tic = time.perf_counter()
-            cluster = _make_cluster(
-                launcher, profile, _thread_env(per_engine, explicit)
-            )
+            cluster = _make_cluster(launch, profile, _thread_env(per_engine, explicit))
+            self._launch = launch
             try:
                 client = self._start_cluster(cluster, n, timeout)
             except BaseException:
+                # Ctrl-C included: batch jobs still queued are cancelled too
+                self._launch = None
                 _teardown(cluster, _cluster_pids(cluster))
                 raise
-            self._adopt(client, cluster, "started", launcher, n)
+            launch = self._launch or launch  # completed from the profile
+            self._adopt(client, cluster, "started", launcher, launch.n)
+            self._location = launch.location
             self._watchdog = start_watchdog(
                 cluster.cluster_id, os.path.join(cluster.profile_dir, "security")
             )
@@ -503,6 +521,15 @@ class ClusterSession:
             self._forget_dead(client)
             live = [eid for eid in client.ids if eid not in self._removed]
             change = n - len(live)
+            if self._launch is not None and self._launch.batch:
+                # engines still queued count as coming: submit or cancel only
+                # the difference, and cancel queued ones before running ones
+                queue = waiting_engines(cluster, self._target, len(live))
+                waiting = queue.count if queue is not None else 0
+                if n - len(live) - waiting < 0 and waiting:
+                    _cancel_waiting(cluster, waiting - max(0, n - len(live)))
+                    waiting = max(0, n - len(live))
+                change = n - len(live) - waiting
             if change > 0:
                 self._add_engines(cluster, client, change, timeout)
             elif change < 0:
@@ -662,6 +689,9 @@ class ClusterSession:
     def _start_cluster(
         self, cluster: ipp.Cluster, n: int, timeout: float
     ) -> ipp.Client:
+        if self._launch is not None:
+            self._launch = configure(cluster, self._launch)
+            n = self._launch.n
         try:
             cluster.start_controller_sync()
             cluster.start_engines_sync(n=n)
@@ -687,8 +717,15 @@ class ClusterSession:
         n: int,
         timeout: float,
     ) -> None:
-        """Wait until ``n`` engines are up; fail early if the launcher died."""
+        """Wait until ``n`` engines are up; fail early if the launcher died.
+
+        Engines from a batch queue arrive when the queue lets them: waiting
+        ends with the first new one, or quietly at the timeout.
+        """
         deadline = time.monotonic() + timeout
+        queued = self._launch is not None and self._launch.batch
+        if queued:
+            n = min(n, len(set(client.ids) - self._removed) + 1)
         while len(set(client.ids) - self._removed) < n:
             controller = cluster.controller
             if controller is None or controller.state == "after":
@@ -697,9 +734,11 @@ class ClusterSession:
                     f" {_tail(controller.get_output() if controller else '')}"
                 )
             sets = list(cluster.engines.values())
-            if sets and all(es.state == "after" for es in sets):
+            if sets and all(_engine_set_exited(es) for es in sets):
                 raise ClusterStartError(_launcher_failure(cluster, None))
             if time.monotonic() > deadline:
+                if queued:
+                    break
                 up = len(set(client.ids) - self._removed)
                 raise ClusterStartError(
                     f"only {up} of {n} engines registered within {timeout:g} s;"
@@ -774,6 +813,30 @@ class ClusterSession:
                 with contextlib.suppress(Exception):
                     rec.host, rec.pid = ar.get(0)
                 self.purge(ar, client)
+
+    def _waiting(self, ids: list[int]) -> str | None:
+        """Engines asked for that have not registered yet, and where they wait."""
+        if self._cluster is None or self._launch is None or not self._launch.batch:
+            return None
+        live = len([eid for eid in ids if eid not in self._removed])
+        waiting = waiting_engines(self._cluster, self._target, live)
+        return None if waiting is None else str(waiting)
+
+    def engines_coming(self) -> bool:
+        """Whether engines asked for are still to register (e.g. queued).
+
+        Asks the batch system at most once a second: maps call this in a loop
+        while they wait.
+        """
+        client, launch, cluster = self._client, self._launch, self._cluster
+        if client is None or launch is None or cluster is None or not launch.batch:
+            return False
+        now = time.monotonic()
+        if now - self._coming[0] > 1.0:
+            live = len(set(client.ids) - self._removed)
+            coming = waiting_engines(cluster, self._target, live) is not None
+            self._coming = (now, coming)
+        return self._coming[1]
 
     def _process_alive(self, rec: _EngineRecord) -> bool:
         """For engines started here, ask the process table, not the heartbeat."""
@@ -854,6 +917,7 @@ class ClusterSession:
         self._ownership = self._launcher = self._profile = None
         self._cluster_id = self._location = self._connection_file = None
         self._target = 0
+        self._launch = None
         self._idle_timeout = None
         self._threads = None
         self._records.clear()
@@ -870,6 +934,8 @@ class ClusterSession:
             cluster_id=self._cluster_id or "",
             seconds=seconds,
             ownership=self._ownership,
+            waiting=None if self._client is None else self._waiting(self._client.ids),
+            note=self._launch.note if self._launch is not None else None,
         )
 
     def _register_atexit(self) -> None:
@@ -1015,7 +1081,7 @@ def _thread_env(threads: int | None, explicit: bool) -> dict[str, str]:
 
 
 def _make_cluster(
-    launcher: str, profile: str | None, env: dict[str, str] | None = None
+    launch: LaunchPlan, profile: str | None, env: dict[str, str] | None = None
 ) -> ipp.Cluster:
     config = Config()
     # ipyparallel sleeps 0.1 s between local engines; they need no pacing here.
@@ -1024,9 +1090,9 @@ def _make_cluster(
     # can find all of them, even children a dying controller left behind.
     cluster_id = f"{int(time.time())}-{secrets.token_hex(2)}"
     config.BaseLauncher.environment = {**(env or {}), _MARK: cluster_id}
-    kwargs: dict[str, Any] = {}
-    if launcher == "local":
-        kwargs["controller_ip"] = "127.0.0.1"
+    # (ssh hosts from the profile: configure() sets the address later)
+    kwargs: dict[str, Any] = {"controller_ip": launch.controller_ip}
+    if launch.local:
         # Engines start while the controller does and wait for its connection
         # file themselves, instead of starting only once it is written.
         kwargs["send_engines_connection_env"] = False
@@ -1034,7 +1100,7 @@ def _make_cluster(
         kwargs["profile"] = profile
     return ipp.Cluster(
         cluster_id=cluster_id,
-        engines=launcher,
+        engines=launch.engine_class,
         delay=0,
         controller_args=[
             f"--HeartMonitor.period={_HEARTBEAT_MS}",
@@ -1126,6 +1192,38 @@ def _check_engines_configured(cluster: ipp.Cluster) -> None:
                 f"{type(es).__name__} has no hosts: set"
                 f" c.{type(es).__name__}.engines in the profile's ipcluster_config.py"
             )
+
+
+def _cancel_waiting(cluster: ipp.Cluster, count: int) -> None:
+    """Cancel up to ``count`` engines still waiting in a batch queue."""
+    for engine_set in reversed(list(cluster.engines.values())):
+        cancel = getattr(engine_set, "cancel_waiting", None)
+        if count > 0 and cancel is not None:
+            count -= cancel(count)
+
+
+def _engine_set_exited(engine_set: Any) -> bool:
+    """Whether every process of an engine set has exited.
+
+    ipyparallel notices a launcher's exit only when its event loop polls;
+    ``mpiexec`` refusing its options exits before that, so ask the process.
+    """
+    if engine_set.state == "after":
+        return True
+    procs = [getattr(el, "process", None) for el in _launchers_of(engine_set)]
+    if not procs or any(p is None for p in procs):
+        return False
+    return all(_process_exited(p) for p in procs)
+
+
+def _process_exited(proc: Any) -> bool:
+    poll = getattr(proc, "poll", None)  # a Popen: also reaps it
+    if poll is not None:
+        return poll() is not None
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
 
 
 def _launchers_of(engine_set: Any) -> list[Any]:

@@ -58,6 +58,9 @@ class ClusterStatus:
     controller_answers: bool = True
     #: the BLAS/OpenMP thread limit of each engine, if paracell set one
     threads_per_engine: int | None = None
+    # engines asked for but not registered yet, and where they wait, e.g.
+    # "13 waiting (queued in Slurm, job 1234)"
+    waiting: str | None = None
 
     @property
     def live_engines(self) -> int:
@@ -80,7 +83,8 @@ class ClusterStatus:
                 f"unreachable: the controller does not answer ({how}; {where});"
                 " %cluster stop cleans up, then %cluster start"
             )
-        text = f"running: {_engines(self.live_engines)} ({how}; {where})"
+        waiting = f", {self.waiting}" if self.waiting else ""
+        text = f"running: {_engines(self.live_engines)}{waiting} ({how}; {where})"
         if self.threads_per_engine is not None:
             n = self.threads_per_engine
             text += f", {n} BLAS thread{'s' * (n != 1)} per engine"
@@ -105,6 +109,8 @@ class StartReport:
     cluster_id: str
     seconds: float
     ownership: Ownership
+    waiting: str | None = None  # engines still queued, e.g. "2 waiting (...)"
+    note: str | None = None  # e.g. why fewer engines were started than asked
 
     def __str__(self) -> str:
         if self.ownership == "connected":
@@ -113,10 +119,12 @@ class StartReport:
                 f" (profile '{self.profile}', cluster id '{self.cluster_id}')"
                 f" in {self.seconds:.1f} s"
             )
+        waiting = f", {self.waiting}" if self.waiting else ""
+        note = f"; {self.note}" if self.note else ""
         return (
-            f"paracell: started {_engines(self.engines)} on {self.location}"
+            f"paracell: started {_engines(self.engines)}{waiting} on {self.location}"
             f" ({self.launcher} launcher, profile '{self.profile}')"
-            f" in {self.seconds:.1f} s"
+            f" in {self.seconds:.1f} s{note}"
         )
 
     def started_on_demand(self) -> str:

@@ -10,7 +10,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ..kernel_backend import LAUNCHERS, default_session
+from ..kernel_backend import LAUNCHERS, LauncherOptions, default_session
 from ..widgets import ClusterStatusView, cluster_panel
 from ._common import (
     non_negative_int,
@@ -69,7 +69,43 @@ class ClusterMagics(Magics):
         default="local",
         metavar="L",
         help=f"how engines are started: {', '.join(LAUNCHERS)} (default: local);"
-        " non-local launchers read the profile's ipcluster_config.py",
+        " the profile's ipcluster_config.py applies, these options override it",
+    )
+    @argument(
+        "--hosts",
+        metavar="H",
+        default=None,
+        help="ssh: where engines run, [user@]host[:count],... e.g. alice@node1,node2:4"
+        " (hosts without a count share the rest of -n)",
+    )
+    @argument("--queue", metavar="Q", default=None, help="batch queue (partition)")
+    @argument(
+        "--time", metavar="T", default=None, help="slurm: time limit, e.g. 1:00:00"
+    )
+    @argument("--account", metavar="A", default=None, help="slurm: account to charge")
+    @argument(
+        "--mem", metavar="M", default=None, help="slurm: memory per engine, e.g. 4G"
+    )
+    @argument(
+        "--extra",
+        metavar="OPTS",
+        default=None,
+        help="more options for sbatch, mpiexec or ssh, quoted:"
+        ' --extra "--qos=high -N 1"',
+    )
+    @argument(
+        "--mem-per-engine",
+        metavar="M",
+        default=None,
+        help="local: start no more engines than available memory holds, M each"
+        " (e.g. 500MB); the start line says when it capped -n",
+    )
+    @argument(
+        "--ip",
+        metavar="ADDR",
+        default=None,
+        help="remote launchers: the address engines reach the controller at"
+        " (default: the one routing to the first ssh host; batch: all interfaces)",
     )
     @argument("--profile", metavar="P", default=None, help="IPython profile to use")
     @argument(
@@ -84,7 +120,9 @@ class ClusterMagics(Magics):
         type=positive_float,
         metavar="S",
         default=60.0,
-        help="give up if the engines are not up after S seconds (default: 60)",
+        help="give up if the engines are not up after S seconds (default: 60);"
+        " batch launchers return at the first engine, or after S seconds with"
+        " the others still queued",
     )
     @argument(
         "--threads",
@@ -106,6 +144,16 @@ class ClusterMagics(Magics):
             timeout=args.timeout,
             force=args.force,
             threads=args.threads,
+            options=LauncherOptions(
+                hosts=args.hosts,
+                queue=args.queue,
+                time=args.time,
+                account=args.account,
+                mem=args.mem,
+                extra=_unquoted(args.extra),
+                ip=args.ip,
+                mem_per_engine=args.mem_per_engine,
+            ),
         )
         print(report)
 
@@ -174,6 +222,13 @@ class ClusterMagics(Magics):
         """
         parse_options(self._panel, rest)
         return cluster_panel(default_session())
+
+
+def _unquoted(text: str | None) -> str | None:
+    """``"-p 2222"`` -> ``-p 2222``: magic arguments keep their quotes."""
+    if text and len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
 
 
 def _cluster_doc() -> str:

@@ -11,6 +11,7 @@ from .kernel_backend import (
     CellJob,
     ClusterStatus,
     InvalidRequest,
+    LauncherOptions,
     MapJob,
     MapOptions,
     StartReport,
@@ -59,6 +60,14 @@ def start(
     timeout: float = 60.0,
     force: bool = False,
     threads: int | None = None,
+    hosts: str | None = None,
+    queue: str | None = None,
+    time: str | None = None,
+    account: str | None = None,
+    mem: str | None = None,
+    extra: str | None = None,
+    ip: str | None = None,
+    mem_per_engine: str | None = None,
 ) -> StartReport:
     """Start a cluster of ``n`` engines (default: one per CPU); ``%cluster start``.
 
@@ -68,14 +77,32 @@ def start(
         Number of engines.
     launcher
         ipyparallel engine launcher: local, mpi, ssh, slurm, pbs, sge, lsf or
-        htcondor.  Non-local launchers take their settings from the profile's
-        ``ipcluster_config.py``.
+        htcondor.  The profile's ``ipcluster_config.py`` applies; the options
+        below override it.
     profile
         IPython profile holding the cluster's files and configuration.
     idle_timeout
         Stop engines idle this many seconds; the next call restarts them.
     timeout
-        Give up (and clean up) if the engines are not up by then.
+        Give up (and clean up) if the engines are not up by then.  Batch
+        launchers return once the first engine is up, or at the timeout
+        with the others still queued (``status()`` says where).
+    hosts
+        ssh: ``[user@]host[:count],...``; hosts without a count share the
+        rest of ``n`` (one each when ``n`` is not given).
+    queue
+        Batch queue (Slurm partition).
+    time, account, mem
+        Slurm: time limit (``1:00:00``), account, memory per engine (``4G``).
+    extra
+        More options for ``sbatch``, ``mpiexec`` or ``ssh``.
+    ip
+        Remote launchers: the address engines reach the controller at
+        (default: the one routing to the first ssh host; batch: all
+        interfaces).  Local clusters always listen on 127.0.0.1.
+    mem_per_engine
+        Local: start no more engines than available memory holds, this much
+        each (``"500MB"``); the report says when it capped ``n``.
     force
         Start more engines than the launcher is thought able to place (a
         small multiple of the cores, and what memory allows, for local ones).
@@ -83,6 +110,16 @@ def start(
         BLAS/OpenMP threads per engine (default for local engines: cores //
         engines, so numpy work in every engine does not oversubscribe).
     """
+    options = LauncherOptions(
+        hosts=hosts,
+        queue=queue,
+        time=time,
+        account=account,
+        mem=mem,
+        extra=extra,
+        ip=ip,
+        mem_per_engine=mem_per_engine,
+    )
     return default_session().start(
         n,
         launcher=launcher,
@@ -91,6 +128,7 @@ def start(
         timeout=timeout,
         force=force,
         threads=threads,
+        options=options,
     )
 
 

@@ -207,3 +207,130 @@ def open_notebook(
         with open(os.path.join(ARTIFACTS, f"{test}-failed-server.log"), "w") as log:
             log.write(lab.log_tail(100_000))
     lab.shutdown_kernels()
+
+
+# -- launcher tests: Slurm, a second host over SSH, Open MPI (scripts/hpc) ----
+
+HPC_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "hpc")
+#: the second host: a network namespace behind a veth pair (see scripts/hpc)
+SSH_HOST = "10.213.0.2"
+SSH_HOST_SIDE = "10.213.0.1"
+SSH_NETNS = "paracell-ssh"
+
+
+def hpc(*args: str) -> str:
+    """Run ``scripts/hpc ARGS``; its stdout (it fails the test on an error)."""
+    import subprocess
+
+    done = subprocess.run(
+        [HPC_SCRIPT, *args], capture_output=True, text=True, timeout=600, check=False
+    )
+    if done.returncode != 0:
+        pytest.fail(f"scripts/hpc {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def _stop_and_remove(command: str, where: str) -> None:
+    """``scripts/hpc COMMAND WHERE``, then remove WHERE (keys, logs, state)."""
+    import shutil
+
+    try:
+        hpc(command, where)
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def _setting(output: str, name: str) -> str:
+    for line in output.splitlines():
+        if line.startswith(f"{name}="):
+            return line.partition("=")[2]
+    raise AssertionError(f"scripts/hpc printed no {name}: {output!r}")
+
+
+@pytest.fixture(scope="session")
+def hpc_dir() -> Iterator[str]:
+    """A directory for the run's Slurm and SSH set-up files, removed after."""
+    import shutil
+
+    where = tempfile.mkdtemp(prefix="paracell-tests-hpc-")
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def slurm(request: pytest.FixtureRequest, hpc_dir: str) -> str:
+    """A one-node Slurm for the run; ``SLURM_CONF`` is set for this process
+    and the kernels it starts.  Its daemons stop at the end of the run."""
+    where = os.path.join(hpc_dir, "slurm")
+    request.addfinalizer(lambda: _stop_and_remove("slurm-stop", where))
+    conf = _setting(hpc("slurm-start", where), "SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    return conf
+
+
+@pytest.fixture(scope="session")
+def ssh_host(request: pytest.FixtureRequest, hpc_dir: str) -> str:
+    """A second host reachable over SSH at ``SSH_HOST``, for the run.
+
+    Profile ``hpc`` (in the tests' IPYTHONDIR) tells ssh how to reach it;
+    the namespace, its sshd and whatever runs there go at the end of the run.
+    """
+    where = os.path.join(hpc_dir, "ssh")
+    request.addfinalizer(lambda: _stop_and_remove("ssh-stop", where))
+    ssh_config = _setting(hpc("ssh-start", where), "SSH_CONFIG")
+    settings = (
+        "# how paracell's tests reach their second host (scripts/hpc ssh-start)\n"
+        f"c.SSHLauncher.ssh_args = ['-F', {ssh_config!r}]\n"
+        f"c.SSHLauncher.scp_args = ['-F', {ssh_config!r}]\n"
+    )
+    # profile hpc_hosts names the host too, as ipcluster users' profiles do
+    hosts = f"c.SSHEngineSetLauncher.engines = {{'root@{SSH_HOST}': 1}}\n"
+    for name, text in (("hpc", settings), ("hpc_hosts", settings + hosts)):
+        profile = os.path.join(IPYTHONDIR, f"profile_{name}")
+        os.makedirs(profile, exist_ok=True)
+        with open(os.path.join(profile, "ipcluster_config.py"), "w") as f:
+            f.write(text)
+    return SSH_HOST
+
+
+@pytest.fixture(scope="session")
+def mpi() -> None:
+    """Open MPI and mpi4py; as root, the settings Open MPI wants for that.
+
+    Oversubscribing lets ``-n 2`` run on a one-core machine.
+    """
+    hpc("install")
+    if os.geteuid() == 0:
+        os.environ["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        os.environ["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+    # Open MPI reads its MCA variables case-sensitively
+    os.environ["OMPI_MCA_rmaps_base_oversubscribe"] = "1"  # noqa: SIM112
+
+
+def netns_processes() -> dict[int, str]:
+    """Processes running in the second host's namespace, but its sshd listener."""
+    import subprocess
+
+    pids = subprocess.run(
+        ["ip", "netns", "pids", SSH_NETNS], capture_output=True, text=True, check=False
+    ).stdout.split()
+    found = {}
+    for pid in map(int, pids):
+        with contextlib.suppress(psutil.Error):
+            cmdline = " ".join(psutil.Process(pid).cmdline())
+            if "[listener]" not in cmdline:
+                found[pid] = cmdline
+    return found
+
+
+def slurm_jobs() -> list[str]:
+    """Jobs in the test Slurm's queue (``squeue``), completing ones included."""
+    import subprocess
+
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%i %T"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]

@@ -19,6 +19,7 @@ from paracell.kernel_backend import (
     ClusterSession,
     ClusterStartError,
     InvalidRequest,
+    LauncherOptions,
     NoCluster,
 )
 
@@ -196,15 +197,21 @@ def test_a_launcher_that_cannot_start_fails_fast_and_cleans_up(
     session: ClusterSession,
 ):
     tic = time.monotonic()
+    # mpiexec refuses the option (or is not installed): either way it fails
     with pytest.raises(ClusterStartError, match="mpiexec"):
-        session.start(2, launcher="mpi", timeout=30)
+        session.start(
+            2,
+            launcher="mpi",
+            options=LauncherOptions(extra="--paracell-no-such-option"),
+            timeout=30,
+        )
     assert time.monotonic() - tic < 30
     assert not cluster_processes()
     assert not session.active
 
 
-def test_engines_that_never_register_time_out_and_clean_up(session: ClusterSession):
-    with pytest.raises(ClusterStartError, match="no hosts"):
+def test_ssh_without_hosts_is_refused_before_anything_starts(session: ClusterSession):
+    with pytest.raises(InvalidRequest, match="needs --hosts"):
         session.start(2, launcher="ssh", timeout=5)
     assert not cluster_processes()
 

@@ -39,8 +39,21 @@ def _text(cell) -> str:
     return "".join(parts)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs_without_errors(path, artifacts_dir):
+# notebooks that need the launcher set-up (scripts/hpc) and run against it
+NEEDS_HPC = {"launchers.ipynb"}
+
+
+def _notebook_param(path: str):
+    name = os.path.basename(path)
+    marks = [pytest.mark.hpc] if name in NEEDS_HPC else []
+    return pytest.param(path, id=name, marks=marks)
+
+
+@pytest.mark.parametrize("path", [_notebook_param(p) for p in NOTEBOOKS])
+def test_notebook_runs_without_errors(path, artifacts_dir, request):
+    if os.path.basename(path) in NEEDS_HPC:
+        for fixture in ("mpi", "ssh_host", "slurm"):
+            request.getfixturevalue(fixture)
     nb = executed(path)
     errors = [
         out
@@ -155,3 +168,35 @@ def test_tutorial_resumes_a_stopped_sweep_from_the_store():
     assert "(80 from cache)" in again
     assert "all from the store, same values: True" in again
     assert "removed 80 entries from store 'sweep'" in dict(shown)["%cache clear sweep"]
+
+
+@pytest.mark.hpc
+def test_launchers_notebook_shows_mpi_ssh_and_slurm(mpi, ssh_host, slurm):
+    nb = executed(os.path.join(HERE, "..", "notebooks", "launchers.ipynb"))
+    shown = [(c.source, _text(c)) for c in nb.cells if c.cell_type == "code"]
+
+    def output_of(start: str) -> str:
+        return "".join(text for src, text in shown if src.startswith(start))
+
+    assert "started 2 engines on 127.0.0.1 (mpi launcher" in output_of(
+        "%cluster start --launcher mpi"
+    )
+    assert "'total': 3" in output_of("%%parallel --all --out rank,total")
+    assert "started 2 engines on 10.213.0.1 (ssh launcher" in output_of(
+        "%cluster start --launcher ssh"
+    )
+    assert "items ran at: ['10.213.0.2']" in output_of("def my_address")
+    # the start returns at the first engine; the other may still be starting
+    slurm_start = output_of("%cluster start --launcher slurm")
+    assert re.search(
+        r"started [12] engines?(, 1 waiting \(\w+ in Slurm, job \d+\))?"
+        r" on all interfaces of",
+        slurm_start,
+    ), slurm_start
+    assert "Slurm jobs that ran the items: ['" in output_of("def slurm_job")
+    assert re.search(r"scaled from [12] to 3 engines", output_of("%cluster scale 3"))
+    assert output_of("import time").startswith(
+        "running: 3 engines (started here; slurm"
+    )
+    stops = [text for src, text in shown if src == "%cluster stop"]
+    assert len(stops) == 3 and all("stopped the controller" in t for t in stops)

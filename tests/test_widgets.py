@@ -314,11 +314,11 @@ def test_cluster_panel_reports_a_failed_start_in_one_line(no_other_cluster):
     session = ClusterSession()
     panel = ClusterPanel(session, loop=None)
     try:
-        panel.launcher.value = "mpi"
+        panel.launcher.value = "ssh"  # and no hosts
         panel.count.value = 1
         panel.start_button.click()
         assert panel.words() == "stopped"
-        assert "start failed" in panel.message.value
+        assert "start failed: the ssh launcher needs --hosts" in panel.message.value
         assert "paracell-panel-error" in panel.message.value
         assert not panel.start_button.disabled  # the user can try again
     finally:
@@ -419,3 +419,28 @@ def test_an_observer_that_fails_is_logged_not_swallowed(caplog):
         session._changed()
     assert "a cluster observer failed" in caplog.text
     assert "view bug" in caplog.text
+
+
+def test_cluster_panel_shows_the_fields_each_launcher_needs():
+    panel = ClusterPanel(ClusterSession(), loop=None)
+    try:
+
+        def shown() -> set[str]:
+            return {
+                name
+                for name, field in panel.options.items()
+                if field.layout.display != "none"
+            }
+
+        assert shown() == {"mem_per_engine"}
+        panel.launcher.value = "slurm"
+        assert shown() == {"queue", "time", "account", "mem", "extra", "ip"}
+        panel.launcher.value = "ssh"
+        assert shown() == {"hosts", "extra", "ip"}
+        panel.options["hosts"].value = " alice@node1,node2:4 "
+        panel.options["queue"].value = "short"  # hidden: not for ssh
+        options = panel.launcher_options()
+        assert options.hosts == "alice@node1,node2:4"
+        assert options.queue is None
+    finally:
+        panel.close()

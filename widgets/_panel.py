@@ -26,7 +26,14 @@ from typing import Any, ClassVar
 
 import ipywidgets as w
 
-from ..kernel_backend import LAUNCHERS, ClusterSession, ClusterStatus, ParacellError
+from ..kernel_backend import (
+    LAUNCHERS,
+    ClusterSession,
+    ClusterStatus,
+    LauncherOptions,
+    ParacellError,
+    accepted_options,
+)
 from ._frontend import PlainText, kernel_loop, on_main_thread
 from ._tables import ENGINE_COLUMNS, engine_rows, html_table
 
@@ -38,6 +45,20 @@ _PHASE_WORDS = {
     "scaling": "scaling…",
     "restarting": "restarting…",
     "connecting": "connecting…",
+}
+
+
+#: The launcher settings the panel offers, with a hint each (shown only for
+#: the launchers that use them).
+_OPTION_HINTS = {
+    "hosts": "alice@node1,node2:4",
+    "queue": "short",
+    "time": "1:00:00",
+    "account": "proj",
+    "mem": "4G (per engine)",
+    "extra": "--qos=high (sbatch, mpiexec, ssh)",
+    "ip": "where engines reach the controller",
+    "mem_per_engine": "500MB (caps local engines)",
 }
 
 
@@ -78,6 +99,22 @@ class ClusterPanel(PlainText, w.VBox):  # type: ignore[misc]
             layout=w.Layout(width="170px"),
             style={"description_width": "80px"},
         )
+        # the settings a launcher needs, shown for the launcher chosen
+        self.options = {
+            name: w.Text(
+                description=name,
+                placeholder=hint,
+                layout=w.Layout(width="260px"),
+                style={"description_width": "60px"},
+            )
+            for name, hint in _OPTION_HINTS.items()
+        }
+        self.launcher_fields = w.HBox(
+            list(self.options.values()),
+            layout=w.Layout(flex_flow="row wrap", align_items="center"),
+        )
+        self.launcher.observe(self._show_launcher_fields, names="value")
+        self._show_launcher_fields()
         self.start_button = w.Button(description="Start", button_style="success")
         self.stop_button = w.Button(description="Stop", button_style="danger")
         self.scale_button = w.Button(description="Scale", button_style="info")
@@ -104,7 +141,9 @@ class ClusterPanel(PlainText, w.VBox):  # type: ignore[misc]
             ],
             layout=w.Layout(flex_flow="row wrap", align_items="center"),
         )
-        super().__init__([self.state, controls, self.engines, self.message])
+        super().__init__(
+            [self.state, controls, self.launcher_fields, self.engines, self.message]
+        )
         self.add_class("paracell-panel")
         self._refresher = _Refresher.of(
             session, loop if loop is not None else kernel_loop(), period
@@ -203,13 +242,30 @@ class ClusterPanel(PlainText, w.VBox):  # type: ignore[misc]
             self._busy = False
             self.refresh()
 
+    def _show_launcher_fields(self, _: Any = None) -> None:
+        accepted = accepted_options(self.launcher.value)
+        for name, field in self.options.items():
+            field.layout.display = None if name in accepted else "none"
+        self.launcher_fields.layout.display = None if accepted else "none"
+
+    def launcher_options(self) -> LauncherOptions:
+        """The launcher settings filled in (for the launcher chosen)."""
+        accepted = accepted_options(self.launcher.value)
+        given = {
+            name: field.value.strip() or None
+            for name, field in self.options.items()
+            if name in accepted
+        }
+        return LauncherOptions(**given)
+
     def _start(self, _: Any = None) -> None:
         n = self.count.value or 1
         idle = self.idle.value or None
+        options = self.launcher_options()
 
         def start() -> str:
             report = self.session.start(
-                n, launcher=self.launcher.value, idle_timeout=idle
+                n, launcher=self.launcher.value, idle_timeout=idle, options=options
             )
             return str(report)
 
