@@ -1,9 +1,15 @@
-"""The tutorial notebooks run end to end in a real kernel."""
+"""The notebooks (the tutorial and the gallery) run end to end in a real kernel.
+
+The kernel gets ``PARACELL_GALLERY_SMALL=1``: the gallery's notebooks read it
+in their first code cell and shrink their studies so the suite stays fast; a
+reader without it gets the full sizes.
+"""
 
 from __future__ import annotations
 
 import glob
 import os
+import re
 
 import nbformat
 import pytest
@@ -13,6 +19,9 @@ pytestmark = [pytest.mark.notebook, pytest.mark.kernel, pytest.mark.cluster]
 
 HERE = os.path.dirname(__file__)
 NOTEBOOKS = sorted(glob.glob(os.path.join(HERE, "..", "notebooks", "*.ipynb")))
+GALLERY = [
+    "bootstrap",
+]
 _executed: dict[str, nbformat.NotebookNode] = {}
 
 
@@ -20,7 +29,8 @@ def executed(path: str) -> nbformat.NotebookNode:
     """Run a notebook once per test session; later tests read its outputs."""
     if path not in _executed:
         nb = nbformat.read(path, as_version=4)
-        NotebookClient(nb, timeout=600, kernel_name="python3").execute()
+        env = dict(os.environ, PARACELL_GALLERY_SMALL="1")
+        NotebookClient(nb, timeout=600, kernel_name="python3").execute(env=env)
         _executed[path] = nb
     return _executed[path]
 
@@ -46,6 +56,37 @@ def test_notebook_runs_without_errors(path, artifacts_dir):
     ]
     assert not errors
     nbformat.write(nb, os.path.join(artifacts_dir, os.path.basename(path)))
+
+
+def _gallery_path(name: str) -> str:
+    return os.path.join(HERE, "..", "notebooks", f"{name}.ipynb")
+
+
+def test_every_gallery_notebook_is_there():
+    assert sorted(GALLERY) == sorted(
+        os.path.basename(p)[: -len(".ipynb")] for p in NOTEBOOKS if "tutorial" not in p
+    )
+
+
+@pytest.mark.parametrize("name", GALLERY)
+def test_gallery_notebook_matches_its_sequential_run(name):
+    """Each gallery notebook ends by asserting that the parallel answer is the
+    sequential one, then prints both run times; its saved outputs are empty."""
+    saved = nbformat.read(_gallery_path(name), as_version=4)
+    code = [c for c in saved.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert "PARACELL_GALLERY_SMALL" in code[0].source
+    assert "%cluster start -n 2" in "".join(c.source for c in code[:3])
+    assert code[-1].source.strip() == "%cluster stop"
+    checks = [c for c in code if "--local" in c.source and "assert" in c.source]
+    assert checks, f"{name} has no assert against a --local run"
+
+    nb = executed(_gallery_path(name))
+    ran = [c for c in nb.cells if c.cell_type == "code"]
+    shown = "\n".join(_text(c) for c in ran)
+    assert "parallel == sequential: True" in shown
+    assert re.search(r"time: parallel \d+\.\d+ s, sequential \d+\.\d+ s", shown)
+    assert "stopped the controller and 2 engines" in _text(ran[-1])
 
 
 def test_tutorial_shows_the_cluster_lifecycle():
