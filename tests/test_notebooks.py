@@ -21,6 +21,7 @@ HERE = os.path.dirname(__file__)
 NOTEBOOKS = sorted(glob.glob(os.path.join(HERE, "..", "notebooks", "*.ipynb")))
 GALLERY = [
     "bootstrap",
+    "cross_validation",
 ]
 _executed: dict[str, nbformat.NotebookNode] = {}
 
