@@ -22,6 +22,7 @@ NOTEBOOKS = sorted(glob.glob(os.path.join(HERE, "..", "notebooks", "*.ipynb")))
 GALLERY = [
     "bootstrap",
     "cross_validation",
+    "permutation_test",
 ]
 _executed: dict[str, nbformat.NotebookNode] = {}
 
