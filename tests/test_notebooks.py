@@ -23,6 +23,7 @@ GALLERY = [
     "bootstrap",
     "cross_validation",
     "permutation_test",
+    "monte_carlo",
     "sweep_to_dataframe",
 ]
 _executed: dict[str, nbformat.NotebookNode] = {}
