@@ -24,6 +24,7 @@ GALLERY = [
     "cross_validation",
     "permutation_test",
     "monte_carlo",
+    "background_fits",
     "sweep_to_dataframe",
 ]
 _executed: dict[str, nbformat.NotebookNode] = {}
@@ -177,3 +178,38 @@ def test_tutorial_shows_every_view():
     ]
     assert widget in job_view
     assert job_view["text/plain"].startswith("job 'fit': done on engine")
+
+
+def _outputs(nb: nbformat.NotebookNode, start: str) -> list[dict]:
+    """The rich outputs of the code cells whose source starts with ``start``."""
+    return [
+        out.data
+        for c in nb.cells
+        if c.cell_type == "code" and c.source.startswith(start)
+        for out in c.get("outputs", [])
+        if out.output_type in ("execute_result", "display_data")
+    ]
+
+
+def test_monte_carlo_shows_progress_timeline_and_plot():
+    nb = executed(_gallery_path("monte_carlo"))
+    widget = "application/vnd.jupyter.widget-view+json"
+    bar, timeline = _outputs(nb, "work = ")
+    assert widget in bar and bar["text/plain"].startswith("pmap: 12/12 done in")
+    assert timeline["text/plain"].startswith("timeline: 12 chunks on 2 engines")
+    assert "<svg" in timeline["text/html"]
+    assert any("image/png" in out for out in _outputs(nb, "fig, ax"))
+
+
+def test_background_fits_cancel_one_job_and_wait_for_the_others():
+    nb = executed(_gallery_path("background_fits"))
+    shown = {c.source: _text(c) for c in nb.cells if c.cell_type == "code"}
+    assert "job 'fit_pooled' cancelled" in shown["%jobs cancel fit_pooled"]
+    table = shown["%jobs"]
+    assert re.search(r"fit_pooled\s+cancelled", table)
+    (panel,) = _outputs(nb, "%jobs panel")
+    assert "application/vnd.jupyter.widget-view+json" in panel
+    views = [_outputs(nb, f"%%parallel --name fit_{s}") for s in ("north", "south")]
+    assert all(v and v[0]["text/plain"].startswith("job 'fit_") for v in views)
+    north = [text for src, text in shown.items() if "--name fit_north" in src]
+    assert "names now in the notebook: draws_north" in north[0]
