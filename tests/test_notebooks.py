@@ -1,4 +1,9 @@
-"""The tutorial notebooks run end to end in a real kernel."""
+"""The notebooks (the tutorial and the gallery) run end to end in a real kernel.
+
+The kernel gets ``PARACELL_GALLERY_SMALL=1``: the gallery's notebooks read it
+in their first code cell and shrink their studies so the suite stays fast; a
+reader without it gets the full sizes.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,14 @@ pytestmark = [pytest.mark.notebook, pytest.mark.kernel, pytest.mark.cluster]
 
 HERE = os.path.dirname(__file__)
 NOTEBOOKS = sorted(glob.glob(os.path.join(HERE, "..", "notebooks", "*.ipynb")))
+GALLERY = [
+    "bootstrap",
+    "cross_validation",
+    "permutation_test",
+    "monte_carlo",
+    "background_fits",
+    "sweep_to_dataframe",
+]
 _executed: dict[str, nbformat.NotebookNode] = {}
 
 # the thread limit in a status line depends on the machine's cores
@@ -24,7 +37,8 @@ def executed(path: str) -> nbformat.NotebookNode:
     """Run a notebook once per test session; later tests read its outputs."""
     if path not in _executed:
         nb = nbformat.read(path, as_version=4)
-        NotebookClient(nb, timeout=600, kernel_name="python3").execute()
+        env = dict(os.environ, PARACELL_GALLERY_SMALL="1")
+        NotebookClient(nb, timeout=600, kernel_name="python3").execute(env=env)
         _executed[path] = nb
     return _executed[path]
 
@@ -63,6 +77,39 @@ def test_notebook_runs_without_errors(path, artifacts_dir, request):
     ]
     assert not errors
     nbformat.write(nb, os.path.join(artifacts_dir, os.path.basename(path)))
+
+
+def _gallery_path(name: str) -> str:
+    return os.path.join(HERE, "..", "notebooks", f"{name}.ipynb")
+
+
+def test_every_gallery_notebook_is_there():
+    assert sorted(GALLERY) == sorted(
+        os.path.basename(p)[: -len(".ipynb")]
+        for p in NOTEBOOKS
+        if os.path.basename(p) not in {"tutorial.ipynb", *NEEDS_HPC}
+    )
+
+
+@pytest.mark.parametrize("name", GALLERY)
+def test_gallery_notebook_matches_its_sequential_run(name):
+    """Each gallery notebook ends by asserting that the parallel answer is the
+    sequential one, then prints both run times; its saved outputs are empty."""
+    saved = nbformat.read(_gallery_path(name), as_version=4)
+    code = [c for c in saved.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert "PARACELL_GALLERY_SMALL" in code[0].source
+    assert "%cluster start -n 2" in "".join(c.source for c in code[:3])
+    assert code[-1].source.strip() == "%cluster stop"
+    checks = [c for c in code if "--local" in c.source and "assert" in c.source]
+    assert checks, f"{name} has no assert against a --local run"
+
+    nb = executed(_gallery_path(name))
+    ran = [c for c in nb.cells if c.cell_type == "code"]
+    shown = "\n".join(_text(c) for c in ran)
+    assert "parallel == sequential: True" in shown
+    assert re.search(r"time: parallel \d+\.\d+ s, sequential \d+\.\d+ s", shown)
+    assert "stopped the controller and 2 engines" in _text(ran[-1])
 
 
 def test_tutorial_shows_the_cluster_lifecycle():
@@ -200,3 +247,38 @@ def test_launchers_notebook_shows_mpi_ssh_and_slurm(mpi, ssh_host, slurm):
     )
     stops = [text for src, text in shown if src == "%cluster stop"]
     assert len(stops) == 3 and all("stopped the controller" in t for t in stops)
+
+
+def _outputs(nb: nbformat.NotebookNode, start: str) -> list[dict]:
+    """The rich outputs of the code cells whose source starts with ``start``."""
+    return [
+        out.data
+        for c in nb.cells
+        if c.cell_type == "code" and c.source.startswith(start)
+        for out in c.get("outputs", [])
+        if out.output_type in ("execute_result", "display_data")
+    ]
+
+
+def test_monte_carlo_shows_progress_timeline_and_plot():
+    nb = executed(_gallery_path("monte_carlo"))
+    widget = "application/vnd.jupyter.widget-view+json"
+    bar, timeline = _outputs(nb, "work = ")
+    assert widget in bar and bar["text/plain"].startswith("pmap: 12/12 done in")
+    assert timeline["text/plain"].startswith("timeline: 12 chunks on 2 engines")
+    assert "<svg" in timeline["text/html"]
+    assert any("image/png" in out for out in _outputs(nb, "fig, ax"))
+
+
+def test_background_fits_cancel_one_job_and_wait_for_the_others():
+    nb = executed(_gallery_path("background_fits"))
+    shown = {c.source: _text(c) for c in nb.cells if c.cell_type == "code"}
+    assert "job 'fit_pooled' cancelled" in shown["%jobs cancel fit_pooled"]
+    table = shown["%jobs"]
+    assert re.search(r"fit_pooled\s+cancelled", table)
+    (panel,) = _outputs(nb, "%jobs panel")
+    assert "application/vnd.jupyter.widget-view+json" in panel
+    views = [_outputs(nb, f"%%parallel --name fit_{s}") for s in ("north", "south")]
+    assert all(v and v[0]["text/plain"].startswith("job 'fit_") for v in views)
+    north = [text for src, text in shown.items() if "--name fit_north" in src]
+    assert "names now in the notebook: draws_north" in north[0]
