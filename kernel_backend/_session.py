@@ -610,6 +610,10 @@ class ClusterSession:
     def _replace_stuck(self, eid: int) -> None:
         """Kill an engine that does not answer (its tasks fail on the hub and
         are retried elsewhere); the next call starts a replacement."""
+        if eid in self._reserved:
+            # a background job runs there: the probe waits behind it, which
+            # says nothing about the engine being stuck
+            return
         self._stale.forget_engine(eid)
         rec = self._records.get(eid)
         if self._cluster is None or self._launcher != "local" or rec is None:
