@@ -10,7 +10,6 @@ from ._engine import progress
 from ._errors import (
     ClusterStartError,
     InvalidRequest,
-    MapInterrupted,
     NoCluster,
     ParacellError,
     ParacellWarning,
@@ -55,7 +54,6 @@ __all__ = [
     "JobError",
     "JobManager",
     "MapFailed",
-    "MapInterrupted",
     "MapJob",
     "MapOptions",
     "MapProgress",

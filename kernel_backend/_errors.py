@@ -10,17 +10,14 @@ Hierarchy::
                                       a launcher failed; the message carries the
                                       launcher's own error text
 
-    MapInterrupted (KeyboardInterrupt)
-                                      an interrupt stopped a map being waited
-                                      for; says what had finished
-
     ParacellWarning (UserWarning)     something worth one line, not an error
 
 The IPython layer turns every ``ParacellError`` into a one-line ``UsageError``;
 from plain Python they are ordinary exceptions with a message that names the
-problem and the fix.  ``MapInterrupted`` is no ``ParacellError``: it is an
-interrupt, and stays one.  (A map's own failures, ``MapFailed`` and
-``ItemError``, live with the map in ``_mapjob``.)
+problem and the fix.  A map stopped by an interrupt raises a plain
+``KeyboardInterrupt`` made by :func:`map_interrupted`: an interrupt, and
+nothing else, that says what had finished.  (A map's own failures,
+``MapFailed`` and ``ItemError``, live with the map in ``_mapjob``.)
 """
 
 from __future__ import annotations
@@ -30,10 +27,10 @@ from typing import Any
 __all__ = [
     "ClusterStartError",
     "InvalidRequest",
-    "MapInterrupted",
     "NoCluster",
     "ParacellError",
     "ParacellWarning",
+    "map_interrupted",
 ]
 
 
@@ -53,22 +50,22 @@ class ClusterStartError(ParacellError, RuntimeError):
     """A cluster or some of its engines failed to start."""
 
 
-class MapInterrupted(KeyboardInterrupt):
-    """An interrupt stopped a map that was being waited for.
-
-    Still a ``KeyboardInterrupt``, so the cell ends as any interrupted cell
-    does; IPython shows it as one line saying what had finished.  ``partial``
-    maps item index -> result for every item that had finished.
-    """
-
-    def __init__(self, message: str, partial: dict[int, Any]) -> None:
-        super().__init__(message)
-        self.partial = partial
-
-    def _render_traceback_(self) -> list[str]:
-        # paracell's frames say nothing about where the user's code was
-        return [f"KeyboardInterrupt: {self}"]
-
-
 class ParacellWarning(UserWarning):
     """A one-line notice from paracell."""
+
+
+def map_interrupted(message: str, partial: dict[int, Any]) -> KeyboardInterrupt:
+    """The ``KeyboardInterrupt`` of a map stopped while it was waited for.
+
+    A plain ``KeyboardInterrupt``, not a subclass: ``except
+    KeyboardInterrupt``, the kernel and front ends (whose error reply names
+    the type) all see an interrupt.  It carries ``partial`` (item index ->
+    result of every item that had finished), and IPython shows it as the one
+    line ``KeyboardInterrupt: <message>`` through the ``_render_traceback_``
+    it finds on the instance, instead of paracell's frames.
+    """
+    error = KeyboardInterrupt(message)
+    error.partial = partial  # type: ignore[attr-defined]
+    line = f"KeyboardInterrupt: {message}"
+    error._render_traceback_ = lambda: [line]  # type: ignore[attr-defined]
+    return error

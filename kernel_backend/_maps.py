@@ -21,7 +21,7 @@ from ._analysis import (
     user_traceback,
 )
 from ._engine import WRAPPER_FILENAME, TaskSpec
-from ._errors import InvalidRequest, MapInterrupted
+from ._errors import InvalidRequest, map_interrupted
 from ._mapjob import MapJob, MapOptions, MapProgress, _LocalRun, _MapRun, sliceable
 from ._seeding import fresh_entropy
 from ._shipping import prepare_shipment
@@ -314,12 +314,12 @@ def _launch(job: MapJob, run: _MapRun, block: bool, session: Any) -> MapJob:
     return job
 
 
-def _interrupted(run: _MapRun, total: int | None) -> MapInterrupted:
+def _interrupted(run: _MapRun, total: int | None) -> KeyboardInterrupt:
     partial = run._partial_results()
     if not partial:
-        return MapInterrupted("pmap stopped before any item finished", partial)
+        return map_interrupted("pmap stopped before any item finished", partial)
     of = "" if total is None else f" of {total}"
-    return MapInterrupted(
+    return map_interrupted(
         f"pmap stopped: {len(partial)}{of} items had finished;"
         " their results are kept in sys.last_value.partial",
         partial,

@@ -11,7 +11,6 @@ from IPython.core.error import UsageError
 from paracell.kernel_backend import (
     InvalidRequest,
     ItemError,
-    MapInterrupted,
     default_session,
 )
 from paracell.kernel_backend._analysis import parse_comprehension
@@ -232,12 +231,12 @@ def test_an_interrupted_map_says_in_one_line_what_had_finished(
     ip, shared_cluster, names, where
 ):
     shown = interrupting(ip, where)
-    assert isinstance(shown.error, KeyboardInterrupt)  # still an interrupt
-    assert isinstance(shown.error, MapInterrupted)
+    # an interrupt, and nothing else (a kernel's reply names the type)
+    assert type(shown.error) is KeyboardInterrupt
     lines = shown.text.strip().splitlines()
     assert len(lines) == 1, shown.text
     assert lines[0].startswith("KeyboardInterrupt: pmap stopped")
-    partial = shown.error.partial
+    partial = shown.error.partial  # type: ignore[attr-defined]
     assert all(value == index for index, value in partial.items())
     assert f"{len(partial)} of 40 items had finished" in lines[0] or not partial
     if where == "--local":  # items run in order here: 0-4 finished
