@@ -77,9 +77,10 @@ class MapOptions:
             raise InvalidRequest(
                 f"--retries must be a whole number >= 0, not {self.retries!r}"
             )
-        if self.timeout is not None and not self.timeout > 0:
+        if self.timeout is not None and not 0 < self.timeout < float("inf"):
             raise InvalidRequest(
-                f"--timeout must be a number of seconds > 0, not {self.timeout!r}"
+                "--timeout must be a finite number of seconds > 0,"
+                f" not {self.timeout!r}"
             )
         return replace(
             self,

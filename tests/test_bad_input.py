@@ -11,6 +11,7 @@ from IPython.core.error import UsageError
 from paracell.kernel_backend import (
     InvalidRequest,
     ItemError,
+    MapOptions,
     default_session,
 )
 from paracell.kernel_backend._analysis import parse_comprehension
@@ -337,3 +338,9 @@ def test_a_hostile_jobs_or_cluster_line_is_a_one_line_usage_error(
     ip, shared_cluster, line
 ):
     usage_error(ip, line)
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), float("nan"), 0.0, -1.0])
+def test_a_map_timeout_must_be_finite_and_positive_from_python_too(timeout):
+    with pytest.raises(InvalidRequest, match="finite number of seconds"):
+        MapOptions(timeout=timeout).validated()
