@@ -79,7 +79,7 @@ class MapOptions:
             )
         if self.timeout is not None and not 0 < self.timeout < float("inf"):
             raise InvalidRequest(
-                "--timeout must be a finite number of seconds > 0,"
+                "--timeout must be a number of seconds > 0 and finite,"
                 f" not {self.timeout!r}"
             )
         return replace(

@@ -342,5 +342,5 @@ def test_a_hostile_jobs_or_cluster_line_is_a_one_line_usage_error(
 
 @pytest.mark.parametrize("timeout", [float("inf"), float("nan"), 0.0, -1.0])
 def test_a_map_timeout_must_be_finite_and_positive_from_python_too(timeout):
-    with pytest.raises(InvalidRequest, match="finite number of seconds"):
+    with pytest.raises(InvalidRequest, match="seconds > 0 and finite"):
         MapOptions(timeout=timeout).validated()
