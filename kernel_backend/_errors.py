@@ -14,15 +14,10 @@ Hierarchy::
 
 The IPython layer turns every ``ParacellError`` into a one-line ``UsageError``;
 from plain Python they are ordinary exceptions with a message that names the
-problem and the fix.  A map stopped by an interrupt raises a plain
-``KeyboardInterrupt`` made by :func:`map_interrupted`: an interrupt, and
-nothing else, that says what had finished.  (A map's own failures,
-``MapFailed`` and ``ItemError``, live with the map in ``_mapjob``.)
+problem and the fix.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 __all__ = [
     "ClusterStartError",
@@ -30,7 +25,6 @@ __all__ = [
     "NoCluster",
     "ParacellError",
     "ParacellWarning",
-    "map_interrupted",
 ]
 
 
@@ -52,20 +46,3 @@ class ClusterStartError(ParacellError, RuntimeError):
 
 class ParacellWarning(UserWarning):
     """A one-line notice from paracell."""
-
-
-def map_interrupted(message: str, partial: dict[int, Any]) -> KeyboardInterrupt:
-    """The ``KeyboardInterrupt`` of a map stopped while it was waited for.
-
-    A plain ``KeyboardInterrupt``, not a subclass: ``except
-    KeyboardInterrupt``, the kernel and front ends (whose error reply names
-    the type) all see an interrupt.  It carries ``partial`` (item index ->
-    result of every item that had finished), and IPython shows it as the one
-    line ``KeyboardInterrupt: <message>`` through the ``_render_traceback_``
-    it finds on the instance, instead of paracell's frames.
-    """
-    error = KeyboardInterrupt(message)
-    error.partial = partial  # type: ignore[attr-defined]
-    line = f"KeyboardInterrupt: {message}"
-    error._render_traceback_ = lambda: [line]  # type: ignore[attr-defined]
-    return error

@@ -300,8 +300,8 @@ class ClusterSession:
         """
         n = (os.cpu_count() or 1) if n is None else n
         _check_count(n, "number of engines", minimum=1)
-        launcher = _check_launcher(launcher)
         profile = check_profile_name(profile)
+        launcher = _check_launcher(launcher)
         if idle_timeout is not None and not idle_timeout > 0:
             raise InvalidRequest(
                 "--idle-timeout must be a positive number of seconds,"
