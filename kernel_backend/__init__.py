@@ -18,7 +18,6 @@ from ._engine import progress
 from ._errors import (
     ClusterStartError,
     InvalidRequest,
-    MapInterrupted,
     NoCluster,
     ParacellError,
     ParacellWarning,
@@ -67,7 +66,6 @@ __all__ = [
     "JobManager",
     "LauncherOptions",
     "MapFailed",
-    "MapInterrupted",
     "MapJob",
     "MapOptions",
     "MapProgress",

@@ -10,10 +10,6 @@ Hierarchy::
                                       a launcher failed; the message carries the
                                       launcher's own error text
 
-    MapInterrupted (KeyboardInterrupt)
-                                      an interrupt stopped a map being waited
-                                      for; says what had finished
-
     ParacellWarning (UserWarning)     something worth one line, not an error
 
     EnginesDied (Exception)           engines died while names were shipped to
@@ -21,20 +17,15 @@ Hierarchy::
 
 The IPython layer turns every ``ParacellError`` into a one-line ``UsageError``;
 from plain Python they are ordinary exceptions with a message that names the
-problem and the fix.  ``MapInterrupted`` is no ``ParacellError``: it is an
-interrupt, and stays one.  (A map's own failures, ``MapFailed`` and
-``ItemError``, live with the map in ``_mapjob``.)
+problem and the fix.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 __all__ = [
     "ClusterStartError",
     "EnginesDied",
     "InvalidRequest",
-    "MapInterrupted",
     "NoCluster",
     "ParacellError",
     "ParacellWarning",
@@ -56,23 +47,6 @@ class NoCluster(ParacellError, RuntimeError):
 
 class ClusterStartError(ParacellError, RuntimeError):
     """A cluster or some of its engines failed to start."""
-
-
-class MapInterrupted(KeyboardInterrupt):
-    """An interrupt stopped a map that was being waited for.
-
-    Still a ``KeyboardInterrupt``, so the cell ends as any interrupted cell
-    does; IPython shows it as one line saying what had finished.  ``partial``
-    maps item index -> result for every item that had finished.
-    """
-
-    def __init__(self, message: str, partial: dict[int, Any]) -> None:
-        super().__init__(message)
-        self.partial = partial
-
-    def _render_traceback_(self) -> list[str]:
-        # paracell's frames say nothing about where the user's code was
-        return [f"KeyboardInterrupt: {self}"]
 
 
 class ParacellWarning(UserWarning):

@@ -89,9 +89,10 @@ class MapOptions:
             raise InvalidRequest(
                 f"--retries must be a whole number >= 0, not {self.retries!r}"
             )
-        if self.timeout is not None and not self.timeout > 0:
+        if self.timeout is not None and not 0 < self.timeout < float("inf"):
             raise InvalidRequest(
-                f"--timeout must be a number of seconds > 0, not {self.timeout!r}"
+                "--timeout must be a number of seconds > 0 and finite,"
+                f" not {self.timeout!r}"
             )
         return replace(
             self,
@@ -479,9 +480,14 @@ class _MapRun:
                     if self.exhausted and not self.retry and not self.pending:
                         break
                     if not self._usable_engines():
-                        if self.session.engines_coming():
-                            # engines queued in a batch system: wait for them
+                        if self.session.engines_coming() or self._recovering():
+                            # engines queued in a batch system, or freeing
+                            # themselves from cancelled work: wait for them
                             time.sleep(_POLL)
+                            continue
+                        if self.session.engines_expected():
+                            # stuck engines were replaced: start the new ones
+                            self.session.ensure_engines()
                             continue
                         raise MapFailed(
                             "no engines left to run the map"
@@ -514,6 +520,13 @@ class _MapRun:
             self.job._running = False
         self._emit("done", force=True)
         return self._results()
+
+    def _recovering(self) -> bool:
+        """Whether an engine of this map is live but still stopping cancelled
+        work (it is freed or replaced within seconds: see ``_stale``)."""
+        stale = self.session.stale_engines()
+        live = set(self.session.engine_ids())
+        return any(e in live and e in stale for e in self.engines)
 
     def _check_cluster(self) -> None:
         """Fail the map, keeping its finished results, if its cluster is gone:

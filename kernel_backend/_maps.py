@@ -22,7 +22,7 @@ from ._analysis import (
 )
 from ._cachedmap import MapCache
 from ._engine import WRAPPER_FILENAME, TaskSpec
-from ._errors import EnginesDied, InvalidRequest, MapInterrupted
+from ._errors import EnginesDied, InvalidRequest
 from ._mapjob import (
     MapFailed,
     MapJob,
@@ -373,13 +373,27 @@ def _launch(job: MapJob, run: _MapRun, block: bool, session: Any) -> MapJob:
     return job
 
 
-def _interrupted(run: _MapRun, total: int | None) -> MapInterrupted:
+def _interrupted(run: _MapRun, total: int | None) -> KeyboardInterrupt:
+    """The ``KeyboardInterrupt`` of a map stopped while it was waited for.
+
+    A plain ``KeyboardInterrupt``, not a subclass: ``except
+    KeyboardInterrupt``, the kernel and front ends (whose error reply names
+    the type) all see an interrupt.  It carries ``partial`` (item index ->
+    result of every item that had finished), and IPython shows it as the one
+    line ``KeyboardInterrupt: <message>`` through the ``_render_traceback_``
+    it finds on the instance, instead of paracell's frames.
+    """
     partial = run._partial_results()
-    if not partial:
-        return MapInterrupted("pmap stopped before any item finished", partial)
-    of = "" if total is None else f" of {total}"
-    return MapInterrupted(
-        f"pmap stopped: {len(partial)}{of} items had finished;"
-        " their results are kept in sys.last_value.partial",
-        partial,
-    )
+    if partial:
+        of = "" if total is None else f" of {total}"
+        message = (
+            f"pmap stopped: {len(partial)}{of} items had finished;"
+            " their results are kept in sys.last_value.partial"
+        )
+    else:
+        message = "pmap stopped before any item finished"
+    error = KeyboardInterrupt(message)
+    error.partial = partial  # type: ignore[attr-defined]
+    line = f"KeyboardInterrupt: {message}"
+    error._render_traceback_ = lambda: [line]  # type: ignore[attr-defined]
+    return error

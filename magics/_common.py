@@ -111,7 +111,7 @@ def positive_float(text: str) -> float:
     # inf would reach timers and event waits, which reject it
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(
-            f"must be a finite number of seconds > 0, not {text!r}"
+            f"must be a number of seconds > 0 and finite, not {text!r}"
         )
     return value
 

@@ -43,7 +43,7 @@ def _priority(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = math.nan
+        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
     # nan compares false with everything: the queue could not order it
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")

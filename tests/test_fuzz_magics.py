@@ -28,7 +28,13 @@ from typing import Any
 import pytest
 from IPython.core.error import UsageError
 
-from paracell.kernel_backend import MapJob, default_jobs, default_session
+from paracell.kernel_backend import (
+    ItemError,
+    MapFailed,
+    MapJob,
+    default_jobs,
+    default_session,
+)
 
 from _shell import run_cell
 
@@ -422,6 +428,10 @@ def outcome(ip: Any, line: Line) -> tuple[str, str]:
         return "success", shown.text
     if isinstance(shown.error, UsageError):
         return "usage", shown.text
+    if isinstance(shown.error, MapFailed) and not isinstance(shown.error, ItemError):
+        # a map that failed for paracell's reasons (no engines left, ...):
+        # none of these lines can cause that
+        return f"failed for paracell's reasons: {shown.error}", shown.text
     return "user", shown.text
 
 

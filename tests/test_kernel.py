@@ -99,6 +99,9 @@ def test_interrupting_a_blocking_pmap_stops_the_work_and_frees_the_cluster(
     waited = time.monotonic() - tic
     assert reply["content"]["status"] == "error"
     assert reply["content"]["ename"] == "KeyboardInterrupt"
+    # one line saying what had finished, none of paracell's frames
+    (shown,) = reply["content"]["traceback"]
+    assert shown.startswith("KeyboardInterrupt: pmap stopped")
     assert waited < 10  # a bound against hanging; the benchmark measures it
     # the progress widget ended red, and its saved text says so
     final = None
