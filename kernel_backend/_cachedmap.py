@@ -171,6 +171,7 @@ class MapCache:
         # index -> key of each item sent to run, until its result is stored
         self._keys: dict[int, str] = {}
         self._warned: set[str] = set()
+        self._unwritable = False  # a write failed: the map stores no more
         self._reader = Fingerprinter()
 
     @classmethod
@@ -263,12 +264,17 @@ class MapCache:
             for index, value in enumerate(values, first)
             if index in self._keys and index not in failed
         ]
-        if not entries:
+        if not entries or self._unwritable:
             return
         try:
             unpicklable = self.store.put_many(self.name, entries)
         except StoreUnavailable as err:
-            self._warn("write", f"results could not be stored ({err})")
+            # waited BUSY_TIMEOUT already: do not wait again for every chunk
+            self._unwritable = True
+            self._warn(
+                "write",
+                f"results could not be stored ({err}); this map stores no more",
+            )
             return
         if unpicklable:
             self._warn(

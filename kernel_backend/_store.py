@@ -57,8 +57,10 @@ DEFAULT_STORE = "default"
 INLINE_LIMIT = 64 * 1024
 
 #: Seconds a connection waits for another kernel's write before it gives up
-#: (and the item is computed again, or its result not stored).
-BUSY_TIMEOUT = 5.0
+#: (and the item is computed again, or its result not stored).  Writes are
+#: short, but on a loaded machine another kernel's can wait behind its
+#: process for seconds: giving up too soon loses results for nothing.
+BUSY_TIMEOUT = 30.0
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _INDEX = "index.sqlite"

@@ -174,13 +174,15 @@ def chromium() -> Iterator[Any]:
 
 @pytest.fixture
 def open_notebook(
-    request: pytest.FixtureRequest, lab: Any, chromium: Any
+    request: pytest.FixtureRequest, lab: Any, chromium: Any, no_other_cluster: None
 ) -> Iterator[Any]:
     """``open_notebook(nb, name="")``: a ``_lab.Notebook`` open in a fresh page,
     its kernel idle; ``nb`` is an nbformat notebook or an ``.ipynb`` path.
 
-    After the test, a failed test leaves a screenshot and the server's log in
-    test-artifacts/; then the pages close and every kernel is shut down.
+    The shared cluster is stopped first: these tests count the processes of
+    the clusters their notebooks start.  After the test, a failed test leaves
+    a screenshot and the server's log in test-artifacts/; then the pages
+    close and every kernel is shut down.
     """
     from _lab import Notebook
 
