@@ -57,6 +57,8 @@ class StaleWork:
     def add(self, engine: int, task: Any) -> None:
         self._tasks.setdefault(engine, []).append(task)
         self._since.setdefault(engine, time.monotonic())
+        # a probe sent before this task proves nothing about it: send anew
+        self._probes.pop(engine, None)
 
     def holds(self, engine: int) -> bool:
         """Whether cancelled work may still run on ``engine``."""

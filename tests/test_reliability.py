@@ -454,3 +454,21 @@ def test_an_input_that_cannot_be_sent_names_its_index_in_one_line(ip, shared_clu
     assert "cannot be sent to the engines" in message
     assert "item 2 (input" in message
     assert "\n" not in message
+
+
+def test_a_task_gone_stale_after_the_probe_is_probed_again(monkeypatch):
+    from paracell.kernel_backend import _stale
+
+    clock = [0.0]
+    monkeypatch.setattr(_stale.time, "monotonic", lambda: clock[0])
+    work, client = _stale.StaleWork(), _Client()
+    work.add(4, _Task())
+    clock[0] = _stale.PROBE_AFTER
+    work.review(client)
+    work.add(4, _Task())  # cancelled after the probe went out
+    client.probes[0]._done = True
+    assert work.review(client).engines == {4}  # not freed by the old probe
+    assert len(client.probes) == 2
+    client.probes[1]._done = True
+    assert work.review(client).engines == set()
+    assert work.lost == {4: 2}
