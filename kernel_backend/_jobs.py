@@ -442,10 +442,7 @@ class JobManager:
                 snapshot={n: namespace.get(n, _ABSENT) for n in wanted},
             )
             job._shipment = shipment
-            job._namespace = namespace  # type: ignore[assignment]
-            job._seq = next(self._order)
-            self._jobs.pop(name, None)
-            self._jobs[name] = job
+            self._register(job, namespace)
             heapq.heappush(self._queue, (-priority, next(self._order), job))
             self._ensure_monitor()
         if stored is not None:
@@ -486,15 +483,19 @@ class JobManager:
             job._failed_names = dict(record["failed"])
             job.bundle = record["bundle"]
             job._stdout, job._stderr = record["stdout"], record["stderr"]
-            job._namespace = namespace  # type: ignore[assignment]
-            job._seq = next(self._order)
             job.started = time.time()
-            self._jobs.pop(name, None)
-            self._jobs[name] = job
+            self._register(job, namespace)
             job._finish("done")
         job.subscribe(self._changed)
         self._changed()
         return job
+
+    def _register(self, job: CellJob, namespace: Mapping[str, Any]) -> None:
+        """Make ``job`` the one of its name (newest last), under the lock."""
+        job._namespace = namespace  # type: ignore[assignment]
+        job._seq = next(self._order)
+        self._jobs.pop(job.name, None)
+        self._jobs[job.name] = job
 
     def _check_name_free(self, name: str) -> None:
         old = self._jobs.get(name)
@@ -524,14 +525,17 @@ class JobManager:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(f"job {job.name!r} still {job.state}")
-                why = self.why_stuck(job)
-                if why is not None:
-                    raise InvalidRequest(
-                        f"job '{job.name}' is queued, but {why};"
-                        " it runs once there are engines"
-                    )
+                self.check_startable(job)
                 # short waits keep KeyboardInterrupt responsive
                 concurrent.futures.wait([job], timeout=min(0.1, left or 0.1))
+
+    def check_startable(self, job: CellJob) -> None:
+        """Raise ``InvalidRequest`` saying why, if nothing can start ``job``."""
+        why = self.why_stuck(job)
+        if why is not None:
+            raise InvalidRequest(
+                f"job '{job.name}' is queued, but {why}; it runs once there are engines"
+            )
 
     def why_stuck(self, job: CellJob) -> str | None:
         """Why a queued ``job`` cannot start now nor by itself later, or None."""

@@ -184,12 +184,8 @@ class ParallelMagics(Magics):
             while not job.done():
                 concurrent.futures.wait([job], timeout=0.01)
                 stream()
-                why = default_jobs().why_stuck(job)
-                if why is not None:
-                    raise UsageError(
-                        f"job '{job.name}' is queued, but {why};"
-                        " it runs once there are engines"
-                    )
+                with user_errors():
+                    default_jobs().check_startable(job)
         except KeyboardInterrupt:
             job.cancel()
             raise
