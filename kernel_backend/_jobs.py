@@ -30,6 +30,7 @@ from ._engine import CellOutcome, ItemFailure, TaskSpec, run_cell
 from ._errors import EnginesDied, InvalidRequest, is_engine_death
 from ._seeding import fresh_entropy
 from ._shipping import prepare_shipment
+from ._stale import STUCK_AFTER
 
 __all__ = [
     "CellJob",
@@ -895,6 +896,29 @@ class EngineRun:
     error: JobError | None
 
 
+def _settle_stale(session: Any, targets: Sequence[int] | None) -> None:
+    """Wait until no target engine still runs cancelled work.
+
+    A cell sent to every engine must not queue behind a cancelled task that
+    would not stop: the wait drives the probes that free such an engine (or
+    replace it, when it is stuck for good), then brings replacements up.
+    """
+    deadline = time.monotonic() + STUCK_AFTER + 10.0
+    while True:
+        stale = session.stale_engines()
+        if targets is not None:
+            stale &= set(targets)
+        if not stale:
+            break
+        if time.monotonic() > deadline:
+            raise JobError(
+                f"engine {', '.join(map(str, sorted(stale)))} still runs cancelled"
+                " work that does not stop; %cluster restart replaces the engines"
+            )
+        time.sleep(0.05)
+    session.ensure_engines()  # stuck engines were replaced: bring them back
+
+
 def run_everywhere(
     session: Any,
     source: str,
@@ -914,6 +938,7 @@ def run_everywhere(
     import cloudpickle
 
     compile(source, filename, "exec")  # the user's SyntaxError, here
+    _settle_stale(session, targets)
     client = session.client
     live = session.engine_ids()
     if targets is None:

@@ -472,3 +472,44 @@ def test_a_task_gone_stale_after_the_probe_is_probed_again(monkeypatch):
     client.probes[1]._done = True
     assert work.review(client).engines == set()
     assert work.lost == {4: 2}
+
+
+def test_a_cell_on_every_engine_does_not_queue_behind_cancelled_work(
+    ip, no_other_cluster
+):
+    """A cancelled task stuck where SIGINT does nothing (here: SIGINT
+    blocked, as in a long call in C) must not hold up ``%%parallel --all``: the stuck engine is replaced and
+    the cell runs on every engine."""
+    import time
+
+    from paracell.kernel_backend import default_session
+
+    from conftest import wait_until
+
+    session = default_session()
+    session.start(2)
+    try:
+        define(
+            ip,
+            "import signal, time\n"
+            "def deaf(x):\n"
+            "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})\n"
+            "    time.sleep(120)\n",
+        )
+        job = ip.run_line_magic(
+            "pmap", "--async --no-progress --chunksize 1 deaf(x) for x in range(2)"
+        )
+        assert wait_until(
+            lambda: all(e.state == "busy" for e in session.status().engines), 20
+        )
+        job.cancel()
+        # the stuck tasks keep their engines out of new work
+        assert wait_until(lambda: len(session.stale_engines()) == 2, 10)
+        assert wait_until(lambda: job.done(), 10)
+        tic = time.monotonic()
+        everywhere = ip.run_cell_magic("parallel", "--all --out where", "where = 1")
+        assert time.monotonic() - tic < 40
+        assert sorted(everywhere.values()) == [1, 1]
+        assert not session.stale_engines()
+    finally:
+        session.stop()
