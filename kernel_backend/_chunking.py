@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 from typing import Any, Literal
 
 from ._errors import InvalidRequest
@@ -63,6 +64,11 @@ def validate_chunksize(value: Any) -> int | Literal["auto"]:
     if number is None or number < 1:
         raise InvalidRequest(
             f"--chunksize must be 'auto' or a whole number >= 1, not '{value}'"
+        )
+    if number > sys.maxsize:
+        raise InvalidRequest(
+            f"--chunksize {number} is more items than a chunk can hold;"
+            " use 'auto' or a number up to a few thousand"
         )
     return number
 

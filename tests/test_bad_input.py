@@ -294,6 +294,7 @@ def test_the_backend_refuses_a_profile_path_before_anything_starts():
         "--chunksize 0",
         "--chunksize -1",
         "--chunksize 1.5",
+        "--chunksize " + "9" * 30,
         "--seed -1",
         "--seed 1e400",
         "--seed " + "9" * 5000,
