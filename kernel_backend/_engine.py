@@ -693,7 +693,8 @@ def run_cell(
     tree = ast.parse(source, filename)
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = ast.Expression(tree.body.pop().value)
+        last = ast.Expression(tree.body[-1].value)
+        tree.body.pop()
     seed_item(item_seed_sequence(spec.seed, 0, entropy=spec.entropy))
     started = time.time()
     tic = time.perf_counter()

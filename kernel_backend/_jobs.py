@@ -493,7 +493,7 @@ class JobManager:
 
     def _register(self, job: CellJob, namespace: Mapping[str, Any]) -> None:
         """Make ``job`` the one of its name (newest last), under the lock."""
-        job._namespace = namespace  # type: ignore[assignment]
+        job._namespace = namespace
         job._seq = next(self._order)
         self._jobs.pop(job.name, None)
         self._jobs[job.name] = job
@@ -619,7 +619,7 @@ class JobManager:
                 # delivering another job (the later-submitted job wins).
                 source = self._delivered.get(name)
                 by_job = source is not None and source[0] is now
-                if not by_job or source[1] > job._seq:
+                if source is None or not by_job or source[1] > job._seq:
                     if not by_job:
                         delivery.kept.append(name)
                     continue

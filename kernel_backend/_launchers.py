@@ -263,7 +263,7 @@ def memory_bytes(text: str) -> int:
     if match is None:
         raise InvalidRequest(f"{text!r} is not an amount of memory; write e.g. 500M")
     number, unit = match.groups()
-    return int(number) * 1024 ** "BKMGT".index((unit or "B").upper())
+    return int(number) * int(1024 ** "BKMGT".index((unit or "B").upper()))
 
 
 def _capped_by_memory(

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from ._chunking import ChunkSizer
 from ._engine import ChunkOutcome, ItemFailure, TaskSpec, UndefinedNames, run_chunk
@@ -388,7 +388,7 @@ _SKIPPED: Any = object()
 _SLICEABLE = (range, list, tuple)
 
 
-def sliceable(iterable: Any) -> bool:
+def sliceable(iterable: Any) -> TypeGuard[Sequence[Any]]:
     """Whether :class:`_MapRun` may take ``iterable``'s chunks as slices."""
     return type(iterable) in _SLICEABLE
 
@@ -560,9 +560,10 @@ class _MapRun:
             free = [eid for eid in usable if load[eid] < _PER_ENGINE]
             if not free:
                 return
-            chunk = self._next_chunk()
-            if chunk is None:
+            next_chunk = self._next_chunk()
+            if next_chunk is None:
                 return
+            chunk = next_chunk
             # the engine with the fewest items to go: with chunks of very
             # different sizes (a probe, then the rest split evenly) a count
             # of chunks would give one engine two big ones
@@ -635,6 +636,7 @@ class _MapRun:
     def _send(self, chunk: _Chunk, eid: int) -> None:
         view = self.views.get(eid)
         if view is None:
+            assert self.client is not None  # a local run sends nothing
             view = self.views[eid] = self.client[eid]
         chunk.attempts += 1
         if self.prepickled is None:
@@ -858,7 +860,11 @@ class _MapRun:
                 chunk.check_results = True
                 self.retry.append(chunk)
                 return
-            what = f"{err.ename}: {err.evalue}" if hasattr(err, "ename") else err
+            what = (
+                f"{err.ename}: {getattr(err, 'evalue', '')}"
+                if hasattr(err, "ename")
+                else err
+            )
             raise MapFailed(
                 f"engine {eid} could not run items {chunk.first}-"
                 f"{chunk.first + len(chunk.items) - 1}: {what}",
@@ -904,7 +910,7 @@ class _MapRun:
         if self.printing:
             self._read_output(final=state != "running")
         lines, self.new_lines = tuple(self.new_lines), []
-        warnings = ()
+        warnings: tuple[str, ...] = ()
         if self.new_warnings or (state != "running" and self.job._warnings):
             warnings = self.job.warning_summaries()
             self.new_warnings = False

@@ -42,7 +42,7 @@ def _load_code(data: bytes) -> types.CodeType:
     return code
 
 
-class _Pickler(cloudpickle.Pickler):
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is types.CodeType:
             return _load_code, (marshal.dumps(obj),)
@@ -74,7 +74,7 @@ def install() -> None:
 
     from ipyparallel.serialize import canning, serialize
 
-    serialize.pickle = _PicklerModule  # type: ignore[assignment]
+    serialize.pickle = _PicklerModule
     # functions go by value through the pickler, not through canning
     canning.can_map.pop(FunctionType, None)
     _installed = True

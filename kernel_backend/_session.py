@@ -35,7 +35,14 @@ from ._limits import check_engine_count
 from ._profiles import check_profile_name
 from ._shipping import NameShipper
 from ._stale import StaleWork
-from ._status import ClusterStatus, EngineRow, Ownership, StartReport, StopReport
+from ._status import (
+    ClusterStatus,
+    EngineRow,
+    EngineState,
+    Ownership,
+    StartReport,
+    StopReport,
+)
 from ._watchdog import start_watchdog
 
 __all__ = ["LAUNCHERS", "ClusterSession", "default_session"]
@@ -319,7 +326,7 @@ class ClusterSession:
                     # the hub still counts tasks whose replies were lost
                     lost = self._stale.lost.get(eid, 0)
                     busy = queue.get("queue", 0) + queue.get("tasks", 0) > lost
-                    state = "busy" if busy else "idle"
+                    state: EngineState = "busy" if busy else "idle"
                 else:
                     state = "idle" if alive else "dead"
                 rows.append(
@@ -847,7 +854,7 @@ class ClusterSession:
         if self._ownership != "started" or self._launcher != "local" or not rec.pid:
             return True
         try:
-            return psutil.Process(rec.pid).status() != psutil.STATUS_ZOMBIE
+            return bool(psutil.Process(rec.pid).status() != psutil.STATUS_ZOMBIE)
         except psutil.NoSuchProcess:
             return False
 
@@ -1044,7 +1051,7 @@ def _queue_status(
 
 def _pid_alive(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 

@@ -128,7 +128,7 @@ def prepare_shipment(
     for name, array in arrays.items():
         contiguous = np.ascontiguousarray(array)
         header = f"{contiguous.dtype.str}{contiguous.shape}".encode()
-        digest = _digest(header, memoryview(contiguous).cast("B"))
+        digest = _digest(header, memoryview(contiguous.data).cast("B"))
         payloads[name] = _Payload(
             digest, "array", contiguous, contiguous.nbytes, _weak(array)
         )
@@ -421,13 +421,13 @@ class NameShipper:
         }
         by_value = {}
         for name, obj in moved.items():
-            module = sys.modules[shipment.from_imports[name][0]]
+            owner = sys.modules[shipment.from_imports[name][0]]
             # by value for this pickle only: cloudpickle's registry is global
-            cloudpickle.register_pickle_by_value(module)
+            cloudpickle.register_pickle_by_value(owner)
             try:
                 data = _pickling.dumps(obj)
             finally:
-                cloudpickle.unregister_pickle_by_value(module)
+                cloudpickle.unregister_pickle_by_value(owner)
             by_value[name] = _Payload(_digest(data), "pickle", data, len(data))
         return replace(
             shipment,

@@ -62,7 +62,7 @@ def _alive(pid: int, created: float) -> bool:
         # a recycled pid is another process, not our kernel
         if abs(proc.create_time() - created) > 1.0:
             return False
-        return proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 

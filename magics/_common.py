@@ -6,12 +6,16 @@ import argparse
 import math
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, parse_argstring
 
 from ..kernel_backend import ParacellError
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.core.magic import Magics
 from ..kernel_backend._analysis import user_traceback
 
 __all__ = [
@@ -54,7 +58,7 @@ class _UserErrors:
         etype: type[BaseException] | None,
         error: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> Literal[False]:
         if isinstance(error, ParacellError):
             raise UsageError(str(error)) from None
         users, shown = user_traceback(tb)
@@ -70,7 +74,8 @@ def parse_options(magic: Callable[..., Any], text: str) -> argparse.Namespace:
     "1``) or a trailing backslash makes that split raise ``ValueError``.
     """
     try:
-        return parse_argstring(magic, text)
+        args: argparse.Namespace = parse_argstring(magic, text)
+        return args
     except ValueError as err:
         # "pmap", "cluster start"; a cell magic's is "%parallel"
         prog = magic.parser.prog  # type: ignore[attr-defined]
@@ -172,3 +177,11 @@ def run_options(unit: str, targets_help: str) -> Callable[[_F], _F]:
         return func
 
     return decorate
+
+
+def shell_of(magics: Magics) -> InteractiveShell:
+    """The shell ``magics`` was registered with (IPython types it optional)."""
+    shell = magics.shell
+    if shell is None:
+        raise UsageError("paracell's magics run inside an IPython shell")
+    return shell

@@ -24,7 +24,7 @@ from ..kernel_backend import (
 from ..kernel_backend._seeding import validate_seed
 from ..widgets import JobsTable, JobView, jobs_panel, show_job
 from . import _delivery
-from ._common import parse_options, run_options, user_errors
+from ._common import parse_options, run_options, shell_of, user_errors
 
 __all__ = ["ParallelMagics"]
 
@@ -129,7 +129,7 @@ class ParallelMagics(Magics):
         with user_errors():
             seed = validate_seed(args.seed)
         # line numbers in tracebacks match the notebook cell (line 1 = magic)
-        source = "\n" + self.shell.transform_cell(cell)
+        source = "\n" + shell_of(self).transform_cell(cell)
         try:
             compile(source, "<cell>", "exec")
         except SyntaxError as err:
@@ -148,7 +148,7 @@ class ParallelMagics(Magics):
             self._ensure_engines()
             job = default_jobs().submit(
                 source,
-                self.shell.user_ns,
+                shell_of(self).user_ns,
                 name=args.name or self._default_name(),
                 outputs=args.out,
                 pull=not args.no_pull,
@@ -210,7 +210,7 @@ class ParallelMagics(Magics):
             runs = run_everywhere(
                 default_session(),
                 source,
-                self.shell.user_ns,
+                shell_of(self).user_ns,
                 targets=args.targets,
                 outputs=args.out or (),
                 seed=seed,
@@ -242,7 +242,7 @@ class ParallelMagics(Magics):
 
     def _default_name(self) -> str:
         """``cell-N`` after the cell's execution count; suffixed if taken."""
-        base = name = f"cell-{self.shell.execution_count}"
+        base = name = f"cell-{shell_of(self).execution_count}"
         taken = {job.name for job in default_jobs().jobs() if not job.done()}
         n = 1
         while name in taken:

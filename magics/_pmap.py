@@ -18,7 +18,7 @@ from ..kernel_backend import (
 )
 from ..kernel_backend._analysis import parse_comprehension
 from ..widgets import TimelineView, map_observers
-from ._common import parse_options, run_options, user_errors
+from ._common import parse_options, run_options, shell_of, user_errors
 
 __all__ = ["PmapMagics", "split_options"]
 
@@ -169,7 +169,7 @@ class PmapMagics(Magics):
             job = map_comprehension(
                 session,
                 comp,
-                self.shell.user_ns,
+                shell_of(self).user_ns,
                 options,
                 block=not args.run_async,
                 local=args.local,

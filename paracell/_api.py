@@ -406,10 +406,11 @@ def _user_namespace() -> dict[str, Any]:
 
     shell = get_ipython()
     if shell is not None:
-        return shell.user_ns  # type: ignore[no-any-return]
+        namespace: dict[str, Any] = shell.user_ns
+        return namespace
     import __main__
 
-    return __main__.__dict__
+    return vars(__main__)
 
 
 # -- the result store (%cache) ---------------------------------------------

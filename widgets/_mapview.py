@@ -7,6 +7,7 @@ events; its ``text/plain`` is the map's state in words.
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from dataclasses import replace
 from html import escape
@@ -163,7 +164,7 @@ class MapProgressWidget(PlainText, w.VBox):  # type: ignore[misc]
                 self.output.layout.display = ""
         self.draws += 1
 
-    def _ended(self, job: MapJob) -> None:
+    def _ended(self, job: concurrent.futures.Future[Any]) -> None:
         # also when the map ended without a final event (it never started)
         self.cancel_button.layout.display = "none"
         if job.cancelled() and self.event.state not in ("failed", "cancelled"):
