@@ -30,6 +30,7 @@ from ._engine import CellOutcome, ItemFailure, TaskSpec, run_cell
 from ._errors import EnginesDied, InvalidRequest, is_engine_death
 from ._seeding import fresh_entropy
 from ._shipping import prepare_shipment
+from ._signal import Signal
 from ._stale import STUCK_AFTER
 
 __all__ = [
@@ -174,7 +175,7 @@ class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
         self._ar: Any = None
         self._stdout = ""
         self._stderr = ""
-        self._observers: list[Callable[[CellJob], None]] = []
+        self._updates: Signal[[CellJob]] = Signal(f"job {name!r}")
         self._cancel_reason: str | None = None
         self._failed_names: dict[str, str] = {}
         self._seq = 0
@@ -217,14 +218,13 @@ class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
             return []
         return list(self.outputs)
 
-    def subscribe(self, observer: Callable[[CellJob], None]) -> None:
-        """Call ``observer(job)`` on state changes and while it runs."""
-        self._observers.append(observer)
+    def subscribe(self, observer: Callable[[CellJob], None]) -> Callable[[], None]:
+        """Call ``observer(job)`` on state changes and while it runs; returns a
+        function that unsubscribes."""
+        return self._updates.subscribe(observer)
 
     def _notify(self) -> None:
-        for observer in list(self._observers):
-            with contextlib.suppress(Exception):
-                observer(self)
+        self._updates.emit(self)
 
     def summary(self) -> str:
         """E.g. ``job 'cell-7': done on engine 1 in 2.3 s``."""
@@ -298,7 +298,7 @@ class JobManager:
         self._delivered: dict[str, tuple[Any, int]] = {}
         #: called (from the monitor thread) when a job ends
         self.on_finished: Callable[[CellJob], None] | None = None
-        self._observers: list[Callable[[], None]] = []
+        self._changes: Signal[[]] = Signal("the jobs")
         session.on_stop(self.close)
 
     # -- change events -------------------------------------------------------
@@ -306,18 +306,10 @@ class JobManager:
     def subscribe(self, observer: Callable[[], None]) -> Callable[[], None]:
         """Call ``observer()`` when a job is added, changes or is cleared (in
         the thread that changed it).  Returns a function that unsubscribes."""
-        self._observers.append(observer)
-
-        def unsubscribe() -> None:
-            with contextlib.suppress(ValueError):
-                self._observers.remove(observer)
-
-        return unsubscribe
+        return self._changes.subscribe(observer)
 
     def _changed(self, *_: Any) -> None:
-        for observer in list(self._observers):
-            with contextlib.suppress(Exception):
-                observer()
+        self._changes.emit()
 
     # -- queries -----------------------------------------------------------
 

@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeGuard
 from ._chunking import ChunkSizer
 from ._engine import ChunkOutcome, ItemFailure, TaskSpec, UndefinedNames, run_chunk
 from ._errors import InvalidRequest, is_engine_death
+from ._signal import Signal
 
 __all__ = [
     "ChunkRecord",
@@ -289,7 +290,7 @@ class MapJob(concurrent.futures.Future):  # type: ignore[type-arg]
         self.finished_at: float | None = None
         self.add_done_callback(self._note_finish)
         self._progress = MapProgress("queued", 0, 0, total, 0.0, {})
-        self._observers: list[Callable[[MapProgress], None]] = []
+        self._updates: Signal[[MapProgress]] = Signal("a map's progress")
         self._lines: list[tuple[int | None, str]] = []  # (item, line)
         # (category, message, file, line) -> [items that raised it, first item]
         self._warnings: dict[tuple[str, str, str, int], list[int]] = {}
@@ -346,15 +347,14 @@ class MapJob(concurrent.futures.Future):  # type: ignore[type-arg]
     def _note_finish(self, _: Any) -> None:
         self.finished_at = time.time()
 
-    def subscribe(self, observer: Callable[[MapProgress], None]) -> None:
-        """Call ``observer`` with every progress event (in the map's thread)."""
-        self._observers.append(observer)
+    def subscribe(self, observer: Callable[[MapProgress], None]) -> Callable[[], None]:
+        """Call ``observer`` with every progress event (in the map's thread);
+        returns a function that unsubscribes."""
+        return self._updates.subscribe(observer)
 
     def _emit(self, event: MapProgress) -> None:
         self._progress = event
-        for observer in list(self._observers):
-            with contextlib.suppress(Exception):
-                observer(event)
+        self._updates.emit(event)
 
     def running(self) -> bool:
         return self._running and not self.done()

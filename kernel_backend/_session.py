@@ -34,6 +34,7 @@ from ._launchers import LauncherOptions, LaunchPlan, configure, plan, waiting_en
 from ._limits import check_engine_count
 from ._profiles import check_profile_name
 from ._shipping import NameShipper
+from ._signal import Signal
 from ._stale import StaleWork
 from ._status import (
     ClusterStatus,
@@ -66,7 +67,6 @@ _log.addHandler(logging.NullHandler())
 _log.setLevel(logging.ERROR)
 # a view's failure is a bug to see, not to hide: no NullHandler here, so
 # without logging set up it reaches stderr (logging's last resort)
-_observer_log = logging.getLogger("paracell.observers")
 
 
 @dataclass
@@ -118,7 +118,7 @@ class ClusterSession:
         self._reserved: dict[int, str] = {}  # engine -> background job's name
         self._mapping: dict[int, int] = {}  # engine -> maps using it
         self._phases: list[str] = []  # changes under way, oldest first
-        self._observers: list[Callable[[], None]] = []
+        self._changes: Signal[[]] = Signal("the cluster")
         # guards the bookkeeping above that threads touch without the
         # session lock (never held while waiting on anything)
         self._books = threading.Lock()
@@ -248,20 +248,10 @@ class ClusterSession:
         """Call ``observer()`` when the cluster starts, stops or changes size,
         in the thread that changed it.  Returns a function that unsubscribes.
         """
-        self._observers.append(observer)
-
-        def unsubscribe() -> None:
-            with contextlib.suppress(ValueError):
-                self._observers.remove(observer)
-
-        return unsubscribe
+        return self._changes.subscribe(observer)
 
     def _changed(self) -> None:
-        for observer in list(self._observers):
-            try:
-                observer()
-            except Exception:  # a view's bug must not stop the cluster's work
-                _observer_log.warning("a cluster observer failed", exc_info=True)
+        self._changes.emit()
 
     @contextlib.contextmanager
     def _changing(self, phase: str) -> Iterator[None]:

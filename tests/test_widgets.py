@@ -357,19 +357,19 @@ def test_one_view_per_async_job_however_often_displayed(monkeypatch):
     monkeypatch.setenv("PARACELL_WIDGETS", "1")
     job = MapJob(5)
     assert map_view(job) is map_view(job)
-    assert len(job._observers) == 1
+    assert len(job._updates) == 1
 
 
 def test_panels_of_a_session_share_one_refresher():
     session = ClusterSession()
     first = ClusterPanel(session, loop=None)
     second = ClusterPanel(session, loop=None)
-    assert len(session._observers) == 1  # one listener, however many panels
+    assert len(session._changes) == 1  # one listener, however many panels
     assert first.words() == second.words() == "stopped"
     first.close()
-    assert len(session._observers) == 1
+    assert len(session._changes) == 1
     second.close()
-    assert session._observers == []
+    assert len(session._changes) == 0
 
 
 def test_a_change_made_in_another_thread_redraws_the_panel():
@@ -417,7 +417,7 @@ def test_an_observer_that_fails_is_logged_not_swallowed(caplog):
     session.subscribe(broken)
     with caplog.at_level("WARNING", logger="paracell.observers"):
         session._changed()
-    assert "a cluster observer failed" in caplog.text
+    assert "an observer of the cluster failed" in caplog.text
     assert "view bug" in caplog.text
 
 
