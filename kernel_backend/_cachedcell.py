@@ -15,10 +15,10 @@ from typing import Any
 
 import xxhash
 
-from ._analysis import free_names
 from ._cachedmap import open_store, store_name
 from ._errors import ParacellWarning
 from ._fingerprint import Unfingerprintable, code_digest, names_fingerprint
+from ._names import free_names
 from ._store import ResultStore, StoreUnavailable
 
 __all__ = ["CellCache"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _pickling
-from ._analysis import rebind_globals
+from ._plan import rebind_globals
 from ._seeding import item_seed_sequence, seed_item
 
 __all__ = [

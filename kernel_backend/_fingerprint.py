@@ -4,7 +4,7 @@ An item's key covers
 
 - the code that runs: the element expression as an AST (comments and
   spacing do not count), and every name it reads, found as for shipping
-  (:func:`._analysis.plan_shipping`), transitively through notebook
+  (:func:`._plan.plan_shipping`), transitively through notebook
   functions and classes;
 - a notebook function by its code (bytecode, constants, names; not its line
   numbers or file), defaults, closure and attributes; a notebook class by
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from ._analysis import _code_global_names, _import_location, plan_shipping
+from ._plan import _code_global_names, _import_location, plan_shipping
 
 __all__ = [
     "Fingerprinter",

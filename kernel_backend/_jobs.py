@@ -24,10 +24,10 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ._analysis import free_names
 from ._cachedcell import CellCache
 from ._engine import CellOutcome, ItemFailure, TaskSpec, run_cell
 from ._errors import EnginesDied, InvalidRequest, is_engine_death
+from ._names import free_names
 from ._seeding import fresh_entropy
 from ._shipping import prepare_shipment
 from ._signal import Signal

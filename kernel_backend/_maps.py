@@ -13,14 +13,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ._analysis import (
+from ._cachedmap import MapCache
+from ._comprehension import (
     COMPREHENSION_FILENAME,
     Comprehension,
-    element_free_names,
     iterate_items,
     user_traceback,
 )
-from ._cachedmap import MapCache
 from ._engine import WRAPPER_FILENAME, TaskSpec
 from ._errors import EnginesDied, InvalidRequest
 from ._mapjob import (
@@ -32,6 +31,7 @@ from ._mapjob import (
     _MapRun,
     sliceable,
 )
+from ._names import element_free_names
 from ._seeding import fresh_entropy
 from ._shipping import prepare_shipment
 

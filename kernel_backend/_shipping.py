@@ -1,7 +1,7 @@
 """Shipping the names code needs to the engines, once per engine per version.
 
 The plan (which names are modules, importable objects, by-value objects or
-left to the engine) comes from :mod:`._analysis`.  Here each by-value object
+left to the engine) comes from :mod:`._plan`.  Here each by-value object
 gets a content digest; an engine receives an object only when it does not
 hold that version yet, so a large array used by every map crosses to each
 engine once.  numpy arrays travel as ipyparallel's zero-copy buffers, the rest
@@ -25,9 +25,9 @@ import cloudpickle
 import numpy as np
 
 from . import _pickling
-from ._analysis import ShippingPlan, check_shippable, plan_shipping
 from ._engine import install_names, missing_names, unimportable
 from ._errors import EnginesDied, InvalidRequest, is_engine_death
+from ._plan import ShippingPlan, check_shippable, plan_shipping
 from ._store import digest
 
 __all__ = ["NameShipper", "Shipment", "prepare_shipment"]

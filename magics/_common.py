@@ -16,7 +16,7 @@ from ..kernel_backend import ParacellError
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
     from IPython.core.magic import Magics
-from ..kernel_backend._analysis import user_traceback
+from ..kernel_backend._comprehension import user_traceback
 
 __all__ = [
     "engine_ids",

@@ -26,7 +26,7 @@ from ..kernel_backend import (
     JobManager,
     default_jobs,
 )
-from ..kernel_backend._analysis import free_names
+from ..kernel_backend._names import free_names
 
 __all__ = ["JobDelivery", "install", "uninstall", "wait_for_names"]
 

@@ -16,7 +16,7 @@ from ..kernel_backend import (
     default_session,
     map_comprehension,
 )
-from ..kernel_backend._analysis import parse_comprehension
+from ..kernel_backend._comprehension import parse_comprehension
 from ..widgets import TimelineView, map_observers
 from ._common import parse_options, run_options, shell_of, user_errors
 

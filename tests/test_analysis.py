@@ -1,4 +1,6 @@
-"""Unit tests for paracell.kernel_backend._analysis (no cluster needed)."""
+"""Unit tests for the static analysis: the comprehension, free names, the
+shipping plan (paracell.kernel_backend._comprehension, _names, _plan; no
+cluster needed)."""
 
 from __future__ import annotations
 
@@ -16,15 +18,16 @@ import cloudpickle
 import numpy as np
 import pytest
 
-from paracell.kernel_backend import InvalidRequest, _analysis
-from paracell.kernel_backend._analysis import (
+from paracell.kernel_backend import InvalidRequest, _comprehension
+from paracell.kernel_backend._comprehension import (
     Comprehension,
-    ShippingPlan,
-    check_shippable,
-    element_free_names,
-    free_names,
     iterate_items,
     parse_comprehension,
+)
+from paracell.kernel_backend._names import element_free_names, free_names
+from paracell.kernel_backend._plan import (
+    ShippingPlan,
+    check_shippable,
     plan_shipping,
     rebind_globals,
     strip_globals,
@@ -357,7 +360,7 @@ def test_clauses_are_compiled_once_not_per_item(
         return builtins.compile(source, *args, **kwargs)
 
     comp = parse_comprehension("(a, b) for a in range(50) if a % 2 for b in range(a)")
-    monkeypatch.setattr(_analysis, "compile", counting_compile, raising=False)
+    monkeypatch.setattr(_comprehension, "compile", counting_compile, raising=False)
 
     items = list(iterate_items(comp, notebook()))
 

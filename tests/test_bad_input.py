@@ -14,7 +14,7 @@ from paracell.kernel_backend import (
     MapOptions,
     default_session,
 )
-from paracell.kernel_backend._analysis import parse_comprehension
+from paracell.kernel_backend._comprehension import parse_comprehension
 from paracell.kernel_backend._maps import known_length
 from paracell.kernel_backend._profiles import check_profile_name
 
