@@ -10,7 +10,6 @@ from ._cachedmap import (
     CacheReport,
     cache_info,
     clear_cache,
-    format_size,
     set_cache_dir,
     set_cache_limit,
 )
@@ -46,6 +45,7 @@ from ._mapjob import (
 from ._maps import map_comprehension, map_function
 from ._seeding import rng
 from ._session import LAUNCHERS, ClusterSession, default_session
+from ._sizes import format_size
 from ._status import ClusterStatus, EngineRow, StartReport, StopReport
 from ._store import StoreInfo
 

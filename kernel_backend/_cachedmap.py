@@ -21,13 +21,13 @@ from typing import Any
 
 from ._errors import InvalidRequest, ParacellWarning
 from ._fingerprint import Fingerprinter, Unfingerprintable, item_key, map_fingerprint
+from ._sizes import format_size, parse_size
 from ._store import (
     DEFAULT_STORE,
     ResultStore,
     StoreInfo,
     StoreUnavailable,
     cache_folder,
-    parse_size,
     set_cache_folder,
     validate_store_name,
 )
@@ -94,16 +94,6 @@ class CacheReport:
 
     def __repr__(self) -> str:
         return self.summary()
-
-
-def format_size(nbytes: int) -> str:
-    """Bytes in the largest unit that keeps a number >= 1 (``3.1 MB``)."""
-    size = float(nbytes)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
 
 
 def cache_info() -> CacheReport:

@@ -45,6 +45,7 @@ from traitlets import List, Unicode
 from traitlets.config import Config
 
 from ._errors import InvalidRequest
+from ._sizes import parse_size
 
 __all__ = [
     "BATCH_LAUNCHERS",
@@ -82,6 +83,7 @@ _ACCEPTS: dict[str, frozenset[str]] = {
 _TIME = re.compile(
     r"^(?:\d+(?::\d+){0,2}|\d+-\d+(?::\d+){0,2}|unlimited|infinite)$", re.I
 )
+#: an amount of memory as sbatch takes it (whole numbers: 500M, 4G)
 _MEM = re.compile(r"^(\d+)\s*([KMGT])?(?:I?B)?$", re.I)
 _HOST_NAME = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+$")
 # how long a stop waits for Slurm to see its engines gone
@@ -259,11 +261,7 @@ def _check_options(launcher: str, options: LauncherOptions) -> None:
 
 def memory_bytes(text: str) -> int:
     """``500MB``, ``4G``, ``2GiB`` -> bytes (K, M, G, T are powers of 1024)."""
-    match = _MEM.match(text.strip())
-    if match is None:
-        raise InvalidRequest(f"{text!r} is not an amount of memory; write e.g. 500M")
-    number, unit = match.groups()
-    return int(number) * int(1024 ** "BKMGT".index((unit or "B").upper()))
+    return parse_size(text, binary=True, what="an amount of memory", example="500M")
 
 
 def _capped_by_memory(

@@ -44,7 +44,6 @@ __all__ = [
     "StoreInfo",
     "cache_folder",
     "digest",
-    "parse_size",
     "set_cache_folder",
     "validate_store_name",
 ]
@@ -138,25 +137,6 @@ def validate_store_name(name: Any) -> str:
             f" with a letter or digit), not {name!r}"
         )
     return name
-
-
-_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-
-
-def parse_size(text: str) -> int:
-    """``5GB``, ``500 MB``, ``1.5G``, ``2GiB`` or a number of bytes."""
-    match = re.fullmatch(
-        r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(I?B?)\s*", str(text), re.IGNORECASE
-    )
-    if match is None:
-        raise InvalidRequest(
-            f"a size is a number with an optional unit (KB, MB, GB, TB), not"
-            f" {text!r}; e.g. %cache limit 5GB"
-        )
-    number, unit, suffix = match.groups()
-    base = 1024 if suffix.upper().startswith("I") else 1000
-    power = "KMGT".find(unit.upper()) + 1 if unit else 0
-    return int(float(number) * base**power)
 
 
 # -- records -------------------------------------------------------------

@@ -31,10 +31,10 @@ from paracell.kernel_backend._fingerprint import (
     item_key,
     map_fingerprint,
 )
+from paracell.kernel_backend._sizes import parse_size
 from paracell.kernel_backend._store import (
     ResultStore,
     StoreUnavailable,
-    parse_size,
     validate_store_name,
 )
 
