@@ -7,6 +7,7 @@ scheduler or, for ``local=True``, in this process.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -264,7 +265,45 @@ def _start_remote(
     star: bool,
     cache: MapCache | None = None,
 ) -> MapJob:
-    options = options.validated()
+    # The engines are held from here to the map's end: the idle timeout must
+    # not stop one between shipping the names and sending the first chunk.
+    hold = contextlib.ExitStack()
+    hold.enter_context(session.in_use())
+    try:
+        return _start_held(
+            session,
+            element,
+            arguments,
+            shipment,
+            items,
+            total,
+            options,
+            block,
+            observers,
+            star=star,
+            cache=cache,
+            hold=hold,
+        )
+    except BaseException:
+        hold.close()
+        raise
+
+
+def _start_held(
+    session: Any,
+    element: str,
+    arguments: tuple[str, ...],
+    shipment: Any,
+    items: Iterator[Any] | Sequence[Any],
+    total: int | None,
+    options: MapOptions,
+    block: bool,
+    observers: Iterable[Callable[[MapProgress], None]],
+    *,
+    star: bool,
+    cache: MapCache | None,
+    hold: contextlib.ExitStack,
+) -> MapJob:
     client = session.client
     session.require_controller()
     live = session.engine_ids()
@@ -297,7 +336,7 @@ def _start_remote(
     run = _MapRun(session, spec, items, options, job, star=star, engines=engines)
     run.cache = cache
     job.add_done_callback(session.mapping(engines))
-    return _launch(job, run, block, session)
+    return _launch(job, run, block, hold.pop_all())
 
 
 def _ship(session: Any, client: Any, engines: list[int], shipment: Any) -> Any:
@@ -330,23 +369,24 @@ def _start_local(
     star: bool,
     cache: MapCache | None = None,
 ) -> MapJob:
-    options = options.validated()
     spec = _spec(f"local-{id(namespace)}", element, arguments, options)
     job = MapJob(total)
     for observer in observers:
         job.subscribe(observer)
     run = _LocalRun(spec, items, options, job, star=star, namespace=namespace)
     run.cache = cache
-    return _launch(job, run, block, None)
+    return _launch(job, run, block, contextlib.ExitStack())
 
 
-def _launch(job: MapJob, run: _MapRun, block: bool, session: Any) -> MapJob:
+def _launch(
+    job: MapJob, run: _MapRun, block: bool, hold: contextlib.ExitStack
+) -> MapJob:
+    """Run the map here (``block``) or in a thread; ``hold`` (the engines'
+    hold against the idle timeout) ends with it."""
+
     def target() -> None:
         try:
-            if session is not None:
-                with session.in_use():
-                    result = run.run()
-            else:
+            with hold:
                 result = run.run()
         except KeyboardInterrupt:
             # one line saying what finished, instead of our frames

@@ -20,7 +20,9 @@ from paracell.kernel_backend import (
     ClusterStartError,
     InvalidRequest,
     LauncherOptions,
+    MapOptions,
     NoCluster,
+    map_function,
 )
 
 from conftest import cluster_processes, wait_until
@@ -191,6 +193,24 @@ def test_busy_engines_are_not_stopped_for_idleness(session: ClusterSession):
     with session.in_use() as client:
         assert client[:].apply_sync(time.sleep, 2.5) == [None]
     assert session.status().live_engines == 1
+
+
+def test_the_idle_timeout_cannot_stop_engines_while_a_maps_names_travel(
+    session: ClusterSession, monkeypatch: pytest.MonkeyPatch
+):
+    session.start(2, idle_timeout=1.0)
+    send = session.shipper.send
+    live_after_shipping: list[int] = []
+
+    def slow_send(*args: object, **kwargs: object) -> object:
+        time.sleep(2.5)  # idle engines would time out meanwhile
+        live_after_shipping.append(session.status().live_engines)
+        return send(*args, **kwargs)
+
+    monkeypatch.setattr(session.shipper, "send", slow_send)
+    job = map_function(session, abs, range(-4, 0), MapOptions(), block=True)
+    assert job.result() == [4, 3, 2, 1]
+    assert live_after_shipping == [2]
 
 
 def test_a_launcher_that_cannot_start_fails_fast_and_cleans_up(
