@@ -112,7 +112,7 @@ class MapProgress:
     total: int | None
     elapsed: float
     per_engine: dict[int, int]
-    partial: float = 0.0  # fraction of items reported done inside running chunks
+    running_fraction: float = 0.0  # items reported done inside running chunks
     #: lines the items printed since the previous event, each starting with
     #: ``[item i · engine e]`` (all of them: ``MapJob.output()``)
     lines: tuple[str, ...] = ()
@@ -922,14 +922,14 @@ class _MapRun:
                 total=self.job.total,
                 elapsed=now - self.started,
                 per_engine=dict(self.per_engine),
-                partial=self._partial(),
+                running_fraction=self._running_fraction(),
                 lines=lines,
                 warnings=warnings,
                 cached=0 if self.cache is None else self.cache.hits,
             )
         )
 
-    def _partial(self) -> float:
+    def _running_fraction(self) -> float:
         partial = 0.0
         for ar in self.in_flight:
             data = getattr(ar, "data", None)

@@ -28,13 +28,13 @@ from ..kernel_backend import (
 )
 from ..kernel_backend._names import free_names
 
-__all__ = ["JobDelivery", "install", "uninstall", "wait_for_names"]
+__all__ = ["DeliveryHooks", "install", "uninstall", "wait_for_names"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_installed: JobDelivery | None = None
+_installed: DeliveryHooks | None = None
 
 
-class JobDelivery:
+class DeliveryHooks:
     """Connects a :class:`JobManager` to one IPython shell."""
 
     def __init__(self, shell: Any, manager: JobManager) -> None:
@@ -131,7 +131,7 @@ class JobDelivery:
 class _ImplicitWait(ast.NodeTransformer):
     """Puts ``wait_for_names([...])`` at the top of cells that read pending names."""
 
-    def __init__(self, delivery: JobDelivery) -> None:
+    def __init__(self, delivery: DeliveryHooks) -> None:
         self.delivery = delivery
 
     def visit_Module(self, node: ast.Module) -> ast.Module:
@@ -189,12 +189,12 @@ def _cell_reads(body: str) -> set[str]:
         return set(_IDENTIFIER.findall(body))
 
 
-def install(shell: Any) -> JobDelivery:
+def install(shell: Any) -> DeliveryHooks:
     """Deliver the default job manager's jobs into ``shell`` (idempotent)."""
     global _installed
     if _installed is not None:
         _installed.uninstall()
-    _installed = JobDelivery(shell, default_jobs())
+    _installed = DeliveryHooks(shell, default_jobs())
     _installed.install()
     return _installed
 
@@ -206,7 +206,7 @@ def uninstall() -> None:
         _installed = None
 
 
-def current() -> JobDelivery | None:
+def current() -> DeliveryHooks | None:
     return _installed
 
 

@@ -168,7 +168,7 @@ class ParallelMagics(Magics):
 
     # -- the ways a cell runs ------------------------------------------------
 
-    def _block(self, job: CellJob, delivery: _delivery.JobDelivery) -> Any:
+    def _block(self, job: CellJob, delivery: _delivery.DeliveryHooks) -> Any:
         printed = [0, 0]
 
         def stream() -> None:

@@ -305,7 +305,7 @@ def test_progress_reported_inside_items_arrives_while_they_run(ip, shared_cluste
     )
     seen = []
     job = pmap(ip, "--async --chunksize 1 stepper(20) for _ in range(2)")
-    job.subscribe(lambda event: seen.append(event.partial))
+    job.subscribe(lambda event: seen.append(event.running_fraction))
     assert job.result() == [20, 20]
     assert any(0 < p < 2 for p in seen)
 

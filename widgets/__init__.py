@@ -10,7 +10,7 @@ terminal, a script or an engine never imports ipywidgets.
 from __future__ import annotations
 
 from ._frontend import use_widgets
-from ._jobs import JobsTable, JobView
+from ._jobreprs import JobsTable, JobView
 from ._progress import TextProgress, format_progress, progress_facts
 from ._tables import CacheView, ClusterStatusView, html_table, text_table
 from ._timeline import timeline_html, timeline_text

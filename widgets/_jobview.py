@@ -16,7 +16,7 @@ import ipywidgets as w
 
 from ..kernel_backend import CellJob, JobManager
 from ._frontend import TICKER, PlainText
-from ._jobs import _TAIL, JobView, badge_html, delivery_notes, names_line
+from ._jobreprs import _TAIL, JobView, badge_html, delivery_notes, names_line
 
 __all__ = ["JobWidget", "JobsPanel"]
 
@@ -255,6 +255,6 @@ class JobsPanel(PlainText, w.VBox):  # type: ignore[misc]
         super().close()
 
     def __repr__(self) -> str:
-        from ._jobs import JobsTable
+        from ._jobreprs import JobsTable
 
         return repr(JobsTable(self.manager.jobs()))

@@ -143,7 +143,7 @@ class MapProgressWidget(PlainText, w.VBox):  # type: ignore[misc]
             total = event.total
             if total:
                 self.bar.max = float(total)
-                self.bar.value = float(min(total, event.done + event.partial))
+                self.bar.value = float(min(total, event.done + event.running_fraction))
             else:
                 self.bar.max = float(event.done + 1)
                 self.bar.value = float(event.done)

@@ -91,7 +91,7 @@ def progress_facts(event: MapProgress) -> list[str]:
     """``done/total``, rate, elapsed, ETA, failures and how many results came
     from the result store, as short phrases."""
     done, total = event.done, event.total
-    shown = done + event.partial
+    shown = done + event.running_fraction
     parts = [f"{done}/{total}" if total else f"{done} done"]
     parts.append(f"{event.rate:.1f} items/s")
     parts.append(f"{event.elapsed:.1f} s")
@@ -112,7 +112,7 @@ def format_progress(event: MapProgress) -> str:
     """One line: bar, ``done/total``, rate, elapsed, ETA, failures."""
     bar = []
     if event.total:
-        shown = event.done + event.partial
+        shown = event.done + event.running_fraction
         filled = int(_BAR * min(1.0, shown / event.total))
         bar.append("[" + "#" * filled + "." * (_BAR - filled) + "]")
     return "pmap: " + " ".join(bar + progress_facts(event))

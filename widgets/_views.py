@@ -19,7 +19,7 @@ from ..kernel_backend import (
     Timeline,
 )
 from ._frontend import in_kernel, use_widgets
-from ._jobs import JobsTable, JobView
+from ._jobreprs import JobsTable, JobView
 from ._progress import TextLines, TextProgress
 from ._tables import ClusterStatusView
 from ._timeline import timeline_html, timeline_text
