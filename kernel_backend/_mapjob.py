@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import io
 import itertools
 import re
 import reprlib
@@ -27,6 +26,7 @@ from typing import Any, Literal, TypeGuard
 from ._chunking import ChunkSizer
 from ._engine import ChunkOutcome, ItemFailure, TaskSpec, UndefinedNames, run_chunk
 from ._errors import InvalidRequest, is_engine_death
+from ._pool import LOCAL_ENGINE, EnginePool
 from ._signal import Signal
 
 __all__ = [
@@ -416,7 +416,7 @@ class _MapRun:
 
     def __init__(
         self,
-        session: Any,
+        pool: EnginePool,
         spec: TaskSpec,
         items: Iterator[Any] | Sequence[Any],
         options: MapOptions,
@@ -425,8 +425,7 @@ class _MapRun:
         star: bool,
         engines: list[int],
     ) -> None:
-        self.session = session
-        self.client = session.client if session is not None else None
+        self.pool = pool
         self.spec = spec
         self.source: Sequence[Any] | None = items if sliceable(items) else None
         self.items: Iterator[Any] = iter(items)
@@ -453,9 +452,8 @@ class _MapRun:
         self.exhausted = False
         self.started = time.perf_counter()
         self.last_emit = 0.0
-        self.views: dict[int, Any] = {}
-        self.prepickled: tuple[Any, Any] | None = None
-        self.epoch = session.epoch if session is not None else 0
+        self.packed: tuple[Any, Any] | None = None
+        self.epoch = pool.epoch
         # tasks whose printed output is read as it arrives: task -> (engine,
         # characters of stdout and stderr already taken, when it finished)
         self.printing: dict[Any, tuple[int, int, int, float | None]] = {}
@@ -463,6 +461,9 @@ class _MapRun:
         self.new_warnings = False
         self.last_answer = time.monotonic()  # when a chunk last came back
         self.cache: Any = None  # a _cachedmap.MapCache with --cache
+        #: the namespace items run in where the pool has none of its own
+        #: (``--local``: a copy of the notebook's); engines use theirs
+        self.base: dict[str, Any] | None = None
 
     # -- the loop --------------------------------------------------------
 
@@ -480,14 +481,14 @@ class _MapRun:
                     if self.exhausted and not self.retry and not self.pending:
                         break
                     if not self._usable_engines():
-                        if self.session.engines_coming() or self._recovering():
+                        if self.pool.engines_coming() or self._recovering():
                             # engines queued in a batch system, or freeing
                             # themselves from cancelled work: wait for them
                             time.sleep(_POLL)
                             continue
-                        if self.session.engines_expected():
+                        if self.pool.engines_expected():
                             # stuck engines were replaced: start the new ones
-                            self.session.ensure_engines()
+                            self.pool.ensure_engines()
                             continue
                         raise MapFailed(
                             "no engines left to run the map"
@@ -506,7 +507,7 @@ class _MapRun:
                 for ar in finished:
                     try:
                         self._collect(ar)
-                    except ItemError as err:
+                    except MapFailed as err:  # an item's error, or no retries
                         # chunks that finished meanwhile count as done too
                         self._harvest()
                         err.partial = self._partial_results()
@@ -524,8 +525,8 @@ class _MapRun:
     def _recovering(self) -> bool:
         """Whether an engine of this map is live but still stopping cancelled
         work (it is freed or replaced within seconds: see ``_stale``)."""
-        stale = self.session.stale_engines()
-        live = set(self.session.engine_ids())
+        stale = self.pool.stale_engines()
+        live = set(self.pool.engine_ids())
         return any(e in live and e in stale for e in self.engines)
 
     def _check_cluster(self) -> None:
@@ -533,12 +534,12 @@ class _MapRun:
         stopped (the session moved on) or a controller that stopped answering.
         Without this a map whose replies can never come would wait forever."""
         why = None
-        if self.session.epoch != self.epoch:
+        if self.pool.epoch != self.epoch:
             why = "the cluster was stopped while the map ran"
         elif (
             self.in_flight
             and time.monotonic() - self.last_answer > _CONTROLLER_CHECK
-            and not self.session.controller_responds()
+            and not self.pool.controller_responds()
         ):
             why = "the cluster's controller stopped answering"
         if why is not None:
@@ -557,7 +558,8 @@ class _MapRun:
                 load[eid] += 1
                 queued[eid] += len(chunk.items)
         while len(self.in_flight) < self.sizer.max_in_flight:
-            free = [eid for eid in usable if load[eid] < _PER_ENGINE]
+            depth = min(_PER_ENGINE, self.pool.depth)
+            free = [eid for eid in usable if load[eid] < depth]
             if not free:
                 return
             next_chunk = self._next_chunk()
@@ -634,26 +636,21 @@ class _MapRun:
             self.pending.extend(_Chunk(start, run) for start, run in misses)
 
     def _send(self, chunk: _Chunk, eid: int) -> None:
-        view = self.views.get(eid)
-        if view is None:
-            assert self.client is not None  # a local run sends nothing
-            view = self.views[eid] = self.client[eid]
         chunk.attempts += 1
-        if self.prepickled is None:
-            from ipyparallel.serialize import PrePickled
-
+        if self.packed is None:
             # the function and the spec are the same in every chunk: pickle
             # them once per map, not once per chunk
-            self.prepickled = (PrePickled(run_chunk), PrePickled(self.spec))
-        func, spec = self.prepickled
+            self.packed = (self.pool.pack(run_chunk), self.pool.pack(self.spec))
+        func, spec = self.packed
         try:
-            ar = view.apply_async(
+            ar = self.pool.submit(
+                eid,
                 func,
                 spec,
                 chunk.first,
                 chunk.items,
                 self.star,
-                None,
+                self.base,
                 chunk.budget,
                 chunk.check_results,
             )
@@ -682,17 +679,17 @@ class _MapRun:
         )
 
     def _usable_engines(self) -> list[int]:
-        live = set(self.session.engine_ids())
+        live = set(self.pool.engine_ids())
         if self.options.targets is None:
             # engines added while the map runs join in
             for eid in sorted(live):
                 if eid not in self.engines:
                     self.engines.append(eid)
-        stale = self.session.stale_engines()
+        stale = self.pool.stale_engines()
         usable = [e for e in self.engines if e in live and e not in stale]
         # engines busy with a background job would run chunks only after it;
         # use them only when there is nothing else
-        unreserved = set(self.session.unreserved_engine_ids())
+        unreserved = set(self.pool.unreserved_engine_ids())
         return [e for e in usable if e in unreserved] or usable
 
     # -- results ---------------------------------------------------------
@@ -762,7 +759,7 @@ class _MapRun:
                 self._store(chunk.first, values)
             self._purge(ar)
 
-    def _absorb(self, outcome: ChunkOutcome, chunk: _Chunk, eid: int | None) -> None:
+    def _absorb(self, outcome: ChunkOutcome, chunk: _Chunk, eid: int) -> None:
         """Take a chunk's values and failures into the map's results."""
         if outcome.interrupted:
             raise KeyboardInterrupt()
@@ -770,14 +767,14 @@ class _MapRun:
         self.sizer.record(len(outcome.values), outcome.seconds)
         self.job.chunks.append(
             ChunkRecord(
-                -1 if eid is None else eid,
+                eid,
                 chunk.first,
                 len(outcome.values),
                 outcome.started,
                 outcome.seconds,
             )
         )
-        key = -1 if eid is None else eid
+        key = eid
         if outcome.stopped:
             # a time-boxed probe: what it did not run is handed out again
             rest = chunk.items[len(outcome.values) :]
@@ -807,7 +804,8 @@ class _MapRun:
                 item = chunk.items[offset]
                 if self.star and len(item) == 1:
                     item = item[0]
-                raise ItemError(failure, item, eid, self._partial_results())
+                engine = None if eid == LOCAL_ENGINE else eid
+                raise ItemError(failure, item, engine, self._partial_results())
             if self.options.on_error == "collect":
                 exc = failure.exception
                 if exc is None:
@@ -842,6 +840,8 @@ class _MapRun:
     def _chunk_failed(self, chunk: _Chunk, eid: int, err: Exception) -> None:
         import ipyparallel as ipp
 
+        if not isinstance(err, ipp.error.IPythonError):
+            raise err  # raised here, not reported by an engine (--local)
         if (
             isinstance(err, ipp.error.RemoteError)
             and err.ename == UndefinedNames.__name__
@@ -872,7 +872,7 @@ class _MapRun:
             )
         if eid in self.engines:
             self.engines.remove(eid)
-        self.session.forget_engines([eid])
+        self.pool.forget_engines([eid])
         if chunk.attempts > self.options.retries:
             raise MapFailed(
                 f"engine {eid} died while running items {chunk.first}-"
@@ -898,7 +898,7 @@ class _MapRun:
         return self.stored
 
     def _purge(self, ar: Any) -> None:
-        self.session.purge(ar)
+        self.pool.purge(ar)
 
     # -- progress and cancellation --------------------------------------
 
@@ -945,7 +945,7 @@ class _MapRun:
         self.in_flight.clear()
         for ar in pending:
             self.printing.pop(ar, None)
-        self.session.interrupt(pending, grace=_CANCEL_GRACE)
+        self.pool.interrupt(pending, grace=_CANCEL_GRACE)
 
 
 def _state_of_exit() -> JobState:
@@ -955,64 +955,3 @@ def _state_of_exit() -> JobState:
     if isinstance(exc, (KeyboardInterrupt, concurrent.futures.CancelledError)):
         return "cancelled"
     return "failed"
-
-
-class _LocalRun(_MapRun):
-    """Runs the items here, in order, with the engines' task wrapper.
-
-    Same chunking, seeding, timeouts and error handling as on the cluster, so
-    ``--local`` is a faithful reference for checking a parallel run.
-    """
-
-    def __init__(
-        self,
-        spec: TaskSpec,
-        items: Iterator[Any] | Sequence[Any],
-        options: MapOptions,
-        job: MapJob,
-        *,
-        star: bool,
-        namespace: dict[str, Any],
-    ) -> None:
-        super().__init__(None, spec, items, options, job, star=star, engines=[])
-        self.namespace = namespace
-
-    def run(self) -> list[Any]:
-        import random
-
-        import numpy as np
-
-        from . import _engine, _seeding
-
-        # Seeding items must not disturb the notebook's own random state.
-        saved = (random.getstate(), np.random.get_state(), _seeding._current)
-        self.job._running = True
-        try:
-            self._emit("running", force=True)
-            while (chunk := self._next_chunk()) is not None:
-                printed = io.StringIO()
-                # the items' lines go through the same views as on engines
-                with (
-                    contextlib.redirect_stdout(printed),
-                    contextlib.redirect_stderr(printed),
-                ):
-                    outcome = run_chunk(
-                        self.spec, chunk.first, chunk.items, self.star, self.namespace
-                    )
-                if printed.tell():
-                    self.new_lines += self.job._add_lines(-1, printed.getvalue())
-                if outcome.warnings and self.job._add_warnings(outcome.warnings):
-                    self.new_warnings = True
-                self._absorb(outcome, chunk, None)
-                self._emit("running")
-        except BaseException:
-            self._emit(_state_of_exit(), force=True)
-            raise
-        finally:
-            self.job._running = False
-            _engine._NAMESPACES.pop(self.spec.key, None)
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])
-            _seeding._current = saved[2]
-        self._emit("done", force=True)
-        return self._results()

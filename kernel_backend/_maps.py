@@ -28,11 +28,11 @@ from ._mapjob import (
     MapJob,
     MapOptions,
     MapProgress,
-    _LocalRun,
     _MapRun,
     sliceable,
 )
 from ._names import element_free_names
+from ._pool import LOCAL_ENGINE, LocalPool
 from ._seeding import fresh_entropy
 from ._shipping import prepare_shipment
 
@@ -373,7 +373,10 @@ def _start_local(
     job = MapJob(total)
     for observer in observers:
         job.subscribe(observer)
-    run = _LocalRun(spec, items, options, job, star=star, namespace=namespace)
+    run = _MapRun(
+        LocalPool(), spec, items, options, job, star=star, engines=[LOCAL_ENGINE]
+    )
+    run.base = namespace
     run.cache = cache
     return _launch(job, run, block, contextlib.ExitStack())
 

@@ -621,6 +621,19 @@ class ClusterSession:
         self._removed.add(eid)
         self._to_replace.add(eid)  # ensure_engines() brings one back
 
+    #: tasks an engine holds at once: the next chunk waits on the engine
+    depth = 2
+
+    def pack(self, obj: Any) -> Any:
+        """``obj`` pickled once for the many tasks that send it."""
+        from ipyparallel.serialize import PrePickled
+
+        return PrePickled(obj)
+
+    def submit(self, engine: int, func: Callable[..., Any], *args: Any) -> Any:
+        """Run ``func(*args)`` on ``engine``; returns its ``AsyncResult``."""
+        return self.client[engine].apply_async(func, *args)
+
     def purge(self, result: Any, client: ipp.Client | None = None) -> None:
         """Drop a finished task from ipyparallel's client-side caches.
 

@@ -23,6 +23,8 @@ from paracell.kernel_backend import (
     map_function,
 )
 
+from conftest import wait_until
+
 pytestmark = pytest.mark.cluster
 
 
@@ -248,11 +250,19 @@ def test_without_retries_a_dead_engine_fails_the_map_and_keeps_results():
     session.start(2)
     try:
         victim = session.status().engines[0].pid
-        threading.Timer(1.0, os.kill, (victim, signal.SIGKILL)).start()
+        job = map_function(
+            session,
+            _slow_square,
+            range(40),
+            MapOptions(chunksize=1, retries=0),
+            block=False,
+        )
+        # killed while it runs the map's chunks (not before the map started)
+        assert wait_until(lambda: job.progress.done >= 2, 60)
+        os.kill(victim, signal.SIGKILL)
         with pytest.raises(MapFailed, match="died while running items") as info:
-            map_function(
-                session, _slow_square, range(40), MapOptions(chunksize=1, retries=0)
-            ).result()
+            job.result()
+        assert len(info.value.partial) >= 2
         assert all(v == i * i for i, v in info.value.partial.items())
     finally:
         session.stop()

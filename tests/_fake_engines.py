@@ -1,0 +1,185 @@
+"""An in-process pool of engines for fast tests of the map's scheduler.
+
+Implements :class:`paracell.kernel_backend._pool.EnginePool` with one thread
+per engine, each running its tasks in order, as an ipyparallel engine does.
+An engine can be killed (its queued and running tasks fail with
+ipyparallel's ``EngineError``, as the hub reports a dead engine), added,
+reserved by a background job or left holding cancelled work; the pool
+records what was sent where.  Like ``httpx.MockTransport`` or joblib's
+sequential backend, it stands in for the real thing only in tests of logic —
+what only a cluster shows is tested on a cluster.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import ipyparallel as ipp
+
+_here = threading.local()  # which fake engine the current thread is
+
+
+class FakeTask(concurrent.futures.Future):  # type: ignore[type-arg]
+    def __init__(self, engine: int, args: tuple[Any, ...]) -> None:
+        super().__init__()
+        self.engine = engine
+        self.args = args
+        self.stdout = ""
+        self.stderr = ""
+
+    def get(self, timeout: float | None = None) -> Any:
+        return self.result(timeout)
+
+    def wait_for_output(self, timeout: float | None = None) -> bool:
+        return True
+
+    def settle(self, value: Any = None, error: BaseException | None = None) -> None:
+        """Finish the task unless it already ended (killed, aborted)."""
+        try:
+            if error is not None:
+                self.set_exception(error)
+            else:
+                self.set_result(value)
+        except concurrent.futures.InvalidStateError:
+            pass
+
+
+class _Engine:
+    def __init__(self, eid: int) -> None:
+        self.eid = eid
+        self.alive = True
+        self.tasks: queue.Queue[tuple[FakeTask, Callable[..., Any]] | None] = (
+            queue.Queue()
+        )
+        self.running: FakeTask | None = None
+        self.thread = threading.Thread(target=self._work, daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        _here.engine = self.eid
+        while True:
+            entry = self.tasks.get()
+            if entry is None:
+                return
+            task, func = entry
+            if task.done():  # aborted while queued
+                continue
+            self.running = task
+            try:
+                value = func(*task.args)
+            except BaseException as err:  # an engine reports whatever it raised
+                task.settle(error=ipp.error.RemoteError(type(err).__name__, str(err)))
+            else:
+                task.settle(value)
+            finally:
+                self.running = None
+
+
+class FakePool:
+    """``n`` engines in threads; see the module's docstring."""
+
+    depth = 2
+
+    def __init__(self, n: int = 2) -> None:
+        self.epoch = 0
+        self._engines = {eid: _Engine(eid) for eid in range(n)}
+        self.reserved: set[int] = set()
+        self.stale: set[int] = set()
+        #: (engine, first index, number of items) of every chunk sent
+        self.sent: list[tuple[int, int, int]] = []
+        self.forgotten: set[int] = set()
+        self.interrupted: list[FakeTask] = []
+        self.purged = 0
+        self._lock = threading.Lock()
+
+    # -- what a test does to the engines ---------------------------------
+
+    def kill(self, eid: int) -> None:
+        """The engine dies: what it holds fails as a dead engine's tasks do."""
+        engine = self._engines[eid]
+        engine.alive = False
+        death = ipp.error.EngineError(f"engine {eid} died")
+        if engine.running is not None:
+            engine.running.settle(error=death)
+        while True:
+            try:
+                entry = engine.tasks.get_nowait()
+            except queue.Empty:
+                break
+            if entry is not None:
+                entry[0].settle(error=death)
+        engine.tasks.put(None)
+
+    def kill_this_engine(self) -> None:
+        """Called from an item: the engine running it dies."""
+        self.kill(_here.engine)
+
+    def add_engine(self) -> int:
+        eid = max(self._engines) + 1
+        self._engines[eid] = _Engine(eid)
+        return eid
+
+    def close(self) -> None:
+        for engine in self._engines.values():
+            engine.tasks.put(None)
+
+    def engines_used(self) -> set[int]:
+        return {eid for eid, _, _ in self.sent}
+
+    # -- EnginePool ------------------------------------------------------
+
+    def engine_ids(self) -> list[int]:
+        return sorted(eid for eid, e in self._engines.items() if e.alive)
+
+    def unreserved_engine_ids(self) -> list[int]:
+        return [eid for eid in self.engine_ids() if eid not in self.reserved]
+
+    def stale_engines(self) -> set[int]:
+        return set(self.stale)
+
+    def engines_coming(self) -> bool:
+        return False
+
+    def engines_expected(self) -> bool:
+        return False
+
+    def ensure_engines(self) -> None:
+        return None
+
+    def controller_responds(self) -> bool:
+        return True
+
+    def pack(self, obj: Any) -> Any:
+        return obj
+
+    def submit(self, engine: int, func: Callable[..., Any], *args: Any) -> Any:
+        task = FakeTask(engine, args)
+        with self._lock:
+            self.sent.append((engine, args[1], len(args[2])))
+        target = self._engines[engine]
+        if not target.alive:
+            task.settle(error=ipp.error.EngineError(f"engine {engine} is dead"))
+        else:
+            target.tasks.put((task, func))
+        return task
+
+    def interrupt(self, tasks: dict[Any, int], grace: float = 0.0) -> list[Any]:
+        aborted = ipp.error.TaskAborted("aborted")
+        left = []
+        for task in tasks:
+            self.interrupted.append(task)
+            if task is self._engines[tasks[task]].running:
+                left.append(task)  # threads cannot be interrupted: still out
+            else:
+                task.settle(error=aborted)
+        return left
+
+    def purge(self, task: Any) -> None:
+        self.purged += 1
+
+    def forget_engines(self, ids: Iterable[int]) -> None:
+        self.forgotten.update(ids)
