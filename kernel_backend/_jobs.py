@@ -14,6 +14,7 @@ import ast
 import asyncio
 import concurrent.futures
 import contextlib
+import enum
 import heapq
 import itertools
 import symtable
@@ -49,6 +50,15 @@ _ABSENT = object()
 #: A finished task's AsyncResult marks itself ready in a callback that can run
 #: just after the future reports done; get() waits that long for it at most.
 _SETTLE = 5.0
+
+
+class Stop(enum.Enum):
+    """Why a job was stopped before it ended by itself."""
+
+    CANCELLED = "cancelled"  # job.cancel(), %jobs cancel, the cluster stopping
+    TIMED_OUT = "timed out"  # --timeout
+
+
 #: How long a finished task's output is waited for (it can trail the result).
 _OUTPUT_WAIT = 3.0
 _TICK = 0.25  # how often running jobs are looked at (and their views refreshed)
@@ -176,7 +186,8 @@ class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
         self._stdout = ""
         self._stderr = ""
         self._updates: Signal[[CellJob]] = Signal(f"job {name!r}")
-        self._cancel_reason: str | None = None
+        #: why the job was stopped before it ended by itself, if it was
+        self._stopped: Stop | None = None
         self._failed_names: dict[str, str] = {}
         self._seq = 0
         #: the namespace the job's names come back into
@@ -557,8 +568,7 @@ class JobManager:
                 job._notify()
                 self._ended(job)
                 return True
-            if job._cancel_reason is None or job._cancel_reason.startswith("ran past"):
-                job._cancel_reason = "cancelled"
+            job._stopped = Stop.CANCELLED  # also over a timeout under way
             self._interrupt(job)
         return True
 
@@ -646,7 +656,7 @@ class JobManager:
                 self._session.release(engine)
             self._running.clear()
             for job in active:
-                job._cancel_reason = "cancelled"
+                job._stopped = Stop.CANCELLED
                 job._finish("cancelled")
         for job in active:
             job._notify()
@@ -695,11 +705,9 @@ class JobManager:
                     elif (
                         job.timeout is not None
                         and job.elapsed > job.timeout
-                        and job._cancel_reason is None
+                        and job._stopped is None
                     ):
-                        job._cancel_reason = (
-                            f"ran past its timeout of {job.timeout:g} s"
-                        )
+                        job._stopped = Stop.TIMED_OUT
                         self._interrupt(job)
                 ended += self._dispatch()
                 running = list(self._running.values())
@@ -773,7 +781,7 @@ class JobManager:
         except Exception as err:
             if is_engine_death(err):
                 self._session.forget_engines([job.engine])
-                if job.attempts <= job.retries and job._cancel_reason is None:
+                if job.attempts <= job.retries and job._stopped is None:
                     self._purge(ar)
                     job._ar = None
                     job.state = "queued"
@@ -787,28 +795,21 @@ class JobManager:
                 isinstance(err, ipp.error.RemoteError)
                 and err.ename == "KeyboardInterrupt"
             ):
-                error = JobError(
-                    f"job '{job.name}' {job._cancel_reason or 'was interrupted'}"
-                )
+                error = JobError(f"job '{job.name}' {_stop_text(job)}")
             else:
                 error = JobError(
                     f"job '{job.name}' could not run on engine {job.engine}: {err}",
                     getattr(err, "traceback", "") or "",
                 )
-            if job._cancel_reason == "cancelled":
+            if job._stopped is Stop.CANCELLED:
                 job._finish("cancelled")
             else:
                 job._finish("failed", error)
             return True
         job.host = outcome.host
         job.started = outcome.started
-        if outcome.interrupted or job._cancel_reason is not None:
-            if job._cancel_reason in (None, "cancelled"):
-                job._finish("cancelled")
-            else:
-                job._finish(
-                    "failed", JobError(f"job '{job.name}' {job._cancel_reason}")
-                )
+        if outcome.interrupted or job._stopped is not None:
+            _finish_stopped(job)
             return True
         job.bundle = outcome.bundle
         if outcome.failure is not None:
@@ -851,13 +852,7 @@ class JobManager:
                     if self._running.get(engine) is job:
                         del self._running[engine]
                         self._session.release(engine)
-                        if job._cancel_reason in (None, "cancelled"):
-                            job._finish("cancelled")
-                        else:
-                            job._finish(
-                                "failed",
-                                JobError(f"job '{job.name}' {job._cancel_reason}"),
-                            )
+                        _finish_stopped(job)
                         ended = True
             if ended:
                 job._notify()
@@ -874,6 +869,23 @@ class JobManager:
 
     def _purge(self, ar: Any) -> None:
         self._session.purge(ar)
+
+
+def _stop_text(job: CellJob) -> str:
+    """Why ``job`` stopped, as the end of ``job 'name' ...``."""
+    if job._stopped is Stop.TIMED_OUT:
+        return f"ran past its timeout of {job.timeout:g} s"
+    if job._stopped is Stop.CANCELLED:
+        return "was cancelled"
+    return "was interrupted"
+
+
+def _finish_stopped(job: CellJob) -> None:
+    """End a job that was stopped: cancelled, or failed past its timeout."""
+    if job._stopped is Stop.TIMED_OUT:
+        job._finish("failed", JobError(f"job '{job.name}' {_stop_text(job)}"))
+    else:
+        job._finish("cancelled")
 
 
 @dataclass
