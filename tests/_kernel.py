@@ -18,6 +18,9 @@ class Execution:
     stderr: str = ""
     displays: list[dict[str, Any]] = field(default_factory=list)
     error: dict[str, Any] | None = None
+    #: every iopub message seen while waiting (other requests' too: widget
+    #: messages from a job's thread can arrive before this request's idle)
+    messages: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -48,6 +51,7 @@ class Kernel:
                 raise TimeoutError(
                     f"no idle status after {timeout} s for {code!r}"
                 ) from None
+            result.messages.append(msg)
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
             kind, content = msg["msg_type"], msg["content"]

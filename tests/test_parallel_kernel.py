@@ -81,7 +81,7 @@ def test_the_cell_returns_at_once_its_view_goes_live_and_names_arrive(
             late = _iopub_until(kernel, lambda m: False, timeout=1.0)
         states = [
             str(m["content"].get("data", {}).get("state", {}))
-            for m in updates + late
+            for m in submitted.messages + updates + late
             if m["msg_type"] == "comm_msg"
         ]
         assert any('data-state="running"' in s for s in states)
