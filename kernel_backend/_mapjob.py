@@ -655,6 +655,7 @@ class _MapRun:
                 chunk.check_results,
             )
         except Exception as err:
+            self._check_cluster()  # stopped under the map: that is why
             raise self._unsendable(chunk, err) from None
         self.in_flight[ar] = (chunk, eid)
         self.printing[ar] = (eid, 0, 0, None)

@@ -104,6 +104,8 @@ def test_status_shows_busy_engines(session: ClusterSession):
 
 def test_scale_up_and_down_keeps_other_engines(session: ClusterSession):
     session.start(2)
+    # an engine's pid is known once it answered a probe (later when loaded)
+    assert wait_until(lambda: all(e.pid for e in session.status().engines), 30)
     original = {e.id: e.pid for e in session.status().engines}
     assert session.scale(3) == 1
     status = session.status()

@@ -69,7 +69,7 @@ def test_shutting_the_kernel_down_stops_its_cluster(kernel: Kernel):
     kernel.shutdown()
     with contextlib.suppress(psutil.NoSuchProcess):
         psutil.Process(kernel_pid).wait(timeout=30)
-    assert wait_for_no_new_processes(set(), timeout=15) == {}
+    assert wait_for_no_new_processes(set(), timeout=30) == {}
 
 
 @pytest.mark.cluster

@@ -338,16 +338,17 @@ def test_status_rows_name_what_engines_run(shared_cluster):
     finally:
         job.cancel()
         default_jobs().wait([job], timeout=10)
+    # (a status takes a while on a loaded machine: generous waits)
     assert wait_until(
-        lambda: all(r.current is None for r in shared_cluster.status().engines), 5
+        lambda: all(r.current is None for r in shared_cluster.status().engines), 30
     )
-    mapping = paracell.pmap(time.sleep, [0.3] * 4, block=False, progress=False)
+    mapping = paracell.pmap(time.sleep, [1.0] * 8, block=False, progress=False)
     assert wait_until(
-        lambda: any(r.current == "pmap" for r in shared_cluster.status().engines), 5
+        lambda: any(r.current == "pmap" for r in shared_cluster.status().engines), 30
     )
     mapping.result()
     assert wait_until(
-        lambda: all(r.current is None for r in shared_cluster.status().engines), 5
+        lambda: all(r.current is None for r in shared_cluster.status().engines), 30
     )
 
 
