@@ -1,0 +1,384 @@
+"""Running a task graph: dynamic list scheduling, data left where it was made.
+
+As statements finish, the ready statement with the highest bottom level goes
+to the engine where it can start earliest, counting where its inputs live
+(:func:`._taskplan.earliest_engine`).  A value stays in the namespace of the
+engine that made it; another engine that needs it fetches it from there
+directly when both are on one host (:func:`._engine.run_statement`), else
+through the notebook.  Names the cell assigns come to the notebook at the end.
+
+The scheduler knows which version of each name every engine holds: the
+version of ``x`` a statement needs is that of the last earlier statement
+writing ``x``, and since every later writer of ``x`` depends on the readers
+before it, that version is also the newest one made so far.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._engine import StatementOutcome
+from ._taskbackends import EngineLost, StatementCall, StatementEngines, loads
+from ._taskgraph import TaskGraph
+from ._taskplan import (
+    CostBook,
+    Estimates,
+    bottom_levels,
+    earliest_engine,
+)
+
+__all__ = ["StatementRun", "TaskRunner"]
+
+_POLL = 0.1  # how often a run looks at cancellation while statements run
+
+
+@dataclass
+class StatementRun:
+    """One statement's part in a run."""
+
+    index: int
+    state: str = "waiting"  # ready, running, done, failed, skipped, cancelled
+    engine: int | None = None
+    started: float | None = None  # time.time() on the engine
+    seconds: float = 0.0
+    stdout: str = ""
+    stderr: str = ""
+    error: str | None = None
+    traceback: str = ""
+    fetched: int = 0  # bytes it received from other engines
+
+
+@dataclass
+class _Holdings:
+    """Which version (producing statement) of each name each engine holds."""
+
+    held: dict[int, dict[str, int]] = field(default_factory=dict)
+    sizes: dict[tuple[str, int], int] = field(default_factory=dict)
+    address: dict[int, tuple[str, int]] = field(default_factory=dict)
+    host: dict[int, str] = field(default_factory=dict)
+
+    def holders(self, name: str, version: int) -> set[int]:
+        return {e for e, names in self.held.items() if names.get(name) == version}
+
+
+class TaskRunner:
+    """Runs one task graph on a :class:`StatementEngines`; call :meth:`run`."""
+
+    def __init__(
+        self,
+        graph: TaskGraph,
+        engines: StatementEngines,
+        estimates: Estimates,
+        *,
+        keys: list[str] | None = None,
+        book: CostBook | None = None,
+        direct: bool = True,
+        on_change: Callable[[], None] = lambda: None,
+        may_take: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.graph = graph
+        self.engines = engines
+        self.estimates = estimates
+        self.levels = bottom_levels(graph, estimates)
+        self.runs = [StatementRun(i) for i in range(len(graph))]
+        self.keys = keys
+        self.book = book
+        self.direct = direct
+        self.kernel_bytes = 0  # bytes of values that passed through here
+        self.moved_bytes = 0  # bytes engines fetched from one another
+        self.cancel_reason: str | None = None
+        self.started = time.time()
+        self.finished: float | None = None
+        self._on_change = on_change
+        self._may_take = may_take
+        self._holdings = _Holdings()
+        self._running: dict[Any, int] = {}  # handle -> engine
+        self._index: dict[int, int] = {}  # id(handle) -> statement
+        #: the cell's last expression: its value, pickled, and rich display
+        self.value: bytes | None = None
+        self.bundle: dict[str, Any] | None = None
+        last = len(graph) - 1
+        self._last_value = last if last >= 0 and _is_expression(graph, last) else None
+
+    # -- the loop ------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run every statement that can run; returns when none is left."""
+        for run in self.runs:
+            if not self.graph.deps[run.index]:
+                run.state = "ready"
+        try:
+            while self.cancel_reason is None:
+                self._dispatch()
+                if not self._running:
+                    if not any(r.state == "ready" for r in self.runs):
+                        break
+                    time.sleep(_POLL)  # no engine free for us: look again
+                    continue
+                for handle in self.engines.wait(list(self._running), _POLL):
+                    self._collect(handle)
+        finally:
+            if self.cancel_reason is not None:
+                self._stop()
+            self.finished = time.time()
+
+    def _stop(self) -> None:
+        running = dict(self._running)
+        self._running.clear()
+        if running:
+            self.engines.interrupt(running)
+        for run in self.runs:
+            if run.state in ("waiting", "ready", "running"):
+                run.state = "cancelled"
+        self._on_change()
+
+    def _dispatch(self) -> None:
+        busy = set(self._running.values())
+        available = self.engines.engines()
+        idle = [e for e in available if e not in busy]
+        if not idle or not self._may_take():
+            return
+        now = time.time()
+        free_at = {e: now for e in idle}
+        for handle, engine in self._running.items():
+            run = self.runs[self._index[id(handle)]]
+            expected = (run.started or now) + self.estimates.costs[run.index]
+            free_at[engine] = max(expected, now + 0.5 * self.estimates.costs[run.index])
+        ready = sorted(
+            (r.index for r in self.runs if r.state == "ready"),
+            key=lambda i: (-self.levels[i], i),
+        )
+        for index in ready:
+            if not idle:
+                break
+            inputs = [
+                (self._holdings.holders(name, version), size, now)
+                for name, version, size in self._inputs(index)
+            ]
+            engine, _ = earliest_engine(sorted(free_at), free_at, inputs)
+            if engine not in idle:
+                continue  # it starts sooner where its data is, once that is free
+            self._start(index, engine)
+            idle.remove(engine)
+            free_at[engine] = now + self.estimates.costs[index]
+
+    def _inputs(self, index: int) -> list[tuple[str, int, int]]:
+        """(name, version, bytes) of the values statement ``index`` needs
+        from earlier statements."""
+        out = []
+        for name in sorted(self.graph.statements[index].needs):
+            version = self.graph.producer(index, name)
+            if version is not None:
+                out.append(
+                    (name, version, self._holdings.sizes.get((name, version), 0))
+                )
+        return out
+
+    # -- one statement -------------------------------------------------------
+
+    def _start(self, index: int, engine: int) -> None:
+        statement = self.graph.statements[index]
+        wanted = [(n, v) for n, v, _ in self._inputs(index)]
+        held = self._holdings.held.get(engine, {})
+        missing = [(n, v) for n, v in wanted if held.get(n) != v]
+        together = statement.modifies & {n for n, _ in wanted}
+        if together and any(n in together for n, _ in missing):
+            # names modified together must arrive together (shared objects)
+            missing = [(n, v) for n, v in wanted if n in together or held.get(n) != v]
+        fetch, given = self._plan_fetch(engine, missing)
+        call = StatementCall(
+            index=index,
+            fetch=tuple(fetch),
+            given=given,
+            writes=tuple(sorted(statement.writes)),
+            last_value=index == self._last_value,
+        )
+        run = self.runs[index]
+        run.state, run.engine, run.started = "running", engine, time.time()
+        handle = self.engines.submit(engine, call)
+        self._running[handle] = engine
+        self._index[id(handle)] = index
+        self._on_change()
+
+    def _plan_fetch(
+        self, engine: int, missing: list[tuple[str, int]]
+    ) -> tuple[list[tuple[tuple[str, int], str, tuple[str, ...]]], bytes | None]:
+        by_source: dict[int, list[str]] = {}
+        for name, version in missing:
+            holders = self._holdings.holders(name, version)
+            if not holders:
+                continue  # never made (its statement deleted it): nothing to send
+            best = max(
+                holders,
+                key=lambda e: (
+                    sum(1 for n, v in missing if e in self._holdings.holders(n, v)),
+                    -e,
+                ),
+            )
+            by_source.setdefault(best, []).append(name)
+        fetch = []
+        relayed: dict[str, Any] = {}
+        for source, names in sorted(by_source.items()):
+            address = self._holdings.address.get(source)
+            same_host = self._holdings.host.get(source) == self._holdings.host.get(
+                engine
+            )
+            if (
+                self.direct
+                and address is not None
+                and same_host
+                and engine in self._holdings.host
+            ):
+                fetch.append((address, self.engines.key(source), tuple(names)))
+                continue
+            data = self.engines.values(source, names)
+            self.kernel_bytes += 2 * len(data)  # in from one engine, out to another
+            relayed.update(loads(data))
+        given = None
+        if relayed:
+            from ._engine import _pack_values
+
+            given = _pack_values(relayed, list(relayed), False)[0]
+        return fetch, given
+
+    def _collect(self, handle: Any) -> None:
+        engine = self._running.pop(handle)
+        index = self._index.pop(id(handle))
+        run = self.runs[index]
+        try:
+            outcome = self.engines.outcome(handle)
+        except EngineLost as err:
+            self._fail(index, f"{err} while running it", "")
+            return
+        except Exception as err:
+            self._fail(index, f"could not run on engine {engine}: {err}", "")
+            return
+        run.started, run.seconds = outcome.started, outcome.seconds
+        run.stdout, run.stderr = outcome.stdout, outcome.stderr
+        run.fetched = outcome.fetched
+        self.moved_bytes += outcome.fetched
+        self._holdings.address[engine] = outcome.address
+        self._holdings.host[engine] = outcome.host
+        if outcome.interrupted:
+            run.state = "cancelled"
+            self.cancel_reason = self.cancel_reason or "was interrupted"
+            self._on_change()
+            return
+        if outcome.failure is not None:
+            failure = outcome.failure
+            self._fail(
+                index, f"{failure.type_name}: {failure.message}", failure.traceback
+            )
+            return
+        self._done(index, engine, outcome)
+
+    def _done(self, index: int, engine: int, outcome: StatementOutcome) -> None:
+        run = self.runs[index]
+        run.state = "done"
+        statement = self.graph.statements[index]
+        held = self._holdings.held.setdefault(engine, {})
+        for name, version, _ in self._inputs(index):
+            held[name] = version  # fetched: now here too
+        for name in statement.writes:
+            if name in outcome.sizes:
+                held[name] = index
+                self._holdings.sizes[(name, index)] = outcome.sizes[name]
+            else:
+                held.pop(name, None)
+        if self.book is not None and self.keys is not None:
+            work = max(outcome.seconds - outcome.fetch_seconds, 0.0)
+            self.book.record(self.keys[index], work, outcome.sizes)
+        if outcome.value is not None or outcome.bundle is not None:
+            self.value, self.bundle = outcome.value, outcome.bundle
+        for succ in self.graph.succs[index]:
+            if all(self.runs[p].state == "done" for p in self.graph.deps[succ]):
+                self.runs[succ].state = "ready"
+        self._on_change()
+
+    def _fail(self, index: int, error: str, traceback: str) -> None:
+        run = self.runs[index]
+        run.state, run.error, run.traceback = "failed", error, traceback
+        for later in self.graph.descendants(index):
+            self.runs[later].state = "skipped"
+        self._on_change()
+
+    # -- the end -------------------------------------------------------------
+
+    def collect_names(
+        self, names: list[str]
+    ) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+        """Bring ``names`` from the engines holding their final versions.
+
+        Returns (values, names that could not come back and why, names
+        missing because the statement making them did not run).
+        """
+        import cloudpickle
+
+        by_engine: dict[int, list[str]] = {}
+        missing = []
+        for name in names:
+            writer = self.graph.last_writer(name)
+            if writer is None:
+                continue
+            if self.runs[writer].state != "done":
+                missing.append(name)
+                continue
+            holders = self._holdings.holders(name, writer)
+            if holders:
+                by_engine.setdefault(min(holders), []).append(name)
+        values: dict[str, Any] = {}
+        failed: dict[str, str] = {}
+        for engine, wanted in by_engine.items():
+            data, why = self.engines.results(engine, wanted)
+            failed.update(why)
+            for name, blob in data.items():
+                self.kernel_bytes += len(blob)
+                try:
+                    values[name] = cloudpickle.loads(blob)
+                except Exception as err:
+                    failed[name] = f"{type(err).__name__}: {err}"
+        return values, failed, missing
+
+    def stdout(self) -> str:
+        """What the statements printed, in program order."""
+        return "".join(r.stdout for r in self.runs)
+
+    def stderr(self) -> str:
+        return "".join(r.stderr for r in self.runs)
+
+
+def _is_expression(graph: TaskGraph, index: int) -> bool:
+    import ast
+
+    node = ast.parse(graph.source).body[index]
+    return isinstance(node, ast.Expr)
+
+
+def run_sequentially(
+    graph: TaskGraph,
+    namespace: dict[str, Any],
+    *,
+    seed: int | None = None,
+    filename: str = "<cell>",
+) -> str:
+    """Run the statements top to bottom in ``namespace``, each seeded as a
+    task run seeds it (stream ``index`` of ``seed``); returns what they
+    printed.  The reference a task run must equal."""
+    import ast
+    import contextlib
+    import io
+    import linecache
+
+    from ._seeding import item_seed_sequence, seed_item
+
+    lines = graph.source.splitlines(keepends=True)
+    linecache.cache[filename] = (len(graph.source), None, lines, filename)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        for index, node in enumerate(ast.parse(graph.source).body):
+            seed_item(item_seed_sequence(seed, index, entropy=0))
+            exec(compile(ast.Module([node], []), filename, "exec"), namespace)
+    return out.getvalue()
