@@ -36,7 +36,11 @@ __all__ = ["Statement", "TaskGraph", "analyze_cell"]
 
 #: Calls after which no name-level reasoning holds.
 _OPAQUE_CALLS = frozenset({"exec", "eval", "globals", "locals", "vars", "__import__"})
-_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+#: Stands for "the function itself" among what calling a function modifies
+#: (a closure that rebinds a ``nonlocal`` changes its own state).
+_SELF = "<self>"
+#: Calls that do not change the names passed to them.
+_READ_ONLY_CALLS = frozenset({"print", "display", "len", "repr", "str", "type"})
 
 
 @dataclass(frozen=True)
@@ -147,8 +151,12 @@ def analyze_cell(source: str, modules: Iterable[str] = ()) -> TaskGraph:
         for name in scan.reads:
             if name in effects:
                 reads |= effects[name][0]
-                modifies |= effects[name][1]
-        modifies = aliases.widen(modifies)
+                modifies |= {name if m == _SELF else m for m in effects[name][1]}
+        # a statement that binds or changes a name that may share its object
+        # with others changes them all: every version of such a group then
+        # lives together on one engine, so they stay one object there
+        modifies = aliases.widen(modifies | aliases.shared(scan.binds)) - scan.binds
+        modifies |= set(scan.modifies)
         reads |= modifies - scan.binds - known_modules
         first = min([node.lineno, *(d.lineno for d in _decorators(node))])
         statements.append(
@@ -291,7 +299,18 @@ def _scan(node: ast.stmt, table: symtable.SymbolTable, modules: set[str]) -> _Sc
     if isinstance(node, ast.ClassDef):
         # a class body runs now: what its methods read and change counts now
         scan.reads |= visitor.nested_reads - scan.binds
-        scan.modifies |= visitor.nested_modifies
+        scan.modifies |= visitor.nested_modifies - {_SELF}
+    if _is_output(node):
+        # a call made for its effect may change what it is given:
+        # ``random.shuffle(deck)``, ``heapq.heappush(heap, x)``, ``next(it)``
+        call = node.value  # type: ignore[attr-defined]
+        call = call.value if isinstance(call, ast.Await) else call
+        if not (isinstance(call.func, ast.Name) and call.func.id in _READ_ONLY_CALLS):
+            passed = [*call.args, *(k.value for k in call.keywords)]
+            for arg in passed:
+                arg = arg.value if isinstance(arg, ast.Starred) else arg
+                if isinstance(arg, ast.Name) and arg.id not in modules:
+                    scan.modifies.add(arg.id)
     return scan
 
 
@@ -485,6 +504,8 @@ def _scope_effects(
             for symbol in inner.get_symbols():
                 if symbol.is_declared_global():
                     declared.add(symbol.get_name())
+                if symbol.is_nonlocal():
+                    declared.add(_SELF)
                 if symbol.is_global() and (
                     symbol.is_referenced() or symbol.is_declared_global()
                 ):
@@ -573,11 +594,20 @@ class _Aliases:
             if other != root:
                 self._parent[other] = root
 
+    def _members(self) -> set[str]:
+        return set(self._parent) | set(self._parent.values())
+
+    def shared(self, names: set[str]) -> set[str]:
+        """Those of ``names`` that may share their object with another name."""
+        members = self._members()
+        return {n for n in names if n in members}
+
     def widen(self, names: set[str]) -> set[str]:
+        """``names`` and every name that may share an object with one of them."""
         if not names:
             return names
         roots = {self._find(n) for n in names}
-        return names | {n for n in self._parent if self._find(n) in roots}
+        return names | {n for n in self._members() if self._find(n) in roots}
 
 
 def _names_in(target: ast.expr) -> list[str]:
