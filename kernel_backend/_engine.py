@@ -779,6 +779,8 @@ def _mime_bundle(value: Any) -> dict[str, Any]:
 _TASK_NS: dict[str, dict[str, Any]] = {}
 #: job key -> the cell's parsed statements
 _TASK_CODE: dict[str, list[Any]] = {}
+#: job key -> (seed, entropy) its statements' random streams come from
+_TASK_SEED: dict[str, tuple[int | None, int]] = {}
 #: authentication key -> address this engine serves task values on
 _SERVERS: dict[bytes, tuple[str, int]] = {}
 _SERVER_LOCK = threading.Lock()
@@ -806,9 +808,9 @@ class StatementOutcome:
 
 
 def run_statement(
-    spec: TaskSpec,
+    spec: TaskSpec | None,
     job_key: str,
-    source: str,
+    source: str | None,
     filename: str,
     index: int,
     fetch: Sequence[tuple[tuple[str, int], str, Sequence[str]]],
@@ -823,7 +825,8 @@ def run_statement(
     (address, job key there, names) to ask those engines for, directly;
     ``given`` holds names relayed by the notebook.  With ``spec.seed`` the
     statement draws from stream ``index`` of the seed, as the sequential run
-    does.
+    does.  ``spec`` and ``source`` come with an engine's first statement
+    of the job only (None after that: they are kept here).
     """
     import ast
     import io
@@ -832,12 +835,17 @@ def run_statement(
     address = _serve_values(authkey)
     ns = _TASK_NS.get(job_key)
     if ns is None:
+        assert spec is not None and source is not None, "first statement here"
         ns = _TASK_NS[job_key] = build_namespace(spec)
+    if spec is not None:
+        _TASK_SEED[job_key] = (spec.seed, spec.entropy)
     body = _TASK_CODE.get(job_key)
     if body is None:
+        assert source is not None, "first statement here"
         body = _TASK_CODE[job_key] = ast.parse(source, filename).body
         lines = source.splitlines(keepends=True)
         linecache.cache[filename] = (len(source), None, lines, filename)
+    seed, entropy = _TASK_SEED[job_key]
     out, err = io.StringIO(), io.StringIO()
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
@@ -848,7 +856,7 @@ def run_statement(
     try:
         fetched = _receive_values(ns, fetch, given, authkey)
         fetch_seconds = time.perf_counter() - tic
-        seed_item(item_seed_sequence(spec.seed, index, entropy=spec.entropy))
+        seed_item(item_seed_sequence(seed, index, entropy=entropy))
         statement = body[index]
         if last_value and isinstance(statement, ast.Expr):
             expression = ast.Expression(statement.value)
@@ -913,6 +921,7 @@ def forget_task_job(job_key: str) -> None:
     """Drop a finished job's namespace here."""
     _TASK_NS.pop(job_key, None)
     _TASK_CODE.pop(job_key, None)
+    _TASK_SEED.pop(job_key, None)
 
 
 def _size_of(value: Any) -> int:

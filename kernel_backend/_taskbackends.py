@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import pickle
 import random
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -56,6 +57,7 @@ class StatementEngines(Protocol):
     """What the task scheduler needs of the engines."""
 
     def engines(self) -> list[int]: ...
+    def host(self, engine: int) -> str | None: ...
     def key(self, engine: int) -> str: ...
     def submit(self, engine: int, call: StatementCall) -> Any: ...
     def wait(self, handles: Sequence[Any], timeout: float) -> list[Any]: ...
@@ -112,21 +114,25 @@ class ClusterEngines:
     def key(self, engine: int) -> str:
         return self._job_key
 
+    def host(self, engine: int) -> str | None:
+        return self._session.engine_host(engine)  # type: ignore[no-any-return]
+
     def submit(self, engine: int, call: StatementCall) -> Any:
         from ._engine import run_statement
 
         session = self._session
         client = session.client
-        if engine not in self._used:
+        first = engine not in self._used
+        if first:
             # queued on the engine ahead of the statement: no waiting here
             session.shipper.ship(client, [engine], self._shipment, block=False)
             self._used.add(engine)
         session.reserve(engine, self._job_name)
         ar = client[engine].apply_async(
             run_statement,
-            self._spec,
+            self._spec if first else None,
             self._job_key,
-            self._source,
+            self._source if first else None,
             self._filename,
             call.index,
             list(call.fetch),
@@ -228,6 +234,9 @@ class InProcessEngines:
 
     def key(self, engine: int) -> str:
         return f"{self.job_key}@{engine}"
+
+    def host(self, engine: int) -> str | None:
+        return socket.gethostname()
 
     def submit(self, engine: int, call: StatementCall) -> Any:
         pending = _Pending(engine, call)

@@ -223,15 +223,8 @@ class TaskRunner:
         relayed: dict[str, Any] = {}
         for source, names in sorted(by_source.items()):
             address = self._holdings.address.get(source)
-            same_host = self._holdings.host.get(source) == self._holdings.host.get(
-                engine
-            )
-            if (
-                self.direct
-                and address is not None
-                and same_host
-                and engine in self._holdings.host
-            ):
+            here = self._host(engine)
+            if self.direct and address is not None and here == self._host(source):
                 fetch.append((address, self.engines.key(source), tuple(names)))
                 continue
             data = self.engines.values(source, names)
@@ -243,6 +236,9 @@ class TaskRunner:
 
             given = _pack_values(relayed, list(relayed), False)[0]
         return fetch, given
+
+    def _host(self, engine: int) -> str | None:
+        return self._holdings.host.get(engine) or self.engines.host(engine)
 
     def _collect(self, handle: Any) -> None:
         engine = self._running.pop(handle)

@@ -1,0 +1,158 @@
+"""``%%parallel --tasks`` against running the same cell sequentially.
+
+On one warm 2-engine cluster, four cells, each run as a task graph
+(``paracell.parallel(code, tasks=True, block=True)``), top to bottom in this
+process, and as one ``%%parallel --block`` job (the whole cell on one engine):
+
+* **four+combine**: four independent 1 s statements and one combining them
+  (bound on 2 engines: 2 s; sequential: 4 s; target: under 2.4 s);
+* **diamond**: ``a``; ``b`` and ``c`` from ``a``; ``d`` from both (0.5 s each);
+* **chain**: five 0.2 s statements, each reading the one before (no gain to
+  expect: this measures the overhead);
+* **fan-out**: 40 independent 20 ms statements and a sum of them.
+
+The statements sleep (``time.sleep``) rather than compute, so the numbers
+measure scheduling, not how busy the machine's two cores are.  Then the
+per-statement overhead on the warm cluster: a chain of 100 trivial
+statements (each waits for the one before: one full round trip each) and
+100 independent trivial statements.
+
+    .venv/bin/python benchmarks/tasks_bench.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("IPYTHONDIR", tempfile.mkdtemp(prefix="paracell-bench-"))
+
+import paracell
+from paracell.kernel_backend import analyze_cell
+from paracell.kernel_backend._taskrun import run_sequentially
+
+
+def work(seconds: float, *inputs: float) -> float:
+    """Stand-in for a statement's work: takes ``seconds``."""
+    time.sleep(seconds)
+    return seconds + sum(inputs)
+
+
+CELLS = {
+    "four+combine": (
+        "a = work(1.0)\nb = work(1.0)\nc = work(1.0)\nd = work(1.0)\n"
+        "total = work(0.0, a, b, c, d)\n"
+    ),
+    "diamond": (
+        "a = work(0.5)\nb = work(0.5, a)\nc = work(0.5, a)\nd = work(0.5, b, c)\n"
+    ),
+    "chain": "".join(
+        f"x{i} = work(0.2{', x' + str(i - 1) if i else ''})\n" for i in range(5)
+    ),
+    "fan-out": "".join(f"y{i} = work(0.02)\n" for i in range(40))
+    + f"total = sum([{', '.join(f'y{i}' for i in range(40))}])\n",
+}
+TRIVIAL_CHAIN = "v = 0\n" + "v = v + 1\n" * 99
+TRIVIAL_FAN = "".join(f"u{i} = {i}\n" for i in range(100))
+
+
+def as_tasks(code: str) -> tuple[float, float]:
+    """Wall time of a task-graph run, and its planned makespan."""
+    ns = {"work": work}
+    tic = time.perf_counter()
+    job = paracell.parallel(code, tasks=True, namespace=ns)
+    paracell.wait(job)
+    wall = time.perf_counter() - tic
+    planned = max(p.end for p in job.timeline().planned)
+    return wall, planned
+
+
+def sequentially(code: str) -> float:
+    ns = {"work": work}
+    tic = time.perf_counter()
+    run_sequentially(analyze_cell(code), ns)
+    return time.perf_counter() - tic
+
+
+def one_job(code: str) -> float:
+    ns = {"work": work}
+    tic = time.perf_counter()
+    paracell.parallel(code, block=True, namespace=ns)
+    return time.perf_counter() - tic
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    report = paracell.start(2)
+    print(f"cluster: {report}")
+    try:
+        rows = []
+        for label, code in CELLS.items():
+            as_tasks(code)  # warm up; the costs it measures plan the next runs
+            tasks, planned, seq, job = [], [], [], []
+            for _ in range(args.repeats):
+                wall, plan = as_tasks(code)
+                tasks.append(wall)
+                planned.append(plan)
+                seq.append(sequentially(code))
+                job.append(one_job(code))
+            rows.append(
+                (
+                    label,
+                    statistics.median(seq),
+                    statistics.median(job),
+                    statistics.median(tasks),
+                    statistics.median(planned),
+                    (min(tasks), max(tasks)),
+                )
+            )
+        print(f"\n2 engines, median of {args.repeats}, seconds")
+        print(
+            f"{'cell':14}{'sequential':>11}{'one job':>9}{'--tasks':>9}"
+            f"{'planned':>9}{'tasks/seq':>11}  range of --tasks"
+        )
+        for label, seq_s, job_s, tasks_s, plan_s, (lo, hi) in rows:
+            print(
+                f"{label:14}{seq_s:11.3f}{job_s:9.3f}{tasks_s:9.3f}{plan_s:9.3f}"
+                f"{tasks_s / seq_s:11.2f}  {lo:.3f}-{hi:.3f}"
+            )
+        overhead(args.repeats)
+        four = rows[0][3]
+        verdict = "PASS" if four < 2.4 else "MISS"
+        print(f"\ntarget four+combine under 2.4 s: {four:.3f} s {verdict}")
+    finally:
+        paracell.stop()
+
+
+def overhead(repeats: int) -> None:
+    """Per statement: a chain of 100 trivial ones, and 100 independent ones;
+    beside them, ipyparallel's own round trip for a trivial function."""
+    from paracell.kernel_backend import default_session
+
+    print("\nper-statement overhead, 100 trivial statements, warm cluster")
+    engine = default_session().client[0]
+    trips = []
+    for _ in range(100):
+        tic = time.perf_counter()
+        engine.apply_sync(int)
+        trips.append(time.perf_counter() - tic)
+    raw = statistics.median(trips) * 1e3
+    print(f"  {'ipyparallel apply_sync(int)':26} {raw:6.2f} ms per call (reference)")
+    for label, code in (
+        ("chain (round trip each)", TRIVIAL_CHAIN),
+        ("independent", TRIVIAL_FAN),
+    ):
+        as_tasks(code)
+        walls = [as_tasks(code)[0] for _ in range(repeats)]
+        per = statistics.median(walls) / 100 * 1e3
+        verdict = "PASS" if per < 15 else "MISS"
+        print(f"  {label:26} {per:6.2f} ms per statement (target < 15 ms: {verdict})")
+
+
+if __name__ == "__main__":
+    main()
