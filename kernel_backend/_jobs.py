@@ -220,6 +220,10 @@ class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
             return []
         return list(self.outputs)
 
+    def progress_line(self) -> str | None:
+        """Progress in words beyond state and time (a task graph's), or None."""
+        return None
+
     def error_for(self, names: Sequence[str]) -> BaseException | None:
         """The error that kept ``names`` from coming back, if any."""
         return self.error if self.state == "failed" else None

@@ -160,6 +160,7 @@ class TaskJob(CellJob):
             planned=tuple(self.planned),
             critical=tuple(critical_path(self.graph, self.estimates)),
             wall=self.elapsed if self.done() else None,
+            measured=self.estimates.measured,
         )
 
     # -- the run -------------------------------------------------------------
@@ -261,6 +262,7 @@ def plan_tasks(
         actual=(),
         planned=tuple(planned),
         critical=tuple(critical_path(graph, estimates)),
+        measured=estimates.measured,
     )
     return TaskPlan(graph, timeline, engines, estimates.measured)
 

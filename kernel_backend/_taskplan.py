@@ -99,6 +99,10 @@ class Estimates:
     costs: tuple[float, ...]
     sizes: tuple[dict[str, int], ...]
     measured: int  # how many statements had a recorded cost
+    known: tuple[bool, ...] = ()  # which ones
+
+    def is_known(self, index: int) -> bool:
+        return index < len(self.known) and self.known[index]
 
     def edge_bytes(self, graph: TaskGraph, i: int, j: int) -> int:
         """Bytes statement ``j`` needs from statement ``i``."""
@@ -118,6 +122,7 @@ def default_costs(graph: TaskGraph, book: CostBook, keys: Sequence[str]) -> Esti
         costs=tuple(fallback if e is None else e[0] for e in known),
         sizes=tuple({} if e is None else e[1] for e in known),
         measured=len(seconds),
+        known=tuple(e is not None for e in known),
     )
 
 
@@ -245,6 +250,9 @@ class TaskTimeline:
     planned: tuple[PlannedTask, ...]
     critical: tuple[int, ...]
     wall: float | None = None  # the run's wall time, when it ran
+    #: statements whose planned cost was measured before (none: all alike,
+    #: one unit each, and the planned times are units, not seconds)
+    measured: int = 0
 
     @property
     def engines(self) -> list[int]:
@@ -261,18 +269,19 @@ class TaskTimeline:
     def summary(self) -> str:
         """E.g. ``tasks: 5 statements on 2 engines in 2.1 s (planned 2.0 s)``."""
         planned = max((p.end for p in self.planned), default=0.0)
+        span = f"{planned:.2f} s" if self.measured else f"{planned:g} equal steps"
         if not self.actual:
             return (
                 f"plan: {len(self.labels)} statements on"
                 f" {len({p.engine for p in self.planned})} engines,"
-                f" {planned:.2f} s (critical path: {len(self.critical)} statements)"
+                f" {span} (critical path: {len(self.critical)} statements)"
             )
         wall = self.wall if self.wall is not None else self.span
         engines = len({b.engine for b in self.actual})
         return (
             f"tasks: {len(self.actual)} of {len(self.labels)} statements on"
             f" {engines} engine{'s' if engines != 1 else ''} in {wall:.2f} s"
-            f" (planned {planned:.2f} s)"
+            f" (planned {span})"
         )
 
 

@@ -33,6 +33,10 @@ from ._taskplan import (
 __all__ = ["StatementRun", "TaskRunner"]
 
 _POLL = 0.1  # how often a run looks at cancellation while statements run
+#: A statement may be sent to an engine still busy with one whose measured
+#: cost says it ends within this many seconds: it starts there without a
+#: round trip through the notebook in between.
+_QUEUE_AHEAD = 0.05
 
 
 @dataclass
@@ -136,34 +140,58 @@ class TaskRunner:
         self._on_change()
 
     def _dispatch(self) -> None:
-        busy = set(self._running.values())
+        """Ready statements, highest bottom level first, each to the engine
+        where it can start earliest, if that engine can take it now."""
         available = self.engines.engines()
-        idle = [e for e in available if e not in busy]
-        if not idle or not self._may_take():
+        if not available or not self._may_take():
             return
         now = time.time()
-        free_at = {e: now for e in idle}
+        flights: dict[int, list[int]] = {e: [] for e in available}
         for handle, engine in self._running.items():
-            run = self.runs[self._index[id(handle)]]
-            expected = (run.started or now) + self.estimates.costs[run.index]
-            free_at[engine] = max(expected, now + 0.5 * self.estimates.costs[run.index])
+            flights.setdefault(engine, []).append(self._index[id(handle)])
+        free_at = {e: self._free_at(flights[e], now) for e in available}
         ready = sorted(
             (r.index for r in self.runs if r.state == "ready"),
             key=lambda i: (-self.levels[i], i),
         )
         for index in ready:
-            if not idle:
+            taking = [e for e in available if self._takes(flights[e], free_at[e], now)]
+            if not taking:
                 break
             inputs = [
                 (self._holdings.holders(name, version), size, now)
                 for name, version, size in self._inputs(index)
             ]
-            engine, _ = earliest_engine(sorted(free_at), free_at, inputs)
-            if engine not in idle:
+            engine, _ = earliest_engine(available, free_at, inputs)
+            if engine not in taking:
                 continue  # it starts sooner where its data is, once that is free
             self._start(index, engine)
-            idle.remove(engine)
-            free_at[engine] = now + self.estimates.costs[index]
+            flights[engine].append(index)
+            free_at[engine] = max(free_at[engine], now) + self.estimates.costs[index]
+
+    def _free_at(self, flight: list[int], now: float) -> float:
+        """When an engine running (then holding) ``flight`` is expected free."""
+        at = now
+        for position, index in enumerate(flight):
+            cost = self.estimates.costs[index]
+            if position == 0:
+                started = self.runs[index].started or now
+                # overdue: it may well take as long again
+                at = max(
+                    started + cost,
+                    now + (0.0 if self.estimates.is_known(index) else 0.5 * cost),
+                )
+            else:
+                at += cost
+        return at
+
+    def _takes(self, flight: list[int], free_at: float, now: float) -> bool:
+        """Whether an engine takes another statement now: when idle, or
+        about to be (its one statement's measured cost says so)."""
+        if not flight:
+            return True
+        known = all(self.estimates.is_known(i) for i in flight)
+        return len(flight) == 1 and known and free_at - now <= _QUEUE_AHEAD
 
     def _inputs(self, index: int) -> list[tuple[str, int, int]]:
         """(name, version, bytes) of the values statement ``index`` needs

@@ -150,7 +150,8 @@ def task_timeline_html(timeline: TaskTimeline) -> str:
                 f"{b.state}, {b.seconds:.3f} s from {b.start:.3f} s",
             )
         )
-    parts.append(_axis(timeline.span, row * len(engines) + 2, scale))
+    unit = " s" if timeline.measured or timeline.actual else ""
+    parts.append(_axis(timeline.span, row * len(engines) + 2, scale, unit))
     parts.append("</svg>")
     legend = (
         "<div style='font-size:90%'>upper lane: planned · lower lane: actual ·"
@@ -183,7 +184,7 @@ def _bar(
     )
 
 
-def _axis(span: float, y: float, scale: float) -> str:
+def _axis(span: float, y: float, scale: float, unit: str) -> str:
     parts = [
         f'<line x1="{_LEFT}" y1="{y}" x2="{_LEFT + _WIDTH}" y2="{y}" stroke="#999"/>'
     ]
@@ -191,7 +192,7 @@ def _axis(span: float, y: float, scale: float) -> str:
         x = _LEFT + tick * scale
         parts.append(
             f'<line x1="{x:.1f}" y1="{y}" x2="{x:.1f}" y2="{y + 4}" stroke="#999"/>'
-            f'<text x="{x:.1f}" y="{y + 16}" text-anchor="middle">{tick:g} s</text>'
+            f'<text x="{x:.1f}" y="{y + 16}" text-anchor="middle">{tick:g}{unit}</text>'
         )
     return "".join(parts)
 
