@@ -99,6 +99,7 @@ class ClusterEngines:
         self._shipment = shipment
         self._authkey = authkey
         self._used: set[int] = set()
+        self._in_flight: dict[int, int] = {}  # engine -> statements sent there
 
     def engines(self) -> list[int]:
         session = self._session
@@ -128,6 +129,7 @@ class ClusterEngines:
             session.shipper.ship(client, [engine], self._shipment, block=False)
             self._used.add(engine)
         session.reserve(engine, self._job_name)
+        self._in_flight[engine] = self._in_flight.get(engine, 0) + 1
         ar = client[engine].apply_async(
             run_statement,
             self._spec if first else None,
@@ -141,7 +143,7 @@ class ClusterEngines:
             self._authkey,
             call.last_value,
         )
-        ar._paracell_engine = engine  # type: ignore[attr-defined]
+        ar._paracell_engine = engine
         return ar
 
     def wait(self, handles: Sequence[Any], timeout: float) -> list[Any]:
@@ -152,7 +154,9 @@ class ClusterEngines:
 
     def outcome(self, handle: Any) -> StatementOutcome:
         engine = handle._paracell_engine
-        self._session.release(engine)
+        self._in_flight[engine] -= 1
+        if not self._in_flight[engine]:  # none queued behind it there
+            self._session.release(engine)
         try:
             outcome: StatementOutcome = handle.get(_SETTLE)
         except Exception as err:
@@ -182,6 +186,7 @@ class ClusterEngines:
     def interrupt(self, handles: Mapping[Any, int]) -> None:
         self._session.interrupt(dict(handles))
         for engine in handles.values():
+            self._in_flight[engine] = 0
             self._session.release(engine)
 
     def close(self) -> None:

@@ -67,7 +67,7 @@ def run(magics: Any, args: argparse.Namespace, source: str, seed: int | None) ->
             value = magics._block(job, delivery)
         finally:
             if args.timeline and job.done():
-                display(job.timeline())
+                display(job.timeline())  # type: ignore[no-untyped-call]
         return value
     show_job(job)
     if args.timeline:
@@ -77,14 +77,14 @@ def run(magics: Any, args: argparse.Namespace, source: str, seed: int | None) ->
 
 def _timeline_when_done(job: TaskJob) -> None:
     """Show the timeline below the job's view once the job ends."""
-    handle = display(
+    handle = display(  # type: ignore[no-untyped-call]
         f"job '{job.name}': the timeline comes when it ends", display_id=True
     )
 
     def draw(job: TaskJob) -> None:
         if job.done() and not getattr(job, "_timeline_drawn", False):
-            job._timeline_drawn = True  # type: ignore[attr-defined]
+            job._timeline_drawn = True
             handle.update(job.timeline())
 
-    job.subscribe(draw)  # type: ignore[arg-type]
+    job.subscribe(draw)
     draw(job)
