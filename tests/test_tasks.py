@@ -217,3 +217,17 @@ def test_the_python_twin_runs_a_task_graph(shared_cluster):
     assert value == 12 and ns["y"].tolist() == [0, 2, 4, 6]
     plan = paracell.parallel("a = 1\nb = 2", tasks=True, plan=True, namespace={})
     assert len(plan.timeline.planned) == 2
+
+
+def test_a_timeout_stops_the_running_statements_and_fails_the_job(ip, shared_cluster):
+    shown = run_cell(
+        ip,
+        "%%parallel --tasks --block --timeout 0.5 --name slowpoke\n"
+        "t1 = time.sleep(30)\n"
+        "t2 = 2\n",
+    )
+    assert type(shown.error).__name__ == "JobError"
+    assert "ran past its timeout of 0.5 s" in str(shown.error)
+    job = default_jobs().get("slowpoke")
+    assert [r.state for r in job.statements] == ["cancelled", "done"]
+    assert job.missing == ["t1"]
