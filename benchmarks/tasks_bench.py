@@ -88,8 +88,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    before = os.getloadavg()[0]
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     report = paracell.start(2)
-    print(f"cluster: {report}")
+    print(f"{started}, {os.cpu_count()} CPUs; {report}")
     try:
         rows = []
         for label, code in CELLS.items():
@@ -125,6 +127,8 @@ def main() -> None:
         four = rows[0][3]
         verdict = "PASS" if four < 2.4 else "MISS"
         print(f"\ntarget four+combine under 2.4 s: {four:.3f} s {verdict}")
+        after = os.getloadavg()[0]
+        print(f"load average (1 min) before/after: {before:.2f}/{after:.2f}")
     finally:
         paracell.stop()
 

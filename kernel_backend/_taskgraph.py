@@ -28,6 +28,8 @@ earlier statement, and every later one on it.
 from __future__ import annotations
 
 import ast
+import bisect
+import functools
 import symtable
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -59,12 +61,12 @@ class Statement:
     output: bool = False  # an expression statement that is a call
     opaque: bool = False  # depends on everything before, everything after on it
 
-    @property
+    @functools.cached_property
     def writes(self) -> frozenset[str]:
         """Every name whose value this statement may change."""
         return self.binds | self.modifies | self.deletes
 
-    @property
+    @functools.cached_property
     def needs(self) -> frozenset[str]:
         """Names whose value must be here before it runs."""
         return self.reads | self.modifies
@@ -82,10 +84,20 @@ class TaskGraph:
 
     source: str
     statements: tuple[Statement, ...]
+    #: per statement, the earlier ones it waits for (none implied by others)
     deps: tuple[frozenset[int], ...]
     #: names the cell binds, in order of first binding
     bound: tuple[str, ...] = ()
     succs: tuple[frozenset[int], ...] = field(default=(), compare=False)
+    #: name -> the statements that write it, in order
+    writers: dict[str, list[int]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        for statement in self.statements:
+            for name in statement.writes:
+                self.writers.setdefault(name, []).append(statement.index)
 
     def __len__(self) -> int:
         return len(self.statements)
@@ -93,10 +105,9 @@ class TaskGraph:
     def producer(self, index: int, name: str) -> int | None:
         """The statement whose value of ``name`` statement ``index`` sees
         (the last earlier writer), or None: the notebook's."""
-        for earlier in range(index - 1, -1, -1):
-            if name in self.statements[earlier].writes:
-                return earlier
-        return None
+        writers = self.writers.get(name, [])
+        position = bisect.bisect_left(writers, index)
+        return writers[position - 1] if position else None
 
     def last_writer(self, name: str) -> int | None:
         """The statement that leaves ``name`` as the cell ends, or None."""
@@ -113,25 +124,9 @@ class TaskGraph:
                     todo.append(succ)
         return found
 
-    def edges(self, reduced: bool = True) -> list[tuple[int, int]]:
-        """Dependency edges; ``reduced``: without those implied by others."""
-        out = []
-        for j, preds in enumerate(self.deps):
-            for i in sorted(preds):
-                if reduced and any(i in self._ancestors(k) for k in preds if k != i):
-                    continue
-                out.append((i, j))
-        return out
-
-    def _ancestors(self, index: int) -> set[int]:
-        found: set[int] = set()
-        todo = [index]
-        while todo:
-            for pred in self.deps[todo.pop()]:
-                if pred not in found:
-                    found.add(pred)
-                    todo.append(pred)
-        return found
+    def edges(self) -> list[tuple[int, int]]:
+        """Dependency edges (none implied by others: those are left out)."""
+        return [(i, j) for j, preds in enumerate(self.deps) for i in sorted(preds)]
 
 
 def analyze_cell(source: str, modules: Iterable[str] = ()) -> TaskGraph:
@@ -207,7 +202,24 @@ def _dependencies(statements: list[Statement]) -> list[frozenset[int]]:
                 preds.add(last_output)
             last_output = j
         deps.append(frozenset(preds))
-    return deps
+    return _reduced(deps)
+
+
+def _reduced(deps: list[frozenset[int]]) -> list[frozenset[int]]:
+    """Without the dependencies implied by others (``c`` on ``a`` when it
+    depends on ``b`` that depends on ``a``): same order, fewer edges."""
+    ancestors: list[set[int]] = []  # dependencies point backwards: one pass
+    out = []
+    for preds in deps:
+        implied: set[int] = set()
+        kept = []
+        for i in sorted(preds, reverse=True):
+            if i not in implied:
+                kept.append(i)
+                implied |= ancestors[i]
+        ancestors.append(set(kept) | implied)
+        out.append(frozenset(kept))
+    return out
 
 
 def _bound_in_order(statements: list[Statement]) -> tuple[str, ...]:

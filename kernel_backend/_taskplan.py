@@ -106,6 +106,8 @@ class Estimates:
 
     def edge_bytes(self, graph: TaskGraph, i: int, j: int) -> int:
         """Bytes statement ``j`` needs from statement ``i``."""
+        if not self.sizes[i]:
+            return 0
         return sum(
             self.sizes[i].get(name, 0)
             for name in graph.statements[j].needs
@@ -208,19 +210,29 @@ def plan_schedule(
     levels = bottom_levels(graph, est)
     free_at = dict.fromkeys(engines, 0.0)
     placed: dict[int, PlannedTask] = {}
-    waiting = set(range(len(graph)))
-    while waiting:
-        ready = [i for i in waiting if graph.deps[i] <= placed.keys()]
+    unplaced = [len(preds) for preds in graph.deps]
+    ready = {i for i, n in enumerate(unplaced) if not n}
+    while ready:
         index = max(ready, key=lambda i: (levels[i], -i))
+        ready.discard(index)
+        for succ in graph.succs[index]:
+            unplaced[succ] -= 1
+            if not unplaced[succ]:
+                ready.add(succ)
+        statement = graph.statements[index]
+        producers = {
+            p
+            for name in statement.needs
+            if (p := graph.producer(index, name)) is not None
+        }
         inputs = [
             ({placed[i].engine}, est.edge_bytes(graph, i, index), placed[i].end)
-            for i in graph.deps[index]
+            for i in producers | graph.deps[index]
         ]
         engine, start = earliest_engine(engines, free_at, inputs)
         task = PlannedTask(index, engine, start, start + est.costs[index])
         placed[index] = task
         free_at[engine] = task.end
-        waiting.discard(index)
     return [placed[i] for i in sorted(placed)]
 
 

@@ -99,6 +99,16 @@ class TaskRunner:
         self._on_change = on_change
         self._may_take = may_take
         self._holdings = _Holdings()
+        #: per statement: (name, version) of the values it needs from others
+        self._needs = [
+            [
+                (name, version)
+                for name in sorted(statement.needs)
+                if (version := graph.producer(statement.index, name)) is not None
+            ]
+            for statement in graph.statements
+        ]
+        self._unfinished = [len(preds) for preds in graph.deps]
         self._running: dict[Any, int] = {}  # handle -> engine
         self._index: dict[int, int] = {}  # id(handle) -> statement
         #: the cell's last expression: its value, pickled, and rich display
@@ -196,14 +206,8 @@ class TaskRunner:
     def _inputs(self, index: int) -> list[tuple[str, int, int]]:
         """(name, version, bytes) of the values statement ``index`` needs
         from earlier statements."""
-        out = []
-        for name in sorted(self.graph.statements[index].needs):
-            version = self.graph.producer(index, name)
-            if version is not None:
-                out.append(
-                    (name, version, self._holdings.sizes.get((name, version), 0))
-                )
-        return out
+        sizes = self._holdings.sizes
+        return [(n, v, sizes.get((n, v), 0)) for n, v in self._needs[index]]
 
     # -- one statement -------------------------------------------------------
 
@@ -318,7 +322,8 @@ class TaskRunner:
         if outcome.value is not None or outcome.bundle is not None:
             self.value, self.bundle = outcome.value, outcome.bundle
         for succ in self.graph.succs[index]:
-            if all(self.runs[p].state == "done" for p in self.graph.deps[succ]):
+            self._unfinished[succ] -= 1
+            if not self._unfinished[succ] and self.runs[succ].state == "waiting":
                 self.runs[succ].state = "ready"
         self._on_change()
 

@@ -82,9 +82,10 @@ def task_graph_html(graph: TaskGraph, critical: tuple[int, ...] = ()) -> str:
 
 def task_graph_text(graph: TaskGraph, critical: tuple[int, ...] = ()) -> str:
     """One line per statement: its line, first line, what it waits for."""
-    lines = [f"task graph: {len(graph)} statements, {len(graph.edges())} dependencies"]
+    edges = graph.edges()
+    lines = [f"task graph: {len(graph)} statements, {len(edges)} dependencies"]
     for statement in graph.statements:
-        preds = sorted(i for i, j in graph.edges() if j == statement.index)
+        preds = sorted(i for i, j in edges if j == statement.index)
         after = (
             "after " + ", ".join(f"line {graph.statements[i].lineno}" for i in preds)
             if preds
