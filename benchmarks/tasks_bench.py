@@ -135,7 +135,11 @@ def main() -> None:
 
 def overhead(repeats: int) -> None:
     """Per statement: a chain of 100 trivial ones, and 100 independent ones;
-    beside them, ipyparallel's own round trip for a trivial function."""
+    beside them, ipyparallel's own round trip for a trivial function.
+
+    "in the run": from the first statement's start to the last one's end,
+    over 100 (what each statement adds once the job runs); "whole job": wall
+    time over 100, submitting and bringing the names back included."""
     from paracell.kernel_backend import default_session
 
     print("\nper-statement overhead, 100 trivial statements, warm cluster")
@@ -146,16 +150,27 @@ def overhead(repeats: int) -> None:
         engine.apply_sync(int)
         trips.append(time.perf_counter() - tic)
     raw = statistics.median(trips) * 1e3
-    print(f"  {'ipyparallel apply_sync(int)':26} {raw:6.2f} ms per call (reference)")
-    for label, code in (
-        ("chain (round trip each)", TRIVIAL_CHAIN),
-        ("independent", TRIVIAL_FAN),
-    ):
+    print(f"  ipyparallel apply_sync(int) round trip: {raw:.2f} ms (reference)")
+    print(f"  {'':24}{'in the run':>12}{'whole job':>11}")
+    for label, code in (("chain", TRIVIAL_CHAIN), ("independent", TRIVIAL_FAN)):
         as_tasks(code)
-        walls = [as_tasks(code)[0] for _ in range(repeats)]
-        per = statistics.median(walls) / 100 * 1e3
-        verdict = "PASS" if per < 15 else "MISS"
-        print(f"  {label:26} {per:6.2f} ms per statement (target < 15 ms: {verdict})")
+        spans, walls = [], []
+        for _ in range(repeats):
+            tic = time.perf_counter()
+            job = paracell.parallel(code, tasks=True, namespace={})
+            paracell.wait(job)
+            walls.append(time.perf_counter() - tic)
+            runs = job.statements
+            first = min(r.started for r in runs)
+            last = max(r.started + r.seconds for r in runs)
+            spans.append(last - first)
+        run_ms = statistics.median(spans) / 100 * 1e3
+        job_ms = statistics.median(walls) / 100 * 1e3
+        verdict = "PASS" if run_ms < 15 else "MISS"
+        print(
+            f"  {label:24}{run_ms:9.2f} ms{job_ms:8.2f} ms"
+            f"   target < 15 ms in the run: {verdict}"
+        )
 
 
 if __name__ == "__main__":
