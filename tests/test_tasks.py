@@ -3,6 +3,10 @@ scheduling, where values live, errors, cancelling, and the timeline."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+
 import numpy as np
 import pytest
 
@@ -231,3 +235,28 @@ def test_a_timeout_stops_the_running_statements_and_fails_the_job(ip, shared_clu
     job = default_jobs().get("slowpoke")
     assert [r.state for r in job.statements] == ["cancelled", "done"]
     assert job.missing == ["t1"]
+
+
+def test_an_interrupt_stops_a_blocking_task_graph_and_frees_the_engines(
+    ip, shared_cluster
+):
+    def running_both() -> bool:
+        jobs = [j for j in default_jobs().jobs() if j.name == "interrupted"]
+        return bool(jobs) and sum(r.state == "running" for r in jobs[0].statements) == 2
+
+    def interrupt() -> None:
+        if wait_until(running_both, 30):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    shown = run_cell(
+        ip,
+        "%%parallel --tasks --block --name interrupted\n"
+        "i1 = time.sleep(30)\n"
+        "i2 = time.sleep(30)\n",
+    )
+    assert type(shown.error) is KeyboardInterrupt
+    job = default_jobs().get("interrupted")
+    assert wait_until(job.done, timeout=3)
+    assert job.state == "cancelled"
+    assert ok(ip, "%%parallel --tasks --block\ny1 = 1\ny2 = 2\ny1 + y2") == 3
