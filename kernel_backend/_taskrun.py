@@ -168,6 +168,10 @@ class TaskRunner:
             taking = [e for e in available if self._takes(flights[e], free_at[e], now)]
             if not taking:
                 break
+            lost = self._lost_input(index)
+            if lost is not None:
+                self._fail(index, f"its input {lost!r} was lost with its engine", "")
+                continue
             inputs = [
                 (self._holdings.holders(name, version), size, now)
                 for name, version, size in self._inputs(index)
@@ -178,6 +182,15 @@ class TaskRunner:
             self._start(index, engine)
             flights[engine].append(index)
             free_at[engine] = max(free_at[engine], now) + self.estimates.costs[index]
+
+    def _lost_input(self, index: int) -> str | None:
+        """A value the statement needs that was made but no engine holds
+        any more (its engine died), if any."""
+        for name, version, _ in self._inputs(index):
+            made = (name, version) in self._holdings.sizes
+            if made and not self._holdings.holders(name, version):
+                return name
+        return None
 
     def _free_at(self, flight: list[int], now: float) -> float:
         """When an engine running (then holding) ``flight`` is expected free."""
@@ -279,6 +292,7 @@ class TaskRunner:
         try:
             outcome = self.engines.outcome(handle)
         except EngineLost as err:
+            self._holdings.held.pop(engine, None)  # what it held is gone
             self._fail(index, f"{err} while running it", "")
             return
         except Exception as err:

@@ -491,3 +491,28 @@ def test_a_failing_statement_leaves_the_independent_ones_done():
     assert missing == ["b", "d"]
     assert "ZeroDivisionError" in runner.runs[1].traceback
     assert "line 2" in runner.runs[1].traceback
+
+
+def test_values_lost_with_a_dead_engine_fail_the_statements_that_need_them():
+    from paracell.kernel_backend._taskbackends import EngineLost
+
+    class DyingEngines(InProcessEngines):
+        def outcome(self, handle):
+            outcome = super().outcome(handle)
+            if handle.call.index == 1:
+                raise EngineLost(f"engine {handle.engine} died")
+            return outcome
+
+    source = "a = 1\nb = a + 1\nc = a + 2\nd = b + c\ne = 5\n"
+    graph = analyze_cell(source)
+    engines = DyingEngines({}, [], TaskSpec(key="dying"), source, count=1)
+    estimates = default_costs(graph, CostBook(), statement_keys(graph, {}))
+    runner = TaskRunner(graph, engines, estimates)
+    try:
+        runner.run()
+    finally:
+        engines.close()
+    states = [r.state for r in runner.runs]
+    assert states == ["done", "failed", "failed", "skipped", "done"]
+    assert runner.runs[1].error == "engine 0 died while running it"
+    assert runner.runs[2].error == "its input 'a' was lost with its engine"
