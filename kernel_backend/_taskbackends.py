@@ -16,14 +16,16 @@ import contextlib
 import pickle
 import random
 import socket
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ._engine import (
     _TASK_NS,
     StatementOutcome,
     TaskSpec,
+    _pack_values,
     forget_task_job,
     run_statement,
     task_results,
@@ -44,6 +46,8 @@ class StatementCall:
 
     index: int
     fetch: tuple[tuple[tuple[str, int], str, tuple[str, ...]], ...] = ()
+    #: (engine, names) to bring through the notebook first
+    relay: tuple[tuple[int, tuple[str, ...]], ...] = ()
     given: bytes | None = None
     writes: tuple[str, ...] = ()
     last_value: bool = False
@@ -54,7 +58,13 @@ class EngineLost(Exception):
 
 
 class StatementEngines(Protocol):
-    """What the task scheduler needs of the engines."""
+    """What the task scheduler needs of the engines.
+
+    ``submit`` brings the values of ``call.relay`` through the notebook to
+    the engine first; ``relayed_bytes`` counts what that moved (in and out).
+    """
+
+    relayed_bytes: int
 
     def engines(self) -> list[int]: ...
     def host(self, engine: int) -> str | None: ...
@@ -100,6 +110,7 @@ class ClusterEngines:
         self._authkey = authkey
         self._used: set[int] = set()
         self._in_flight: dict[int, int] = {}  # engine -> statements sent there
+        self.relayed_bytes = 0
 
     def engines(self) -> list[int]:
         session = self._session
@@ -119,8 +130,36 @@ class ClusterEngines:
         return self._session.engine_host(engine)  # type: ignore[no-any-return]
 
     def submit(self, engine: int, call: StatementCall) -> Any:
-        from ._engine import run_statement
+        self._session.reserve(engine, self._job_name)
+        self._in_flight[engine] = self._in_flight.get(engine, 0) + 1
+        if not call.relay:
+            return self._send(engine, call)
+        # the values wait on busy engines: fetch them on a thread of their
+        # own, so the scheduler goes on meanwhile
+        relayed = _Relayed()
+        relayed._paracell_engine = engine  # type: ignore[attr-defined]
+        threading.Thread(
+            target=self._relay, args=(engine, call, relayed), daemon=True
+        ).start()
+        return relayed
 
+    def _relay(self, engine: int, call: StatementCall, relayed: _Relayed) -> None:
+        try:
+            values: dict[str, Any] = {}
+            for source, names in call.relay:
+                data = self.values(source, names)
+                self.relayed_bytes += len(data)
+                values.update(pickle.loads(data))
+            given = _pack_values(values, list(values), False)[0]
+            self.relayed_bytes += len(given)
+            if relayed.stopped:
+                raise RuntimeError("cancelled before it was sent")
+            relayed.ar = self._send(engine, replace(call, relay=(), given=given))
+            relayed.ar.add_done_callback(lambda _: relayed.set_result(None))
+        except BaseException as err:
+            relayed.set_exception(err)
+
+    def _send(self, engine: int, call: StatementCall) -> Any:
         session = self._session
         client = session.client
         first = engine not in self._used
@@ -128,8 +167,6 @@ class ClusterEngines:
             # queued on the engine ahead of the statement: no waiting here
             session.shipper.ship(client, [engine], self._shipment, block=False)
             self._used.add(engine)
-        session.reserve(engine, self._job_name)
-        self._in_flight[engine] = self._in_flight.get(engine, 0) + 1
         ar = client[engine].apply_async(
             run_statement,
             self._spec if first else None,
@@ -157,6 +194,9 @@ class ClusterEngines:
         self._in_flight[engine] -= 1
         if not self._in_flight[engine]:  # none queued behind it there
             self._session.release(engine)
+        if isinstance(handle, _Relayed):
+            handle.result()  # the relay's own error, if it failed
+            handle = handle.ar
         try:
             outcome: StatementOutcome = handle.get(_SETTLE)
         except Exception as err:
@@ -184,7 +224,14 @@ class ClusterEngines:
             self._session.purge(ar)
 
     def interrupt(self, handles: Mapping[Any, int]) -> None:
-        self._session.interrupt(dict(handles))
+        tasks = {}
+        for handle, engine in handles.items():
+            if isinstance(handle, _Relayed):
+                handle.stopped = True
+                handle = handle.ar
+            if handle is not None:
+                tasks[handle] = engine
+        self._session.interrupt(tasks)
         for engine in handles.values():
             self._in_flight[engine] = 0
             self._session.release(engine)
@@ -199,6 +246,14 @@ class ClusterEngines:
             with contextlib.suppress(Exception):
                 ar = session.client[engine].apply_async(forget_task_job, self._job_key)
                 ar.add_done_callback(session.purge)
+
+
+class _Relayed(concurrent.futures.Future):  # type: ignore[type-arg]
+    """A statement whose values come through the notebook before it is sent:
+    done when the statement is (``ar``), or failed if the relay did."""
+
+    ar: Any = None
+    stopped = False
 
 
 @dataclass(eq=False)
@@ -222,6 +277,7 @@ class InProcessEngines:
     count: int = 3
     seed: int = 0
     job_key: str = "in-process"
+    relayed_bytes: int = 0
     _pending: list[_Pending] = field(default_factory=list)
     _rng: random.Random = field(init=False)
 
@@ -244,6 +300,14 @@ class InProcessEngines:
         return socket.gethostname()
 
     def submit(self, engine: int, call: StatementCall) -> Any:
+        if call.relay:
+            values: dict[str, Any] = {}
+            for source, names in call.relay:
+                data = self.values(source, names)
+                self.relayed_bytes += len(data)
+                values.update(pickle.loads(data))
+            given = _pack_values(values, list(values), False)[0]
+            call = replace(call, relay=(), given=given)
         pending = _Pending(engine, call)
         self._pending.append(pending)
         return pending
@@ -290,8 +354,3 @@ class InProcessEngines:
     def close(self) -> None:
         for engine in range(self.count):
             forget_task_job(self.key(engine))
-
-
-def loads(data: bytes) -> Any:
-    """Unpickle what :func:`task_values` or :func:`task_results` made."""
-    return pickle.loads(data)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._engine import StatementOutcome
-from ._taskbackends import EngineLost, StatementCall, StatementEngines, loads
+from ._taskbackends import EngineLost, StatementCall, StatementEngines
 from ._taskgraph import TaskGraph
 from ._taskplan import (
     CostBook,
@@ -91,7 +91,7 @@ class TaskRunner:
         self.keys = keys
         self.book = book
         self.direct = direct
-        self.kernel_bytes = 0  # bytes of values that passed through here
+        self._names_bytes = 0  # bytes of the names brought to the notebook
         self.moved_bytes = 0  # bytes engines fetched from one another
         self.cancel_reason: str | None = None
         self.started = time.time()
@@ -233,11 +233,11 @@ class TaskRunner:
         if together and any(n in together for n, _ in missing):
             # names modified together must arrive together (shared objects)
             missing = [(n, v) for n, v in wanted if n in together or held.get(n) != v]
-        fetch, given = self._plan_fetch(engine, missing)
+        fetch, relay = self._plan_fetch(engine, missing)
         call = StatementCall(
             index=index,
             fetch=tuple(fetch),
-            given=given,
+            relay=tuple(relay),
             writes=tuple(sorted(statement.writes)),
             last_value=index == self._last_value,
         )
@@ -250,7 +250,13 @@ class TaskRunner:
 
     def _plan_fetch(
         self, engine: int, missing: list[tuple[str, int]]
-    ) -> tuple[list[tuple[tuple[str, int], str, tuple[str, ...]]], bytes | None]:
+    ) -> tuple[
+        list[tuple[tuple[str, int], str, tuple[str, ...]]],
+        list[tuple[int, tuple[str, ...]]],
+    ]:
+        """Where each missing value comes from: fetched by the engine itself
+        from one on its host, or relayed through the notebook (by the
+        engines' backend, without holding up the scheduler)."""
         by_source: dict[int, list[str]] = {}
         for name, version in missing:
             holders = self._holdings.holders(name, version)
@@ -264,23 +270,15 @@ class TaskRunner:
                 ),
             )
             by_source.setdefault(best, []).append(name)
-        fetch = []
-        relayed: dict[str, Any] = {}
+        fetch, relay = [], []
         for source, names in sorted(by_source.items()):
             address = self._holdings.address.get(source)
             here = self._host(engine)
             if self.direct and address is not None and here == self._host(source):
                 fetch.append((address, self.engines.key(source), tuple(names)))
-                continue
-            data = self.engines.values(source, names)
-            self.kernel_bytes += 2 * len(data)  # in from one engine, out to another
-            relayed.update(loads(data))
-        given = None
-        if relayed:
-            from ._engine import _pack_values
-
-            given = _pack_values(relayed, list(relayed), False)[0]
-        return fetch, given
+            else:
+                relay.append((source, tuple(names)))
+        return fetch, relay
 
     def _host(self, engine: int) -> str | None:
         return self._holdings.host.get(engine) or self.engines.host(engine)
@@ -378,12 +376,17 @@ class TaskRunner:
             data, why = self.engines.results(engine, wanted)
             failed.update(why)
             for name, blob in data.items():
-                self.kernel_bytes += len(blob)
+                self._names_bytes += len(blob)
                 try:
                     values[name] = cloudpickle.loads(blob)
                 except Exception as err:
                     failed[name] = f"{type(err).__name__}: {err}"
         return values, failed, missing
+
+    @property
+    def kernel_bytes(self) -> int:
+        """Bytes of values that passed through the notebook's process."""
+        return self._names_bytes + self.engines.relayed_bytes
 
     def stdout(self) -> str:
         """What the statements printed, in program order."""

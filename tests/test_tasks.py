@@ -260,3 +260,27 @@ def test_an_interrupt_stops_a_blocking_task_graph_and_frees_the_engines(
     assert wait_until(job.done, timeout=3)
     assert job.state == "cancelled"
     assert ok(ip, "%%parallel --tasks --block\ny1 = 1\ny2 = 2\ny1 + y2") == 3
+
+
+def test_across_hosts_values_are_relayed_through_the_notebook(
+    ip, shared_cluster, monkeypatch
+):
+    import functools
+
+    from paracell.kernel_backend import _taskjob
+
+    # engines on different hosts cannot fetch from one another: as if so
+    relaying = functools.partial(_taskjob.TaskRunner, direct=False)
+    monkeypatch.setattr(_taskjob, "TaskRunner", relaying)
+    ok(
+        ip,
+        "%%parallel --tasks --block --out total --name relayed\n"
+        "left = np.ones(1_000_000)\n"
+        "right = np.full(1_000_000, 2.0)\n"
+        "total = float(left.sum() + right.sum())\n",
+    )
+    assert ip.user_ns["total"] == 3_000_000.0
+    job = default_jobs().get("relayed")
+    assert {job.statements[0].engine, job.statements[1].engine} == {0, 1}
+    assert job.moved_bytes >= 8_000_000  # the engine that summed received one
+    assert job.kernel_bytes >= 16_000_000  # in from one engine, out to the other
