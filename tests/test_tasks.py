@@ -284,3 +284,22 @@ def test_across_hosts_values_are_relayed_through_the_notebook(
     assert {job.statements[0].engine, job.statements[1].engine} == {0, 1}
     assert job.moved_bytes >= 8_000_000  # the engine that summed received one
     assert job.kernel_bytes >= 16_000_000  # in from one engine, out to the other
+
+
+def test_a_waiting_cell_of_higher_priority_gets_the_next_free_engine(
+    ip, shared_cluster
+):
+    ok(
+        ip,
+        "%%parallel --tasks --name low --priority 0\n"
+        + "".join(f"p{i} = time.sleep(0.4)\n" for i in range(6)),
+    )
+    tasks = default_jobs().get("low")
+    assert wait_until(lambda: sum(r.state == "running" for r in tasks.statements) == 2)
+    ok(ip, "%%parallel --name high --priority 5\nh = 1")
+    high = default_jobs().get("high")
+    default_jobs().wait([tasks, high], timeout=30)
+    assert high.state == "done" and tasks.state == "done"
+    # it started before the task graph's last statements
+    last_start = max(r.started for r in tasks.statements)
+    assert high.started < last_start
