@@ -168,9 +168,14 @@ class TaskJob(CellJob):
     def _run(self, engines: StatementEngines) -> None:
         runner = self.runner
         assert runner is not None
+        values: dict[str, Any] = {}
+        failed: dict[str, str] = {}
         try:
             runner.run()
-            values, failed, missing = runner.collect_names(self.outputs)
+            if runner.cancel_reason is None:
+                values, failed, missing = runner.collect_names(self.outputs)
+            else:  # stopped: nothing comes back (an engine may still be busy)
+                missing = [n for n in self.outputs if n in self._made_by_unfinished()]
         except Exception as err:  # the cluster went away, say
             values, failed, missing = {}, {}, list(self.outputs)
             runner.cancel_reason = runner.cancel_reason or f"stopped: {err}"
@@ -186,6 +191,16 @@ class TaskJob(CellJob):
                 self.values["__value__"] = cloudpickle.loads(runner.value)
         self.bundle = runner.bundle
         self._end(runner)
+
+    def _made_by_unfinished(self) -> set[str]:
+        """Names whose last writer did not finish."""
+        runs = self.statements
+        return {
+            name
+            for name in self.outputs
+            if (writer := self.graph.last_writer(name)) is not None
+            and runs[writer].state != "done"
+        }
 
     def _end(self, runner: TaskRunner) -> None:
         with self._manager._lock:
