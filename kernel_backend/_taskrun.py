@@ -53,6 +53,8 @@ class StatementRun:
     error: str | None = None
     traceback: str = ""
     fetched: int = 0  # bytes it received from other engines
+    fetch_seconds: float = 0.0  # how long receiving them took
+    sent: float | None = None  # time.time() here when it was sent
 
 
 @dataclass
@@ -242,7 +244,8 @@ class TaskRunner:
             last_value=index == self._last_value,
         )
         run = self.runs[index]
-        run.state, run.engine, run.started = "running", engine, time.time()
+        run.state, run.engine = "running", engine
+        run.started = run.sent = time.time()
         handle = self.engines.submit(engine, call)
         self._running[handle] = engine
         self._index[id(handle)] = index
@@ -298,7 +301,7 @@ class TaskRunner:
             return
         run.started, run.seconds = outcome.started, outcome.seconds
         run.stdout, run.stderr = outcome.stdout, outcome.stderr
-        run.fetched = outcome.fetched
+        run.fetched, run.fetch_seconds = outcome.fetched, outcome.fetch_seconds
         self.moved_bytes += outcome.fetched
         self._holdings.address[engine] = outcome.address
         self._holdings.host[engine] = outcome.host
