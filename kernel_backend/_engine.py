@@ -828,24 +828,11 @@ def run_statement(
     does.  ``spec`` and ``source`` come with an engine's first statement
     of the job only (None after that: they are kept here).
     """
-    import ast
     import io
 
     _pickling.install()
     address = _serve_values(authkey)
-    ns = _TASK_NS.get(job_key)
-    if ns is None:
-        assert spec is not None and source is not None, "first statement here"
-        ns = _TASK_NS[job_key] = build_namespace(spec)
-    if spec is not None:
-        _TASK_SEED[job_key] = (spec.seed, spec.entropy)
-    body = _TASK_CODE.get(job_key)
-    if body is None:
-        assert source is not None, "first statement here"
-        body = _TASK_CODE[job_key] = ast.parse(source, filename).body
-        lines = source.splitlines(keepends=True)
-        linecache.cache[filename] = (len(source), None, lines, filename)
-    seed, entropy = _TASK_SEED[job_key]
+    ns, body, (seed, entropy) = _task_state(spec, job_key, source, filename)
     out, err = io.StringIO(), io.StringIO()
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
@@ -857,16 +844,7 @@ def run_statement(
         fetched = _receive_values(ns, fetch, given, authkey)
         fetch_seconds = time.perf_counter() - tic
         seed_item(item_seed_sequence(seed, index, entropy=entropy))
-        statement = body[index]
-        if last_value and isinstance(statement, ast.Expr):
-            expression = ast.Expression(statement.value)
-            result = eval(compile(expression, filename, "eval"), ns)
-            if result is not None:
-                with contextlib.suppress(Exception):
-                    value = _pickling.dumps(result)
-                bundle = _mime_bundle(result)
-        else:
-            exec(compile(ast.Module([statement], []), filename, "exec"), ns)
+        value, bundle = _execute(body[index], ns, filename, last_value)
     except KeyboardInterrupt:
         interrupted = True
     except BaseException as error:
@@ -890,6 +868,47 @@ def run_statement(
         fetched=fetched,
         fetch_seconds=fetch_seconds,
     )
+
+
+def _task_state(
+    spec: TaskSpec | None, job_key: str, source: str | None, filename: str
+) -> tuple[dict[str, Any], list[Any], tuple[int | None, int]]:
+    """The job's namespace, parsed statements and seed here (made by the
+    engine's first statement of the job)."""
+    import ast
+
+    ns = _TASK_NS.get(job_key)
+    if ns is None:
+        assert spec is not None and source is not None, "first statement here"
+        ns = _TASK_NS[job_key] = build_namespace(spec)
+    if spec is not None:
+        _TASK_SEED[job_key] = (spec.seed, spec.entropy)
+    body = _TASK_CODE.get(job_key)
+    if body is None:
+        assert source is not None, "first statement here"
+        body = _TASK_CODE[job_key] = ast.parse(source, filename).body
+        lines = source.splitlines(keepends=True)
+        linecache.cache[filename] = (len(source), None, lines, filename)
+    return ns, body, _TASK_SEED[job_key]
+
+
+def _execute(
+    statement: Any, ns: dict[str, Any], filename: str, last_value: bool
+) -> tuple[bytes | None, dict[str, Any] | None]:
+    """Run one statement; the cell's last expression gives its value (pickled)
+    and rich display."""
+    import ast
+
+    if not (last_value and isinstance(statement, ast.Expr)):
+        exec(compile(ast.Module([statement], []), filename, "exec"), ns)
+        return None, None
+    result = eval(compile(ast.Expression(statement.value), filename, "eval"), ns)
+    if result is None:
+        return None, None
+    value = None
+    with contextlib.suppress(Exception):
+        value = _pickling.dumps(result)
+    return value, _mime_bundle(result)
 
 
 def task_values(job_key: str, names: Sequence[str]) -> bytes:

@@ -303,20 +303,8 @@ def submit_tasks(
     compile(source, name or "<cell>", "exec")  # the user's SyntaxError, here
     graph = analyze_cell(source, _module_names(namespace))
     wanted = _wanted(graph, source, namespace, outputs)
-    shipment = prepare_shipment(
-        free_names(source, "exec"), namespace, ship_large=ship_large
-    )
     session = manager._session
-    session.require_controller()
-    free = [
-        e for e in session.unreserved_engine_ids() if e not in session.stale_engines()
-    ]
-    if not session.engine_ids():
-        raise InvalidRequest(
-            "the cluster has no engines; add some with %cluster scale N"
-        )
-    if free:  # names and imports checked now, on the engines free now
-        shipment = session.shipper.send(session.client, free, shipment)
+    shipment = _shipment(session, source, namespace, ship_large)
     keys = statement_keys(graph, _digests(shipment))
     estimates = default_costs(graph, COSTS, keys)
     with manager._lock:
@@ -357,6 +345,25 @@ def submit_tasks(
     )
     _start(job, engines, keys, manager)
     return job
+
+
+def _shipment(
+    session: Any, source: str, namespace: Mapping[str, Any], ship_large: bool
+) -> Shipment:
+    """What the cell reads from the notebook, checked on the free engines."""
+    shipment = prepare_shipment(
+        free_names(source, "exec"), namespace, ship_large=ship_large
+    )
+    session.require_controller()
+    if not session.engine_ids():
+        raise InvalidRequest(
+            "the cluster has no engines; add some with %cluster scale N"
+        )
+    stale = session.stale_engines()
+    free = [e for e in session.unreserved_engine_ids() if e not in stale]
+    if free:  # names and imports checked now, on the engines free now
+        shipment = session.shipper.send(session.client, free, shipment)
+    return shipment
 
 
 def _start(
