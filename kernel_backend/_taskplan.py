@@ -285,7 +285,7 @@ class TaskTimeline:
         if not self.actual:
             return (
                 f"plan: {len(self.labels)} statements on"
-                f" {len({p.engine for p in self.planned})} engines,"
+                f" {_count(len({p.engine for p in self.planned}), 'engine')},"
                 f" {span} (critical path: {len(self.critical)} statements)"
             )
         wall = self.wall if self.wall is not None else self.span
@@ -315,3 +315,7 @@ class TaskPlan:
             " the rest counted alike"
         )
         return f"{self.timeline.summary()}; {costs}"
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
