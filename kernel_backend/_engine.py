@@ -805,6 +805,8 @@ class StatementOutcome:
     host: str
     fetched: int = 0  # bytes received from other engines
     fetch_seconds: float = 0.0
+    #: names whose values cannot travel (a generator, an open file, a lock)
+    pinned: tuple[str, ...] = ()
 
 
 def run_statement(
@@ -861,6 +863,7 @@ def run_statement(
         failure=failure,
         interrupted=interrupted,
         sizes={n: _size_of(ns[n]) for n in writes if n in ns},
+        pinned=tuple(n for n in writes if n in ns and _cannot_travel(ns[n])),
         value=value,
         bundle=bundle,
         address=address,
@@ -941,6 +944,24 @@ def forget_task_job(job_key: str) -> None:
     _TASK_NS.pop(job_key, None)
     _TASK_CODE.pop(job_key, None)
     _TASK_SEED.pop(job_key, None)
+
+
+def _cannot_travel(value: Any) -> bool:
+    """Whether ``value`` is of a kind no pickle can carry to another engine."""
+    import _thread
+    import types
+
+    kinds = (
+        types.GeneratorType,
+        types.AsyncGeneratorType,
+        types.CoroutineType,
+        io.IOBase,
+        socket.socket,
+        _thread.LockType,
+        _thread.RLock,
+        threading.Thread,
+    )
+    return isinstance(value, kinds)
 
 
 def _size_of(value: Any) -> int:

@@ -63,6 +63,8 @@ class _Holdings:
 
     held: dict[int, dict[str, int]] = field(default_factory=dict)
     sizes: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: values that cannot travel: the engine that has them
+    pinned: dict[tuple[str, int], int] = field(default_factory=dict)
     address: dict[int, tuple[str, int]] = field(default_factory=dict)
     host: dict[int, str] = field(default_factory=dict)
 
@@ -178,7 +180,23 @@ class TaskRunner:
                 (self._holdings.holders(name, version), size, now)
                 for name, version, size in self._inputs(index)
             ]
-            engine, _ = earliest_engine(available, free_at, inputs)
+            pinned = {
+                self._holdings.pinned[(name, version)]
+                for name, version, _ in self._inputs(index)
+                if (name, version) in self._holdings.pinned
+            }
+            if len(pinned) > 1:
+                self._fail(
+                    index,
+                    "it needs values that cannot travel, made on"
+                    f" engines {sorted(pinned)}",
+                    "",
+                )
+                continue
+            candidates = sorted(pinned) or available
+            if not set(candidates) <= set(available):
+                continue  # its engine is not free for it: wait
+            engine, _ = earliest_engine(candidates, free_at, inputs)
             if engine not in taking:
                 continue  # it starts sooner where its data is, once that is free
             self._start(index, engine)
@@ -331,6 +349,8 @@ class TaskRunner:
                 self._holdings.sizes[(name, index)] = outcome.sizes[name]
             else:
                 held.pop(name, None)
+        for name in outcome.pinned:
+            self._holdings.pinned[(name, index)] = engine
         if self.book is not None and self.keys is not None:
             work = max(outcome.seconds - outcome.fetch_seconds, 0.0)
             self.book.record(self.keys[index], work, outcome.sizes)

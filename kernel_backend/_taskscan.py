@@ -33,6 +33,25 @@ _OPAQUE_CALLS = frozenset({"exec", "eval", "globals", "locals", "vars", "__impor
 SELF = "<self>"
 #: Calls that do not change the names passed to them.
 _READ_ONLY_CALLS = frozenset({"print", "display", "len", "repr", "str", "type"})
+#: Functions known to change their first argument, wherever they are called
+#: (``first = next(it)``, ``top = heapq.heappop(heap)``).
+_MUTATING_CALLS = frozenset(
+    {
+        "next",
+        "anext",
+        "setattr",
+        "delattr",
+        "shuffle",
+        "heappush",
+        "heappop",
+        "heapify",
+        "heapreplace",
+        "heappushpop",
+        "insort",
+        "insort_left",
+        "insort_right",
+    }
+)
 
 
 def _statement_call(node: ast.stmt) -> ast.Call | None:
@@ -67,6 +86,17 @@ def receiver(call: ast.Call) -> str | None:
     while isinstance(node, (ast.Attribute, ast.Subscript)):
         node = node.value
     return node.id if isinstance(node, ast.Name) else None
+
+
+def changed_argument(call: ast.Call) -> str | None:
+    """``it`` for ``next(it)``, ``heap`` for ``heapq.heappop(heap)``: the
+    first argument of a function known to change it."""
+    func = call.func
+    called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+    if called in _MUTATING_CALLS and call.args:
+        first = call.args[0]
+        return first.id if isinstance(first, ast.Name) else None
+    return None
 
 
 def root_name(node: ast.expr) -> str | None:
@@ -202,10 +232,10 @@ class _TopLevel(ast.NodeVisitor):
             self.visit(target)
 
     def visit_Call(self, node: ast.Call) -> None:
-        name = receiver(node)
-        hidden = any(name in h for h in self.hidden)
-        if name is not None and name not in self.modules and not hidden:
-            self.scan.modifies.add(name)
+        for name in (receiver(node), changed_argument(node)):
+            hidden = any(name in h for h in self.hidden)
+            if name is not None and name not in self.modules and not hidden:
+                self.scan.modifies.add(name)
         self.generic_visit(node)
 
     # imports
@@ -331,7 +361,7 @@ def _scope_effects(
     for inner_node in (n for stmt in body for n in ast.walk(stmt)):
         name = None
         if isinstance(inner_node, ast.Call):
-            name = receiver(inner_node)
+            name = receiver(inner_node) or changed_argument(inner_node)
         elif isinstance(inner_node, (ast.Attribute, ast.Subscript)) and isinstance(
             inner_node.ctx, (ast.Store, ast.Del)
         ):
