@@ -48,6 +48,9 @@ from ._session import LAUNCHERS, ClusterSession, default_session
 from ._sizes import format_size
 from ._status import ClusterStatus, EngineRow, StartReport, StopReport
 from ._store import StoreInfo
+from ._taskgraph import TaskGraph, analyze_cell
+from ._taskjob import TaskJob, plan_tasks, submit_tasks
+from ._taskplan import TaskPlan, TaskTimeline
 
 __all__ = [
     "LAUNCHERS",
@@ -76,8 +79,13 @@ __all__ = [
     "StartReport",
     "StopReport",
     "StoreInfo",
+    "TaskGraph",
+    "TaskJob",
+    "TaskPlan",
+    "TaskTimeline",
     "Timeline",
     "accepted_options",
+    "analyze_cell",
     "bound_names",
     "cache_info",
     "clear_cache",
@@ -86,9 +94,11 @@ __all__ = [
     "format_size",
     "map_comprehension",
     "map_function",
+    "plan_tasks",
     "progress",
     "rng",
     "run_everywhere",
     "set_cache_dir",
     "set_cache_limit",
+    "submit_tasks",
 ]

@@ -9,6 +9,7 @@ remote runs seed, time and report errors identically.
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import linecache
 import os
@@ -21,6 +22,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import FunctionType
 from typing import Any
 
 from . import _pickling
@@ -30,11 +32,16 @@ from ._seeding import item_seed_sequence, seed_item
 __all__ = [
     "ChunkOutcome",
     "ItemFailure",
+    "StatementOutcome",
     "TaskSpec",
     "engine_identity",
+    "forget_task_job",
     "install_names",
     "progress",
     "run_chunk",
+    "run_statement",
+    "task_results",
+    "task_values",
 ]
 
 #: Filename under which a ``%pmap`` element is compiled (shows in tracebacks).
@@ -765,3 +772,301 @@ def _mime_bundle(value: Any) -> dict[str, Any]:
             if data:
                 return dict(data)
     return {"text/plain": repr(value)}
+
+
+# -- statements of a task graph (``%%parallel --tasks``) ---------------------
+
+#: job key -> the job's namespace on this engine (its statements share it)
+_TASK_NS: dict[str, dict[str, Any]] = {}
+#: job key -> the cell's parsed statements
+_TASK_CODE: dict[str, list[Any]] = {}
+#: job key -> (seed, entropy) its statements' random streams come from
+_TASK_SEED: dict[str, tuple[int | None, int]] = {}
+#: authentication key -> address this engine serves task values on
+_SERVERS: dict[bytes, tuple[str, int]] = {}
+_SERVER_LOCK = threading.Lock()
+
+
+@dataclass
+class StatementOutcome:
+    """What one statement of a task graph sends back (never its names'
+    values: those stay here until another engine or the notebook asks)."""
+
+    index: int
+    started: float
+    seconds: float
+    stdout: str
+    stderr: str
+    failure: ItemFailure | None
+    interrupted: bool
+    sizes: dict[str, int]  # bytes of each name the statement wrote
+    value: bytes | None  # the cell's last expression, pickled
+    bundle: dict[str, Any] | None
+    address: tuple[str, int]  # where this engine serves values
+    host: str
+    fetched: int = 0  # bytes received from other engines
+    fetch_seconds: float = 0.0
+    #: names whose values cannot travel (a generator, an open file, a lock)
+    pinned: tuple[str, ...] = ()
+
+
+def run_statement(
+    spec: TaskSpec | None,
+    job_key: str,
+    source: str | None,
+    filename: str,
+    index: int,
+    fetch: Sequence[tuple[tuple[str, int], str, Sequence[str]]],
+    given: bytes | None,
+    writes: Sequence[str],
+    authkey: bytes,
+    last_value: bool = False,
+) -> StatementOutcome:
+    """Run statement ``index`` of a cell in the job's namespace here.
+
+    Names it needs that other engines made come first: ``fetch`` lists
+    (address, job key there, names) to ask those engines for, directly;
+    ``given`` holds names relayed by the notebook.  With ``spec.seed`` the
+    statement draws from stream ``index`` of the seed, as the sequential run
+    does.  ``spec`` and ``source`` come with an engine's first statement
+    of the job only (None after that: they are kept here).
+    """
+    import io
+
+    _pickling.install()
+    address = _serve_values(authkey)
+    ns, body, (seed, entropy) = _task_state(spec, job_key, source, filename)
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    failure, interrupted, value, bundle = None, False, None, None
+    fetched, fetch_seconds = 0, 0.0
+    started, tic = time.time(), time.perf_counter()
+    token = _set_reporter(_engine_reporter)
+    try:
+        fetched = _receive_values(ns, fetch, given, authkey)
+        fetch_seconds = time.perf_counter() - tic
+        seed_item(item_seed_sequence(seed, index, entropy=entropy))
+        value, bundle = _execute(body[index], ns, filename, last_value)
+    except KeyboardInterrupt:
+        interrupted = True
+    except BaseException as error:
+        failure = _failure(index, error)
+    finally:
+        _reset_reporter(token)
+        sys.stdout, sys.stderr = saved
+    return StatementOutcome(
+        index=index,
+        started=started,
+        seconds=time.perf_counter() - tic,
+        stdout=out.getvalue(),
+        stderr=err.getvalue(),
+        failure=failure,
+        interrupted=interrupted,
+        sizes={n: _size_of(ns[n]) for n in writes if n in ns},
+        pinned=tuple(n for n in writes if n in ns and _cannot_travel(ns[n])),
+        value=value,
+        bundle=bundle,
+        address=address,
+        host=socket.gethostname(),
+        fetched=fetched,
+        fetch_seconds=fetch_seconds,
+    )
+
+
+def _task_state(
+    spec: TaskSpec | None, job_key: str, source: str | None, filename: str
+) -> tuple[dict[str, Any], list[Any], tuple[int | None, int]]:
+    """The job's namespace, parsed statements and seed here (made by the
+    engine's first statement of the job)."""
+    import ast
+
+    ns = _TASK_NS.get(job_key)
+    if ns is None:
+        assert spec is not None and source is not None, "first statement here"
+        ns = _TASK_NS[job_key] = build_namespace(spec)
+    if spec is not None:
+        _TASK_SEED[job_key] = (spec.seed, spec.entropy)
+    body = _TASK_CODE.get(job_key)
+    if body is None:
+        assert source is not None, "first statement here"
+        body = _TASK_CODE[job_key] = ast.parse(source, filename).body
+        lines = source.splitlines(keepends=True)
+        linecache.cache[filename] = (len(source), None, lines, filename)
+    return ns, body, _TASK_SEED[job_key]
+
+
+def _execute(
+    statement: Any, ns: dict[str, Any], filename: str, last_value: bool
+) -> tuple[bytes | None, dict[str, Any] | None]:
+    """Run one statement; the cell's last expression gives its value (pickled)
+    and rich display."""
+    import ast
+
+    if not (last_value and isinstance(statement, ast.Expr)):
+        exec(compile(ast.Module([statement], []), filename, "exec"), ns)
+        return None, None
+    result = eval(compile(ast.Expression(statement.value), filename, "eval"), ns)
+    if result is None:
+        return None, None
+    value = None
+    with contextlib.suppress(Exception):
+        value = _pickling.dumps(result)
+    return value, _mime_bundle(result)
+
+
+def task_values(job_key: str, names: Sequence[str]) -> bytes:
+    """The job's ``names`` here, pickled together (shared objects stay
+    shared), for another engine: the cell's functions travel without their
+    globals and are rebound where they land."""
+    return _pack_values(_TASK_NS.get(job_key, {}), names, True)[0]
+
+
+def task_results(
+    job_key: str, names: Sequence[str]
+) -> tuple[dict[str, bytes], dict[str, str]]:
+    """The job's ``names`` here for the notebook, each pickled on its own
+    (as ``%%parallel`` sends them); and why some could not be."""
+    ns = _TASK_NS.get(job_key, {})
+    values: dict[str, bytes] = {}
+    failed: dict[str, str] = {}
+    for name in names:
+        if name not in ns:
+            continue
+        try:
+            values[name] = _pickling.dumps(ns[name])
+        except Exception as err:
+            failed[name] = f"{type(err).__name__}: {err}"
+    return values, failed
+
+
+def forget_task_job(job_key: str) -> None:
+    """Drop a finished job's namespace here."""
+    _TASK_NS.pop(job_key, None)
+    _TASK_CODE.pop(job_key, None)
+    _TASK_SEED.pop(job_key, None)
+
+
+def _cannot_travel(value: Any) -> bool:
+    """Whether ``value`` is of a kind no pickle can carry to another engine."""
+    import _thread
+    import types
+
+    kinds = (
+        types.GeneratorType,
+        types.AsyncGeneratorType,
+        types.CoroutineType,
+        io.IOBase,
+        socket.socket,
+        _thread.LockType,
+        _thread.RLock,
+        threading.Thread,
+    )
+    return isinstance(value, kinds)
+
+
+def _size_of(value: Any) -> int:
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    with contextlib.suppress(Exception):
+        return sys.getsizeof(value)
+    return 0
+
+
+def _pack_values(
+    ns: dict[str, Any], names: Sequence[str], strip: bool, out_of_band: bool = False
+) -> tuple[bytes, list[Any]]:
+    from ._plan import strip_globals
+
+    values = {}
+    for name in [n for n in names if n in ns]:
+        value = ns[name]
+        if strip and isinstance(value, FunctionType) and value.__globals__ is ns:
+            value = strip_globals(value)
+        values[name] = value
+    buffers: list[Any] = []
+    with io.BytesIO() as file:
+        pickler = _pickling._Pickler(
+            file,
+            protocol=5,
+            buffer_callback=buffers.append if out_of_band else None,
+        )
+        pickler.dump(values)
+        return file.getvalue(), [b.raw() for b in buffers]
+
+
+def _install_values(ns: dict[str, Any], values: dict[str, Any]) -> None:
+    from ._plan import rebind_globals
+
+    for name, value in values.items():
+        stripped = isinstance(value, FunctionType) and set(value.__globals__) <= {
+            "__builtins__"
+        }
+        ns[name] = rebind_globals(value, ns) if stripped else value
+
+
+def _receive_values(
+    ns: dict[str, Any],
+    fetch: Sequence[tuple[tuple[str, int], str, Sequence[str]]],
+    given: bytes | None,
+    authkey: bytes,
+) -> int:
+    """Put names made elsewhere into ``ns``; returns the bytes received."""
+    import pickle
+    from multiprocessing.connection import Client
+
+    received = 0
+    if given is not None:
+        _install_values(ns, pickle.loads(given))
+        received += len(given)
+    for address, key, names in fetch:
+        with Client(address, authkey=authkey) as conn:
+            conn.send_bytes(pickle.dumps((key, list(names))))
+            header, sizes = pickle.loads(conn.recv_bytes())
+            buffers = []
+            for size in sizes:
+                buffer = bytearray(size)  # writable: arrays arrive writable
+                conn.recv_bytes_into(buffer)
+                buffers.append(buffer)
+        _install_values(ns, pickle.loads(header, buffers=buffers))
+        received += len(header) + sum(sizes)
+    return received
+
+
+def _serve_values(authkey: bytes) -> tuple[str, int]:
+    """Start (once) the thread that hands this engine's task values to
+    other engines on this host, without going through the notebook."""
+    with _SERVER_LOCK:
+        known = _SERVERS.get(authkey)
+        if known is not None:
+            return known
+        from multiprocessing.connection import Listener
+
+        listener = Listener(("127.0.0.1", 0), authkey=authkey)
+        address: tuple[str, int] = listener.address
+        _SERVERS[authkey] = address
+    threading.Thread(
+        target=_accept, args=(listener,), name="paracell-values", daemon=True
+    ).start()
+    return address
+
+
+def _accept(listener: Any) -> None:
+    while True:
+        try:
+            conn = listener.accept()
+        except Exception:  # a peer that failed authentication, say
+            continue
+        threading.Thread(target=_answer, args=(conn,), daemon=True).start()
+
+
+def _answer(conn: Any) -> None:
+    import pickle
+
+    with contextlib.suppress(Exception), conn:
+        job_key, names = pickle.loads(conn.recv_bytes())
+        header, buffers = _pack_values(_TASK_NS[job_key], names, True, True)
+        conn.send_bytes(pickle.dumps((header, [b.nbytes for b in buffers])))
+        for buffer in buffers:
+            conn.send_bytes(buffer)

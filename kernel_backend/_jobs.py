@@ -144,6 +144,9 @@ class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
     ``stderr`` and ``elapsed`` are live.
     """
 
+    #: whether a failed job still brings back the names it made
+    partial_delivery = False
+
     def __init__(
         self,
         manager: JobManager,
@@ -228,6 +231,17 @@ class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
         ):
             return []
         return list(self.outputs)
+
+    def progress_line(self) -> str | None:
+        """Progress in words beyond state and time (a task graph's), or None."""
+        return None
+
+    def error_for(self, names: Sequence[str]) -> BaseException | None:
+        """The error that kept ``names`` from coming back, if any."""
+        return self.error if self.state == "failed" else None
+
+    def _stop_running(self) -> None:
+        """The cluster is going away: stop what runs (the monitor's job)."""
 
     def subscribe(self, observer: Callable[[CellJob], None]) -> Callable[[], None]:
         """Call ``observer(job)`` on state changes and while it runs; returns a
@@ -336,6 +350,13 @@ class JobManager:
             known = ", ".join(self._jobs) or "none"
             raise InvalidRequest(f"no job named {name!r} (jobs: {known})")
         return job
+
+    def waiting_above(self, priority: float) -> bool:
+        """Whether a queued background cell has a priority above ``priority``."""
+        with self._lock:
+            return any(
+                -entry[0] > priority and not entry[2].done() for entry in self._queue
+            )
 
     def pending_names(self) -> dict[str, CellJob]:
         """Name -> the newest job that will bring it back."""
@@ -583,7 +604,7 @@ class JobManager:
             ready = [
                 job
                 for job in self._jobs.values()
-                if job.state == "done"
+                if _deliverable(job)
                 and job.pull
                 and job.delivery is None
                 and job._namespace is namespace
@@ -599,7 +620,7 @@ class JobManager:
         """Deliver one job now (after an explicit or implicit wait), into the
         namespace it was submitted from."""
         with self._lock:
-            if job.state != "done" or not job.pull or job.delivery is not None:
+            if not _deliverable(job) or not job.pull or job.delivery is not None:
                 return None
             if namespace is None or namespace is not job._namespace:
                 return None
@@ -657,6 +678,7 @@ class JobManager:
             self._running.clear()
             for job in active:
                 job._stopped = Stop.CANCELLED
+                job._stop_running()
                 job._finish("cancelled")
         for job in active:
             job._notify()
@@ -737,9 +759,10 @@ class JobManager:
             return []
         client = session.client
         stale = session.stale_engines()
+        # engines a task graph's statements run on are reserved too
         free = [
             eid
-            for eid in session.engine_ids()
+            for eid in session.unreserved_engine_ids()
             if eid not in self._running and eid not in stale
         ]
         failed = []
@@ -886,6 +909,10 @@ def _finish_stopped(job: CellJob) -> None:
         job._finish("failed", JobError(f"job '{job.name}' {_stop_text(job)}"))
     else:
         job._finish("cancelled")
+
+
+def _deliverable(job: CellJob) -> bool:
+    return job.state == "done" or (job.state == "failed" and job.partial_delivery)
 
 
 @dataclass

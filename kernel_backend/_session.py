@@ -196,6 +196,11 @@ class ClusterSession:
         reserved = self._reserved
         return [eid for eid in self.engine_ids() if eid not in reserved]
 
+    def engine_host(self, engine: int) -> str | None:
+        """The host ``engine`` runs on, once its first answer said so."""
+        rec = self._records.get(engine)
+        return rec.host if rec is not None else None
+
     def reserve(self, engine: int, label: str = "job") -> None:
         """Mark ``engine`` as running a background job (``label``: its name)."""
         self._reserved[engine] = label

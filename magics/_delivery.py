@@ -115,17 +115,18 @@ class DeliveryHooks:
                     self.manager.wait([job])
                 except InvalidRequest as err:  # nothing can start the job
                     raise UsageError(f"{', '.join(wanted)}: {err}") from None
-            if job.state == "failed" and job.error is not None:
-                raise job.error
-            if job.state == "cancelled":
-                raise JobError(
-                    f"job '{job.name}' was cancelled; {', '.join(wanted)} never arrived"
-                )
             delivery = self.manager.deliver_job(job, self.shell.user_ns)
             if delivery is not None:
                 job._notify()
                 for note in delivery.notes(job.name):
                     print(note, file=sys.stderr)
+            error = job.error_for(wanted)
+            if error is not None:
+                raise error
+            if job.state == "cancelled":
+                raise JobError(
+                    f"job '{job.name}' was cancelled; {', '.join(wanted)} never arrived"
+                )
 
 
 class _ImplicitWait(ast.NodeTransformer):

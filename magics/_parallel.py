@@ -23,7 +23,7 @@ from ..kernel_backend import (
 )
 from ..kernel_backend._seeding import validate_seed
 from ..widgets import JobsTable, JobView, jobs_panel, show_job
-from . import _delivery
+from . import _delivery, _tasks
 from ._common import parse_options, run_options, shell_of, user_errors
 
 __all__ = ["ParallelMagics"]
@@ -98,6 +98,22 @@ class ParallelMagics(Magics):
         "--all", action="store_true", help="run on every engine, in its own namespace"
     )
     @argument(
+        "--tasks",
+        action="store_true",
+        help="run the cell's statements as a task graph: each on an engine as"
+        " soon as the statements it depends on are done",
+    )
+    @argument(
+        "--plan",
+        action="store_true",
+        help="with --tasks: show the graph and the planned schedule; run nothing",
+    )
+    @argument(
+        "--timeline",
+        action="store_true",
+        help="with --tasks: draw the run (a bar per statement) when it ends",
+    )
+    @argument(
         "--cache",
         nargs="?",
         const=True,
@@ -124,6 +140,14 @@ class ParallelMagics(Magics):
         and the names it reads (functions by code, data by content); with
         the same key stored, the job is done at once, on no engine, and its
         names are back when the cell returns.  See ``%cache``.
+
+        ``--tasks`` runs each top-level statement as a task on whichever
+        engine can start it earliest, once the statements it depends on
+        (those that set or change a name it reads or changes) are done; a
+        value stays on the engine that made it until another needs it.  The
+        names, values and printed output equal a run top to bottom.
+        ``--plan`` shows the graph and the planned schedule, runs nothing;
+        ``--timeline`` draws the run when it ends (also ``job.timeline()``).
         """
         args = parse_options(self.parallel, line)
         with user_errors():
@@ -134,6 +158,8 @@ class ParallelMagics(Magics):
             compile(source, "<cell>", "exec")
         except SyntaxError as err:
             raise CellSyntaxError(err) from None
+        if args.tasks or args.plan or args.timeline:
+            return _tasks.run(self, args, source, seed)
         if args.all or args.targets is not None:
             if args.cache is not None:
                 raise UsageError(
@@ -191,6 +217,7 @@ class ParallelMagics(Magics):
             raise
         stream()
         if job.state == "failed" and job.error is not None:
+            delivery.deliver()  # what a task graph's other statements made
             raise job.error
         if job.state == "cancelled":
             raise JobError(f"job '{job.name}' was cancelled")

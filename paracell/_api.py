@@ -19,9 +19,11 @@ from .kernel_backend import (
     default_jobs,
     default_session,
     map_function,
+    plan_tasks,
     run_everywhere,
     set_cache_dir,
     set_cache_limit,
+    submit_tasks,
 )
 from .kernel_backend import cache_info as _cache_info
 from .kernel_backend import clear_cache as _clear_cache
@@ -310,6 +312,8 @@ def parallel(
     namespace: dict[str, Any] | None = None,
     cache: bool | str = False,
     ship_large: bool = False,
+    tasks: bool = False,
+    plan: bool = False,
 ) -> Any:
     """Run ``code`` on the cluster in the background; ``%%parallel``'s twin.
 
@@ -327,8 +331,31 @@ def parallel(
     the same code with the same inputs is then done at once, from the store
     (``%%parallel --cache``).  ``ship_large=True`` ships names larger than
     ``PARACELL_SHIP_LIMIT`` (default 1 GB), which are refused otherwise.
+
+    ``tasks=True`` runs each top-level statement as a task on the engine
+    that can start it earliest once the statements it depends on are done
+    (``%%parallel --tasks``); it returns a :class:`TaskJob`.  ``plan=True``
+    (with ``tasks``) returns the graph and its planned schedule, a
+    :class:`TaskPlan`, and runs nothing.
     """
     ns = _user_namespace() if namespace is None else namespace
+    if plan or tasks:
+        return _parallel_tasks(
+            code,
+            ns,
+            name=name,
+            out=out,
+            pull=pull,
+            seed=seed,
+            timeout=timeout,
+            priority=priority,
+            block=block,
+            targets=targets,
+            cache=cache,
+            ship_large=ship_large,
+            tasks=tasks,
+            plan=plan,
+        )
     _display_hooks()
     session = default_session()
     _announce(session.ensure_engines())
@@ -361,6 +388,38 @@ def parallel(
         ship_large=ship_large,
     )
     if not block:
+        return job
+    wait(job)
+    return job.result()
+
+
+def _parallel_tasks(
+    code: str, ns: dict[str, Any], *, tasks: bool, plan: bool, **options: Any
+) -> Any:
+    """``parallel(code, tasks=True)`` and ``parallel(code, tasks=True, plan=True)``."""
+    if not tasks:
+        raise InvalidRequest("plan=True shows a task graph: use it with tasks=True")
+    if options["targets"] is not None or options["cache"]:
+        raise InvalidRequest("tasks=True does not go with targets or cache")
+    if plan:
+        if options["block"]:
+            raise InvalidRequest("plan=True runs nothing, so it does not go with block")
+        return plan_tasks(code, ns)
+    _display_hooks()
+    _announce(default_session().ensure_engines())
+    job = submit_tasks(
+        default_jobs(),
+        code,
+        ns,
+        name=options["name"],
+        outputs=options["out"],
+        pull=options["pull"],
+        seed=validate_seed(options["seed"]),
+        timeout=options["timeout"],
+        priority=options["priority"],
+        ship_large=options["ship_large"],
+    )
+    if not options["block"]:
         return job
     wait(job)
     return job.result()

@@ -347,3 +347,33 @@ def test_a_hostile_jobs_or_cluster_line_is_a_one_line_usage_error(
 def test_a_map_timeout_must_be_finite_and_positive_from_python_too(timeout):
     with pytest.raises(InvalidRequest, match="seconds > 0 and finite"):
         MapOptions(timeout=timeout).validated()
+
+
+# -- %%parallel --tasks --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        "--tasks --plan --block",
+        "--tasks --plan --all",
+        "--plan --block",
+        "--plan --all",
+        "--plan",
+        "--timeline",
+        "--tasks --all",
+        "--tasks --targets 0",
+        "--tasks --cache",
+    ],
+)
+def test_task_graph_options_that_do_not_go_together_are_a_one_line_usage_error(
+    ip, options
+):
+    line = usage_error(ip, f"%%parallel {options}\nbi_a = 1")
+    assert "bi_a" not in ip.user_ns, line
+
+
+def test_a_syntax_error_in_a_task_graph_cell_is_the_users(ip):
+    shown = run_cell(ip, "%%parallel --tasks --plan\nbi_a = (1,\nbi_b = 2")
+    assert type(shown.error).__name__ == "CellSyntaxError", shown.text
+    assert "SyntaxError" in shown.text and not shown.own_frames, shown.text

@@ -287,3 +287,24 @@ def test_background_fits_cancel_one_job_and_wait_for_the_others():
         "names now in the notebook: draws_north" in north[0]
         or "will bring back: draws_north" in north[0]
     )
+
+
+def test_tutorial_runs_a_cell_as_a_task_graph():
+    nb = executed(os.path.join(HERE, "..", "notebooks", "tutorial.ipynb"))
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    (plan,) = [c for c in cells if c.source.startswith("%%parallel --tasks --plan")]
+    (shown,) = [out.data for out in plan.outputs if out.output_type == "execute_result"]
+    assert "task graph: 5 statements, 4 dependencies" in shown["text/plain"]
+    assert shown["text/html"].count("<svg") == 2  # the graph, the planned Gantt
+    (run,) = [c for c in cells if c.source.startswith("%%parallel --tasks --block")]
+    text = _text(run)
+    assert "{'difference': " in text
+    assert "tasks: 6 of 6 statements on 2 engines" in text
+    timelines = [
+        out.data["text/html"]
+        for out in run.outputs
+        if out.output_type == "display_data" and "text/html" in out.data
+    ]
+    assert any("paracell-task-bar" in html for html in timelines)
+    (after,) = [c for c in cells if c.source.startswith("print(report")]
+    assert _text(after).startswith("{'difference': ")

@@ -13,6 +13,13 @@ from ._frontend import use_widgets
 from ._jobreprs import JobsTable, JobView
 from ._progress import TextProgress, format_progress, progress_facts
 from ._tables import CacheView, ClusterStatusView, html_table, text_table
+from ._tasks import (
+    TaskPlanView,
+    task_graph_html,
+    task_graph_text,
+    task_timeline_html,
+    task_timeline_text,
+)
 from ._timeline import timeline_html, timeline_text
 from ._views import (
     TimelineView,
@@ -31,6 +38,7 @@ __all__ = [
     "ClusterStatusView",
     "JobView",
     "JobsTable",
+    "TaskPlanView",
     "TextProgress",
     "TimelineView",
     "cluster_panel",
@@ -43,6 +51,10 @@ __all__ = [
     "progress_facts",
     "register_formatters",
     "show_job",
+    "task_graph_html",
+    "task_graph_text",
+    "task_timeline_html",
+    "task_timeline_text",
     "text_table",
     "timeline_html",
     "timeline_text",

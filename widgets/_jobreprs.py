@@ -86,9 +86,9 @@ class JobView:
             f"<b>{escape(job.name)}</b> {badge_html(job.state)}"
             f"{escape(engine)} · {job.elapsed:.1f} s",
         ]
-        names = names_line(job)
-        if names:
-            parts.append(f"<div>{escape(names)}</div>")
+        for line in (job.progress_line(), names_line(job)):
+            if line:
+                parts.append(f"<div>{escape(line)}</div>")
         for stream, cls in ((job.stdout, "stdout"), (job.stderr, "stderr")):
             if stream:
                 parts.append(

@@ -113,7 +113,9 @@ class JobWidget(PlainText, w.VBox):  # type: ignore[misc]
 
     def _names_html(self) -> str:
         names = names_line(self.job)
-        lines = ([names] if names else []) + delivery_notes(self.job)
+        progress = self.job.progress_line()
+        lines = [line for line in (progress, names) if line]
+        lines += delivery_notes(self.job)
         return "".join(f"<div>{escape(line)}</div>" for line in lines)
 
     def _cancel(self, _: Any = None) -> None:

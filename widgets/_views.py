@@ -16,12 +16,15 @@ from ..kernel_backend import (
     JobManager,
     MapJob,
     MapProgress,
+    TaskPlan,
+    TaskTimeline,
     Timeline,
 )
 from ._frontend import in_kernel, use_widgets
 from ._jobreprs import JobsTable, JobView
 from ._progress import TextLines, TextProgress
 from ._tables import ClusterStatusView
+from ._tasks import TaskPlanView, task_timeline_html, task_timeline_text
 from ._timeline import timeline_html, timeline_text
 
 __all__ = [
@@ -202,6 +205,16 @@ def register_formatters(shell: Any) -> None:
     formatter.formatters["text/plain"].for_type(
         Timeline, lambda tl, p, cycle: p.text(timeline_text(tl))
     )
+    formatter.formatters["text/html"].for_type(TaskTimeline, task_timeline_html)
+    formatter.formatters["text/plain"].for_type(
+        TaskTimeline, lambda tl, p, cycle: p.text(task_timeline_text(tl))
+    )
+    formatter.formatters["text/html"].for_type(
+        TaskPlan, lambda plan: TaskPlanView(plan)._repr_html_()
+    )
+    formatter.formatters["text/plain"].for_type(
+        TaskPlan, lambda plan, p, cycle: p.text(repr(TaskPlanView(plan)))
+    )
 
 
 def unregister_formatters(shell: Any) -> None:
@@ -214,6 +227,10 @@ def unregister_formatters(shell: Any) -> None:
         (formatter.mimebundle_formatter, CellJob),
         (formatter.formatters["text/html"], Timeline),
         (formatter.formatters["text/plain"], Timeline),
+        (formatter.formatters["text/html"], TaskTimeline),
+        (formatter.formatters["text/plain"], TaskTimeline),
+        (formatter.formatters["text/html"], TaskPlan),
+        (formatter.formatters["text/plain"], TaskPlan),
     ):
         with contextlib.suppress(KeyError):
             kind.pop(cls)

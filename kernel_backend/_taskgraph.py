@@ -1,0 +1,239 @@
+"""A cell's top-level statements as a task graph (``%%parallel --tasks``).
+
+Pure analysis, no cluster: each top-level statement is a task (a block is
+one task, a ``def`` or ``class`` is one task).  What a statement does to each
+name comes from :mod:`ast` (which names it reads, binds, deletes or modifies
+in place) and :mod:`symtable` (which names a nested function, lambda or class
+reads from the cell's top level).  Two statements conflict, and the later
+depends on the earlier, when one writes a name the other reads or writes
+(Bernstein's conditions), where
+
+- *reads* are loads of the name, plus what the cell's own functions read
+  when the statement refers to them (calls them, passes them on);
+- *writes* are bindings (assignment, ``for``/``with``/``except`` targets,
+  walrus, ``def``, ``class``, imports), ``del``, and modifications in place:
+  ``x.append(...)`` and any method call on ``x``, ``x[i] = ...``,
+  ``x.attr = ...``, ``x += ...``, ``del x[i]``, and names a called function
+  declares ``global`` or modifies.
+
+Modifying a name modifies every name that may share its object in the cell
+(``b = a``, ``b = a[0]``, ``for row in rows``).  Calls of methods on modules
+(``np.sum(x)``) read the module, they do not modify it.  Expression
+statements that are calls (``print``, ``display``, plotting, writing a file)
+keep their program order among themselves.  A statement the analysis cannot
+see through (``from m import *``, ``exec``, ``globals()``) depends on every
+earlier statement, and every later one on it.
+"""
+
+from __future__ import annotations
+
+import ast
+import bisect
+import functools
+import symtable
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ._taskscan import (
+    SELF,
+    Aliases,
+    function_effects,
+    imported_names,
+    is_output,
+    scan_statement,
+)
+
+__all__ = ["Statement", "TaskGraph", "analyze_cell"]
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One top-level statement of a cell: a task."""
+
+    index: int
+    lineno: int  # first line in the cell (decorators included)
+    end_lineno: int
+    text: str
+    reads: frozenset[str]
+    binds: frozenset[str]
+    modifies: frozenset[str]
+    deletes: frozenset[str]
+    output: bool = False  # an expression statement that is a call
+    opaque: bool = False  # depends on everything before, everything after on it
+
+    @functools.cached_property
+    def writes(self) -> frozenset[str]:
+        """Every name whose value this statement may change."""
+        return self.binds | self.modifies | self.deletes
+
+    @functools.cached_property
+    def needs(self) -> frozenset[str]:
+        """Names whose value must be here before it runs."""
+        return self.reads | self.modifies
+
+    @property
+    def label(self) -> str:
+        """The statement's first line, shortened to 60 characters."""
+        first = self.text.strip().splitlines()[0] if self.text.strip() else ""
+        return first if len(first) <= 60 else first[:57] + "..."
+
+
+@dataclass(frozen=True)
+class TaskGraph:
+    """A cell's statements and which earlier ones each depends on."""
+
+    source: str
+    statements: tuple[Statement, ...]
+    #: per statement, the earlier ones it waits for (none implied by others)
+    deps: tuple[frozenset[int], ...]
+    #: names the cell binds, in order of first binding
+    bound: tuple[str, ...] = ()
+    succs: tuple[frozenset[int], ...] = field(default=(), compare=False)
+    #: name -> the statements that write it, in order
+    writers: dict[str, list[int]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        for statement in self.statements:
+            for name in statement.writes:
+                self.writers.setdefault(name, []).append(statement.index)
+
+    def __len__(self) -> int:
+        return len(self.statements)
+
+    def producer(self, index: int, name: str) -> int | None:
+        """The statement whose value of ``name`` statement ``index`` sees
+        (the last earlier writer), or None: the notebook's."""
+        writers = self.writers.get(name, [])
+        position = bisect.bisect_left(writers, index)
+        return writers[position - 1] if position else None
+
+    def last_writer(self, name: str) -> int | None:
+        """The statement that leaves ``name`` as the cell ends, or None."""
+        return self.producer(len(self.statements), name)
+
+    def descendants(self, index: int) -> set[int]:
+        """Every statement that depends on ``index``, directly or not."""
+        found: set[int] = set()
+        todo = [index]
+        while todo:
+            for succ in self.succs[todo.pop()]:
+                if succ not in found:
+                    found.add(succ)
+                    todo.append(succ)
+        return found
+
+    def edges(self) -> list[tuple[int, int]]:
+        """Dependency edges (none implied by others: those are left out)."""
+        return [(i, j) for j, preds in enumerate(self.deps) for i in sorted(preds)]
+
+
+def analyze_cell(source: str, modules: Iterable[str] = ()) -> TaskGraph:
+    """The task graph of ``source`` (plain Python, magics transformed away).
+
+    ``modules``: names the notebook holds as modules (method calls on them
+    only read them).  Raises the user's ``SyntaxError``.
+    """
+    tree = ast.parse(source)
+    table = symtable.symtable(source, "<cell>", "exec")
+    known_modules = set(modules) | imported_names(tree)
+    aliases = Aliases(tree, known_modules)
+    scans = [scan_statement(node, table, known_modules) for node in tree.body]
+    effects = function_effects(scans)
+    statements = []
+    for index, (node, scan) in enumerate(zip(tree.body, scans, strict=True)):
+        reads, modifies = set(scan.reads), set(scan.modifies)
+        for name in scan.reads:
+            if name in effects:
+                reads |= effects[name][0]
+                modifies |= {name if m == SELF else m for m in effects[name][1]}
+        # a statement that binds or changes a name that may share its object
+        # with others changes them all: every version of such a group then
+        # lives together on one engine, so they stay one object there
+        modifies = aliases.widen(modifies | aliases.shared(scan.binds)) - scan.binds
+        modifies |= set(scan.modifies)
+        reads |= modifies - scan.binds - known_modules
+        first = min([node.lineno, *(d.lineno for d in _decorators(node))])
+        statements.append(
+            Statement(
+                index=index,
+                lineno=first,
+                end_lineno=node.end_lineno or node.lineno,
+                text=_text(source, first, node.end_lineno or node.lineno),
+                reads=frozenset(reads),
+                binds=frozenset(scan.binds),
+                modifies=frozenset(modifies),
+                deletes=frozenset(scan.deletes),
+                output=is_output(node),
+                opaque=scan.opaque,
+            )
+        )
+    deps = _dependencies(statements)
+    succs: list[set[int]] = [set() for _ in statements]
+    for j, preds in enumerate(deps):
+        for i in preds:
+            succs[i].add(j)
+    return TaskGraph(
+        source=source,
+        statements=tuple(statements),
+        deps=tuple(deps),
+        bound=_bound_in_order(statements),
+        succs=tuple(frozenset(s) for s in succs),
+    )
+
+
+def _dependencies(statements: list[Statement]) -> list[frozenset[int]]:
+    deps: list[frozenset[int]] = []
+    last_output: int | None = None
+    for j, later in enumerate(statements):
+        preds = set()
+        for i in range(j):
+            earlier = statements[i]
+            if (
+                later.opaque
+                or earlier.opaque
+                or earlier.writes & (later.needs | later.writes)
+                or earlier.needs & later.writes
+            ):
+                preds.add(i)
+        if later.output:
+            if last_output is not None:
+                preds.add(last_output)
+            last_output = j
+        deps.append(frozenset(preds))
+    return _reduced(deps)
+
+
+def _reduced(deps: list[frozenset[int]]) -> list[frozenset[int]]:
+    """Without the dependencies implied by others (``c`` on ``a`` when it
+    depends on ``b`` that depends on ``a``): same order, fewer edges."""
+    ancestors: list[set[int]] = []  # dependencies point backwards: one pass
+    out = []
+    for preds in deps:
+        implied: set[int] = set()
+        kept = []
+        for i in sorted(preds, reverse=True):
+            if i not in implied:
+                kept.append(i)
+                implied |= ancestors[i]
+        ancestors.append(set(kept) | implied)
+        out.append(frozenset(kept))
+    return out
+
+
+def _bound_in_order(statements: list[Statement]) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for s in statements:
+        for name in sorted(s.binds):
+            if not name.startswith("__"):
+                seen.setdefault(name, None)
+    return tuple(seen)
+
+
+def _text(source: str, first: int, last: int) -> str:
+    return "".join(source.splitlines(keepends=True)[first - 1 : last])
+
+
+def _decorators(node: ast.stmt) -> list[ast.expr]:
+    return list(getattr(node, "decorator_list", []))
