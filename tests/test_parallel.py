@@ -103,6 +103,8 @@ def test_later_jobs_win_over_earlier_ones_for_the_same_name(ip, shared_cluster):
 
 
 def test_out_and_no_pull_choose_what_comes_back(ip, shared_cluster):
+    for name in ("a", "b", "c"):  # the shell is shared by the whole run
+        ip.user_ns.pop(name, None)
     ok(ip, "%%parallel --block --out a\na = 1\nb = 2")
     assert ip.user_ns["a"] == 1 and "b" not in ip.user_ns
     ok(ip, "%%parallel --block --no-pull\nc = 3")
