@@ -397,7 +397,11 @@ class JobManager:
         session = self._session
         client = session.client
         session.require_controller()
-        if not session.engine_ids():
+        if (
+            not session.engine_ids()
+            and not session.can_launch()
+            and not session.engines_coming()
+        ):
             raise InvalidRequest(
                 "the cluster has no engines; add some with %cluster scale N"
             )
@@ -446,6 +450,10 @@ class JobManager:
             self._register(job, namespace)
             heapq.heappush(self._queue, (-priority, next(self._order), job))
             self._ensure_monitor()
+            # engines on demand: one per job, if none is free
+            session.want(
+                len(self._running) + len(self._queue), "background jobs", retry=True
+            )
         if stored is not None:
             job.add_done_callback(stored.save)
         job.subscribe(self._changed)
@@ -550,7 +558,12 @@ class JobManager:
                 "the cluster's controller does not answer:"
                 " %cluster stop, then %cluster start"
             )
-        if not session.engine_ids() and not session.engines_expected():
+        if (
+            not session.engine_ids()
+            and not session.engines_expected()
+            and not session.engines_coming()
+            and not session.can_launch()
+        ):
             return "the cluster has no engines: start or scale it (%cluster scale N)"
         return None
 
@@ -769,6 +782,9 @@ class JobManager:
             job._ar.add_done_callback(lambda _: self._wake.set())
             self._running[engine] = job
             job._notify()
+        if self._queue and not free:
+            # jobs wait for an engine: engines on demand start for them
+            session.want(len(self._running) + len(self._queue), "background jobs")
         return failed
 
     def _collect(self, job: CellJob, ar: Any) -> bool:
@@ -809,7 +825,9 @@ class JobManager:
                 job._finish("failed", error)
             return True
         job.host = outcome.host
-        job.started = outcome.started
+        # the engine's clock, read on the kernel's (engines elsewhere run
+        # their own clocks: see _clock)
+        job.started = self._session.to_kernel_clock(job.engine, outcome.started)
         if outcome.interrupted or job._cancel_reason is not None:
             if job._cancel_reason in (None, "cancelled"):
                 job._finish("cancelled")

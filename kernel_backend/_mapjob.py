@@ -463,6 +463,7 @@ class _MapRun:
         self.new_warnings = False
         self.last_answer = time.monotonic()  # when a chunk last came back
         self.cache: Any = None  # a _cachedmap.MapCache with --cache
+        self.shipment: Any = None  # the names engines joining the map need
 
     # -- the loop --------------------------------------------------------
 
@@ -485,6 +486,8 @@ class _MapRun:
                             # themselves from cancelled work: wait for them
                             time.sleep(_POLL)
                             continue
+                        if self.session.want(self._items_left(), "a map"):
+                            continue  # engines on demand replace lost ones
                         if self.session.engines_expected():
                             # stuck engines were replaced: start the new ones
                             self.session.ensure_engines()
@@ -520,6 +523,17 @@ class _MapRun:
             self.job._running = False
         self._emit("done", force=True)
         return self._results()
+
+    def _items_left(self) -> int:
+        """Items not finished yet (a large number when the total is unknown)."""
+        if self.job.total is None:
+            return 1 << 30
+        return max(1, self.job.total - self._done_count())
+
+    def _kernel_time(self, eid: int | None, engine_time: float) -> float:
+        if self.session is None:
+            return engine_time
+        return float(self.session.to_kernel_clock(eid, engine_time))
 
     def _recovering(self) -> bool:
         """Whether an engine of this map is live but still stopping cancelled
@@ -682,9 +696,10 @@ class _MapRun:
     def _usable_engines(self) -> list[int]:
         live = set(self.session.engine_ids())
         if self.options.targets is None:
-            # engines added while the map runs join in
+            # engines added while the map runs join in, with its names
             for eid in sorted(live):
                 if eid not in self.engines:
+                    self._join(eid)
                     self.engines.append(eid)
         stale = self.session.stale_engines()
         usable = [e for e in self.engines if e in live and e not in stale]
@@ -692,6 +707,14 @@ class _MapRun:
         # use them only when there is nothing else
         unreserved = set(self.session.unreserved_engine_ids())
         return [e for e in usable if e in unreserved] or usable
+
+    def _join(self, eid: int) -> None:
+        """Send an engine that joins the map the names its chunks need (no
+        wait: the engine runs them before the chunks sent after)."""
+        if self.shipment is None:
+            return
+        with contextlib.suppress(Exception):  # a dead engine fails its chunk
+            self.session.shipper.ship(self.client, [eid], self.shipment, block=False)
 
     # -- results ---------------------------------------------------------
 
@@ -771,7 +794,8 @@ class _MapRun:
                 -1 if eid is None else eid,
                 chunk.first,
                 len(outcome.values),
-                outcome.started,
+                # the engine's clock, read on the kernel's (see _clock)
+                self._kernel_time(eid, outcome.started),
                 outcome.seconds,
             )
         )
