@@ -564,6 +564,8 @@ class JobManager:
             and not session.engines_coming()
             and not session.can_launch()
         ):
+            if session.launch_error is not None:
+                return f"launching engines on demand failed ({session.launch_error})"
             return "the cluster has no engines: start or scale it (%cluster scale N)"
         return None
 
@@ -960,6 +962,16 @@ def run_everywhere(
     client = session.client
     live = session.engine_ids()
     if targets is None:
+        if not live:
+            raise InvalidRequest(
+                "the cluster has no engines to run the cell on"
+                + (
+                    " (engines on demand start for maps and background jobs;"
+                    " --all runs on the engines up now)"
+                    if getattr(session, "demand", None) is not None
+                    else "; add some with %cluster scale N"
+                )
+            )
         targets = live
     unknown = [t for t in targets if t not in live]
     if unknown or not targets:

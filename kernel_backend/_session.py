@@ -662,6 +662,11 @@ class ClusterSession:
         """The limits of engines on demand, or None for a fixed count."""
         return self._demand
 
+    @property
+    def launch_error(self) -> str | None:
+        """Why the last launch on demand failed (None: it did not)."""
+        return self._launch_error
+
     def can_launch(self) -> bool:
         """Whether work waiting for an engine makes one start (engines on
         demand, and the last launch did not fail)."""

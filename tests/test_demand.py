@@ -82,6 +82,8 @@ def test_a_map_with_no_engines_starts_them_and_idle_ones_stop_down_to_min(
     panel = ClusterPanel(session, loop=None)
     assert "on demand, 0 to 2: none until work waits" in panel.state.value
     panel.close()
+    with pytest.raises(UsageError, match="engines on demand start for maps and"):
+        ip.run_cell_magic("parallel", "--all", "import math")
 
     # a map waiting with no engine: engines start, the map runs to the end
     ip.user_ns["square"] = _square
