@@ -129,4 +129,3 @@ def test_a_host_that_refuses_ssh_is_a_one_line_error(ip, ssh_host):
     assert f"ssh root@{ssh_host}" in message
     assert "Connection refused" in message
     assert not default_session().active
-
