@@ -1272,8 +1272,9 @@ class ClusterSession:
         # on demand: down to the minimum, and none while work waits for one
         if self._launching:
             return []
-        up = len(self.engine_ids())
-        ids = [e for e in ids if e not in self._reserved]
+        live = self.engine_ids()
+        ids = [e for e in ids if e in live and e not in self._reserved]
+        up = len(live)
         ids = demand.to_stop(ids, up)
         if ids:
             self._remove_engines(self._client, ids)
