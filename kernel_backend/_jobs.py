@@ -421,7 +421,11 @@ class JobManager:
         session = self._session
         client = session.client
         session.require_controller()
-        if not session.engine_ids():
+        if (
+            not session.engine_ids()
+            and not session.can_launch()
+            and not session.engines_coming()
+        ):
             raise InvalidRequest(
                 "the cluster has no engines; add some with %cluster scale N"
             )
@@ -470,6 +474,10 @@ class JobManager:
             self._register(job, namespace)
             heapq.heappush(self._queue, (-priority, next(self._order), job))
             self._ensure_monitor()
+            # engines on demand: one per job, if none is free
+            session.want(
+                len(self._running) + len(self._queue), "background jobs", retry=True
+            )
         if stored is not None:
             job.add_done_callback(stored.save)
         job.subscribe(self._changed)
@@ -574,7 +582,14 @@ class JobManager:
                 "the cluster's controller does not answer:"
                 " %cluster stop, then %cluster start"
             )
-        if not session.engine_ids() and not session.engines_expected():
+        if (
+            not session.engine_ids()
+            and not session.engines_expected()
+            and not session.engines_coming()
+            and not session.can_launch()
+        ):
+            if session.launch_error is not None:
+                return f"launching engines on demand failed ({session.launch_error})"
             return "the cluster has no engines: start or scale it (%cluster scale N)"
         return None
 
@@ -792,6 +807,9 @@ class JobManager:
             job._ar.add_done_callback(lambda _: self._wake.set())
             self._running[engine] = job
             job._notify()
+        if self._queue and not free:
+            # jobs wait for an engine: engines on demand start for them
+            session.want(len(self._running) + len(self._queue), "background jobs")
         return failed
 
     def _collect(self, job: CellJob, ar: Any) -> bool:
@@ -830,7 +848,9 @@ class JobManager:
                 job._finish("failed", error)
             return True
         job.host = outcome.host
-        job.started = outcome.started
+        # the engine's clock, read on the kernel's (engines elsewhere run
+        # their own clocks: see _clock)
+        job.started = self._session.to_kernel_clock(job.engine, outcome.started)
         if outcome.interrupted or job._stopped is not None:
             _finish_stopped(job)
             return True
@@ -973,6 +993,16 @@ def run_everywhere(
     client = session.client
     live = session.engine_ids()
     if targets is None:
+        if not live:
+            raise InvalidRequest(
+                "the cluster has no engines to run the cell on"
+                + (
+                    " (engines on demand start for maps and background jobs;"
+                    " --all runs on the engines up now)"
+                    if getattr(session, "demand", None) is not None
+                    else "; add some with %cluster scale N"
+                )
+            )
         targets = live
     unknown = [t for t in targets if t not in live]
     if unknown or not targets:

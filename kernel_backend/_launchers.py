@@ -29,7 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -57,7 +57,9 @@ __all__ = [
     "Waiting",
     "accepted_options",
     "parse_hosts",
+    "place_engines",
     "plan",
+    "ssh_engines_running",
     "waiting_engines",
 ]
 
@@ -142,6 +144,7 @@ class LaunchPlan:
     extra: tuple[str, ...] = ()  # --extra, split like a shell would
     note: str | None = None  # said with the start report, e.g. why n was capped
     n_given: bool = True  # whether n came from the user (not a default)
+    force: bool = False  # ssh: engines past the hosts' counts go round-robin
 
     @property
     def local(self) -> bool:
@@ -195,17 +198,21 @@ def parse_hosts(text: str) -> tuple[Host, ...]:
 
 
 def engines_per_host(
-    hosts: Sequence[Host], n: int | None
+    hosts: Sequence[Host], n: int | None, *, force: bool = False
 ) -> tuple[dict[str, int], int]:
     """Share ``n`` engines among ``hosts``; returns ``{location: count}`` and n.
 
     Hosts with a ``:count`` get that many; the others share what is left
-    (one each when ``n`` is not given).
+    (one each when ``n`` is not given).  With every host counted, more
+    engines than the counts' sum are refused, unless ``force``: then the
+    rest go round-robin (see :func:`place_engines`).
     """
     fixed = sum(h.count or 0 for h in hosts)
     free = [h for h in hosts if h.count is None]
     if n is None:
         n = fixed + len(free)
+    if force and not free and n > fixed:
+        return place_engines(hosts, {}, n, force=True), n
     if n < fixed or (n > fixed and not free) or (free and n - fixed < len(free)):
         given = ", ".join(f"{h.location}:{h.count or '?'}" for h in hosts)
         raise InvalidRequest(
@@ -222,6 +229,67 @@ def engines_per_host(
             extra -= 1
         counts[h.location] = counts.get(h.location, 0) + add
     return counts, n
+
+
+def place_engines(
+    hosts: Sequence[Host], running: dict[str, int], count: int, *, force: bool = False
+) -> dict[str, int]:
+    """Where ``count`` more engines go, with ``running`` ({location: engines})
+    already up: ``{location: new engines}``.
+
+    A host's ``:count`` is the most engines it takes, as at the start: free
+    places on counted hosts are filled first, in the order given, then hosts
+    without a count take the rest, the least loaded first.  With no place
+    left, ``force`` places the rest round-robin over every host (the least
+    loaded first); without it the request is refused (``InvalidRequest``),
+    before anything starts.
+    """
+    load = {h.location: running.get(h.location, 0) for h in hosts}
+    placed: dict[str, int] = {}
+
+    def put(location: str) -> None:
+        load[location] += 1
+        placed[location] = placed.get(location, 0) + 1
+
+    for _ in range(count):
+        open_ = [h for h in hosts if h.count is not None and load[h.location] < h.count]
+        if open_:
+            put(open_[0].location)
+            continue
+        candidates = [h for h in hosts if h.count is None] or (
+            list(hosts) if force else []
+        )
+        if not candidates:
+            room = sum(h.count or 0 for h in hosts)
+            given = ",".join(f"{h.location}:{h.count}" for h in hosts)
+            up = sum(running.get(h.location, 0) for h in hosts)
+            raise InvalidRequest(
+                f"{up + count} engines do not fit --hosts {given} (room for"
+                f" {room}); list more hosts, leave one without a :count, or use"
+                " --force to place the rest round-robin"
+            )
+        # the least loaded; among equals, the first listed
+        put(min(candidates, key=lambda h: load[h.location]).location)
+    return placed
+
+
+def ssh_engines_running(cluster: Any, pids: Collection[int]) -> dict[str, int]:
+    """{location: engines up there} over ``cluster``'s SSH engine sets, for
+    the engines whose pids are ``pids`` (those registered and not removed).
+
+    ipyparallel starts each engine in the background on its host and learns
+    of its end only when a poll over ssh, seconds later, runs on an event
+    loop; the registered engines are the truth.
+    """
+    running: dict[str, int] = {}
+    for engine_set in list(getattr(cluster, "engines", {}).values()):
+        if not isinstance(engine_set, SSHEngineSetLauncher):
+            continue
+        for key, launcher in list(engine_set.launchers.items()):
+            if getattr(launcher, "pid", None) in pids:
+                location = str(key).rpartition("/")[0]
+                running[location] = running.get(location, 0) + 1
+    return running
 
 
 def accepted_options(launcher: str) -> frozenset[str]:
@@ -348,11 +416,14 @@ def _ssh_hostname(host: str) -> str:
 # -- the plan ----------------------------------------------------------------
 
 
-def plan(launcher: str, n: int | None, options: LauncherOptions) -> LaunchPlan:
+def plan(
+    launcher: str, n: int | None, options: LauncherOptions, *, force: bool = False
+) -> LaunchPlan:
     """Check ``options`` for ``launcher`` and work out how to start ``n`` engines.
 
     Raises ``InvalidRequest`` (one line, for the user) on any mistake, before
-    anything is started.
+    anything is started.  ``force``: ssh engines past the hosts' counts go
+    round-robin instead of being refused.
     """
     _check_options(launcher, options)
     config = Config()
@@ -386,9 +457,10 @@ def plan(launcher: str, n: int | None, options: LauncherOptions) -> LaunchPlan:
                 config,
                 extra=tuple(extra),
                 n_given=n is not None,
+                force=force,
             )
         hosts = parse_hosts(options.hosts)
-        per_host, count = engines_per_host(hosts, n)
+        per_host, count = engines_per_host(hosts, n, force=force)
         config.SSHEngineSetLauncher.engines = per_host
         ip = ip or address_towards(hosts[0].name)
     elif launcher == "mpi":
@@ -415,7 +487,15 @@ def plan(launcher: str, n: int | None, options: LauncherOptions) -> LaunchPlan:
     if ip in ("*", "0.0.0.0"):
         location = f"all interfaces of {socket.gethostname()}"
     return LaunchPlan(
-        launcher, count, engine_class, ip, location, config, hosts, tuple(extra)
+        launcher,
+        count,
+        engine_class,
+        ip,
+        location,
+        config,
+        hosts,
+        tuple(extra),
+        force=force,
     )
 
 
@@ -481,7 +561,8 @@ def _hosts_from_profile(cluster: Any, launch: LaunchPlan) -> LaunchPlan:
     first = str(next(iter(engines))).rpartition("@")[2].partition(":")[0]
     ip = launch.controller_ip or address_towards(first)
     cluster.controller_ip = ip
-    hosts = tuple(Host(str(h)) for h in engines)
+    # the profile's counts hold as --hosts counts do
+    hosts = tuple(Host(str(h), count=c) for h, c in zip(engines, counts, strict=True))
     return replace(launch, n=n, controller_ip=ip, location=ip, hosts=hosts)
 
 

@@ -464,6 +464,7 @@ class _MapRun:
         #: the namespace items run in where the pool has none of its own
         #: (``--local``: a copy of the notebook's); engines use theirs
         self.base: dict[str, Any] | None = None
+        self.shipment: Any = None  # the names engines joining the map need
 
     # -- the loop --------------------------------------------------------
 
@@ -486,6 +487,8 @@ class _MapRun:
                             # themselves from cancelled work: wait for them
                             time.sleep(_POLL)
                             continue
+                        if self.pool.want(self._items_left(), "a map"):
+                            continue  # engines on demand replace lost ones
                         if self.pool.engines_expected():
                             # stuck engines were replaced: start the new ones
                             self.pool.ensure_engines()
@@ -521,6 +524,12 @@ class _MapRun:
             self.job._running = False
         self._emit("done", force=True)
         return self._results()
+
+    def _items_left(self) -> int:
+        """Items not finished yet (a large number when the total is unknown)."""
+        if self.job.total is None:
+            return 1 << 30
+        return max(1, self.job.total - self._done_count())
 
     def _recovering(self) -> bool:
         """Whether an engine of this map is live but still stopping cancelled
@@ -682,9 +691,10 @@ class _MapRun:
     def _usable_engines(self) -> list[int]:
         live = set(self.pool.engine_ids())
         if self.options.targets is None:
-            # engines added while the map runs join in
+            # engines added while the map runs join in, with its names
             for eid in sorted(live):
                 if eid not in self.engines:
+                    self._join(eid)
                     self.engines.append(eid)
         stale = self.pool.stale_engines()
         usable = [e for e in self.engines if e in live and e not in stale]
@@ -692,6 +702,12 @@ class _MapRun:
         # use them only when there is nothing else
         unreserved = set(self.pool.unreserved_engine_ids())
         return [e for e in usable if e in unreserved] or usable
+
+    def _join(self, eid: int) -> None:
+        """Send an engine that joins the map the names its chunks need (no
+        wait: the engine runs them before the chunks sent after)."""
+        if self.shipment is not None:
+            self.pool.join(eid, self.shipment)
 
     # -- results ---------------------------------------------------------
 
@@ -771,7 +787,8 @@ class _MapRun:
                 eid,
                 chunk.first,
                 len(outcome.values),
-                outcome.started,
+                # the engine's clock, read on the kernel's (see _clock)
+                self.pool.to_kernel_clock(eid, outcome.started),
                 outcome.seconds,
             )
         )

@@ -307,6 +307,14 @@ def _start_held(
     client = session.client
     session.require_controller()
     live = session.engine_ids()
+    if session.demand is not None and options.targets is None:
+        # engines on demand: one per item, up to the maximum; the map starts
+        # on the first that registers and takes the others as they come
+        of = "" if total is None else f" of {total} item{'s' * (total != 1)}"
+        session.want(
+            session.demand.maximum if total is None else total, f"a map{of}", retry=True
+        )
+        live = session.await_engines()
     if options.targets is not None:
         unknown = [t for t in options.targets if t not in live]
         if unknown:
@@ -335,6 +343,7 @@ def _start_held(
         job.subscribe(observer)
     run = _MapRun(session, spec, items, options, job, star=star, engines=engines)
     run.cache = cache
+    run.shipment = shipment
     job.add_done_callback(session.mapping(engines))
     return _launch(job, run, block, hold.pop_all())
 

@@ -63,6 +63,19 @@ class EnginePool(Protocol):
 
     def ensure_engines(self) -> object: ...
 
+    def want(self, engines: int, why: str) -> int:
+        """Engines on demand: launch up to ``engines`` for ``why``; returns
+        how many were launched (0 with a fixed count of engines)."""
+        ...
+
+    def join(self, engine: int, shipment: Any) -> None:
+        """Send ``engine``, joining work under way, the names it needs."""
+        ...
+
+    def to_kernel_clock(self, engine: int, engine_time: float) -> float:
+        """An engine's ``time.time()`` reading on the kernel's clock."""
+        ...
+
     def controller_responds(self) -> bool: ...
 
     def pack(self, obj: Any) -> Any:
@@ -127,6 +140,15 @@ class LocalPool:
 
     def ensure_engines(self) -> None:
         return None
+
+    def want(self, engines: int, why: str) -> int:
+        return 0
+
+    def join(self, engine: int, shipment: Any) -> None:
+        return None
+
+    def to_kernel_clock(self, engine: int, engine_time: float) -> float:
+        return engine_time
 
     def controller_responds(self) -> bool:
         return True

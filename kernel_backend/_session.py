@@ -13,9 +13,11 @@ import contextlib
 import glob
 import json
 import logging
+import math
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -28,9 +30,19 @@ import psutil
 from traitlets.config import Config
 
 from . import _pickling
+from ._clock import ClockOffset, measure_offsets
+from ._demand import DEFAULT_IDLE_TIMEOUT, Demand, check_demand
 from ._engine import engine_identity
 from ._errors import ClusterStartError, InvalidRequest, NoCluster
-from ._launchers import LauncherOptions, LaunchPlan, configure, plan, waiting_engines
+from ._launchers import (
+    LauncherOptions,
+    LaunchPlan,
+    configure,
+    place_engines,
+    plan,
+    ssh_engines_running,
+    waiting_engines,
+)
 from ._limits import check_engine_count
 from ._profiles import check_profile_name
 from ._shipping import NameShipper
@@ -78,6 +90,7 @@ class _EngineRecord:
     probes: int = 0
     tasks_done: int = 0
     pending_probe: Any = None
+    clock: ClockOffset | None = None  # its clock against the kernel's
 
 
 class ClusterSession:
@@ -101,8 +114,6 @@ class ClusterSession:
         self._connection_file: str | None = None
         self._target = 0
         self._launch: LaunchPlan | None = None  # how paracell started the engines
-        # (when the batch system was last asked, whether engines are coming)
-        self._coming: tuple[float, bool] = (0.0, False)
         self._idle_timeout: float | None = None
         self._records: dict[int, _EngineRecord] = {}
         self._removed: set[int] = set()
@@ -127,6 +138,13 @@ class ClusterSession:
         self._epoch = 0
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._controller_seen: tuple[float, bool] = (0.0, True)
+        # engines on demand: the limits, why the count is what it is, how
+        # many launched engines have not registered yet, a launch's failure
+        self._demand: Demand | None = None
+        self._demand_why = ""
+        self._launching = 0
+        self._launch_error: str | None = None
+        self._queued: tuple[float, int] = (0.0, 0)  # (asked when, count)
 
     # -- queries -----------------------------------------------------------
 
@@ -189,7 +207,15 @@ class ClusterSession:
         if client is None:
             return []
         removed = self._removed
-        return [eid for eid in client.ids if eid not in removed]
+        ids = [eid for eid in client.ids if eid not in removed]
+        if any(eid not in self._records for eid in ids):
+            # engines that registered by themselves (a batch queue let them
+            # run, a launch on demand): learn who they are and how their
+            # clock runs before work lands on them
+            with self._lock:
+                if self._client is client:
+                    self._probe([e for e in ids if e not in self._records], 2.0)
+        return ids
 
     def unreserved_engine_ids(self) -> list[int]:
         """Engines not running a background job (maps use these first)."""
@@ -348,6 +374,9 @@ class ClusterSession:
                 controller_answers=answering,
                 threads_per_engine=self._threads,
                 waiting=self._waiting(ids),
+                min_engines=None if self._demand is None else self._demand.minimum,
+                max_engines=None if self._demand is None else self._demand.maximum,
+                demand=self._demand_why if self._demand is not None else None,
             )
 
     # -- lifecycle ---------------------------------------------------------
@@ -363,6 +392,8 @@ class ClusterSession:
         force: bool = False,
         threads: int | None = None,
         options: LauncherOptions | None = None,
+        min_engines: int | None = None,
+        max_engines: int | None = None,
     ) -> StartReport:
         """Start a controller and ``n`` engines (default: the CPU count).
 
@@ -377,17 +408,39 @@ class ClusterSession:
         BLAS/OpenMP threads per engine; local engines get ``max(1, cores //
         n)`` by default, so ``n`` engines doing numpy work do not
         oversubscribe the cores.
+
+        ``min_engines``/``max_engines`` (instead of ``n``) start engines on
+        demand: ``min_engines`` (default 0) at once, more as work waits for
+        an engine, up to ``max_engines`` (default: the launcher's default
+        count); engines idle for ``idle_timeout`` seconds (default 60) stop,
+        down to ``min_engines`` (see :mod:`._demand`).
         """
+        on_demand = min_engines is not None or max_engines is not None
         if n is not None:
             _check_count(n, "number of engines", minimum=1)
         launcher = _check_launcher(launcher)
         profile = check_profile_name(profile)
+        if on_demand:
+            # the arguments alone; the maximum is known once the plan is
+            low = min_engines if isinstance(min_engines, int) else 0
+            check_demand(min_engines, max_engines, n=n, default_max=max(1, low))
+            n = max_engines
         if n is not None:
             # before planning: a plan for an absurd count is itself costly
             check_engine_count(n, launcher, force=force)
-        launch = plan(launcher, n, options or LauncherOptions())
+        launch = plan(launcher, n, options or LauncherOptions(), force=force)
         n = launch.n
         check_engine_count(n, launcher, force=force)
+        demand = None
+        if on_demand:
+            demand = check_demand(
+                min_engines,
+                n if max_engines is not None else None,
+                n=None,
+                default_max=n,
+            )
+            if idle_timeout is None:
+                idle_timeout = DEFAULT_IDLE_TIMEOUT
         explicit = threads is not None
         if explicit:
             _check_count(threads, "--threads", minimum=1)
@@ -413,21 +466,33 @@ class ClusterSession:
             tic = time.perf_counter()
             cluster = _make_cluster(launch, profile, _thread_env(per_engine, explicit))
             self._launch = launch
+            first = None if demand is None else demand.minimum
             try:
-                client = self._start_cluster(cluster, n, timeout)
+                client = self._start_cluster(cluster, first, timeout)
             except BaseException:
                 # Ctrl-C included: batch jobs still queued are cancelled too
                 self._launch = None
                 _teardown(cluster, _cluster_pids(cluster))
                 raise
             launch = self._launch or launch  # completed from the profile
-            self._adopt(client, cluster, "started", launcher, launch.n)
+            if demand is not None and max_engines is None:
+                # the profile's hosts may say how many there can be
+                demand = Demand(demand.minimum, max(demand.minimum, launch.n))
+            target = launch.n if demand is None else demand.minimum
+            self._adopt(client, cluster, "started", launcher, target)
             self._location = launch.location
             self._watchdog = start_watchdog(
                 cluster.cluster_id, os.path.join(cluster.profile_dir, "security")
             )
             self._idle_timeout = idle_timeout
             self._threads = per_engine
+            self._demand = demand
+            if demand is not None:
+                self._demand_why = (
+                    f"{_count(demand.minimum)} kept (--min)"
+                    if demand.minimum
+                    else "none until work waits"
+                )
             if idle_timeout is not None:
                 self._reaper = _IdleReaper(self, idle_timeout)
                 self._reaper.start()
@@ -520,6 +585,13 @@ class ClusterSession:
         with self._changing("scaling"), self._lock:
             client, cluster = self._require_owned("scale")
             check_engine_count(n, self._launcher or "local", force=force)
+            demand = self._demand
+            if demand is not None and not demand.minimum <= n <= demand.maximum:
+                raise InvalidRequest(
+                    f"scale {n} is outside --min {demand.minimum} and --max"
+                    f" {demand.maximum} (engines on demand); scale within them,"
+                    " or stop and start again with other limits"
+                )
             self._forget_dead(client)
             live = [eid for eid in client.ids if eid not in self._removed]
             change = n - len(live)
@@ -533,11 +605,13 @@ class ClusterSession:
                     waiting = max(0, n - len(live))
                 change = n - len(live) - waiting
             if change > 0:
-                self._add_engines(cluster, client, change, timeout)
+                self._add_engines(cluster, client, change, timeout, force=force)
             elif change < 0:
                 self._remove_engines(client, self._pick_removals(client, -change))
             self._target = n
             self._idle_stopped.clear()
+            if demand is not None:
+                self._demand_why = f"scaled to {n}"
             return change
 
     def restart(self, *, timeout: float = _DEFAULT_START_TIMEOUT) -> StartReport:
@@ -568,6 +642,9 @@ class ClusterSession:
         with self._lock:
             if self._client is None:
                 return self.start()
+            if self._demand is not None and self._demand.minimum:
+                # engines that died are replaced up to the minimum
+                self.want(self._demand.minimum, "--min", retry=True)
             if not self._owed() or self._cluster is None:
                 return None
         with self._changing("starting"), self._lock:
@@ -579,6 +656,138 @@ class ClusterSession:
             self._to_replace.clear()
             self._add_engines(self._cluster, self._client, missing, 60.0)
             return self._report(len(self._client.ids), time.perf_counter() - tic)
+
+    # -- engines on demand ------------------------------------------------
+
+    @property
+    def demand(self) -> Demand | None:
+        """The limits of engines on demand, or None for a fixed count."""
+        return self._demand
+
+    @property
+    def launch_error(self) -> str | None:
+        """Why the last launch on demand failed (None: it did not)."""
+        return self._launch_error
+
+    def can_launch(self) -> bool:
+        """Whether work waiting for an engine makes one start (engines on
+        demand, and the last launch did not fail)."""
+        return (
+            self._demand is not None
+            and self._cluster is not None
+            and self._launch_error is None
+        )
+
+    def want(self, engines: int, why: str, *, retry: bool = False) -> int:
+        """Engines on demand: launch engines so that ``engines`` are up or
+        on their way, within the minimum and maximum.
+
+        ``why`` says for what (e.g. ``"a map of 40 items"``); status shows
+        it.  After a launch failed, nothing more is launched unless
+        ``retry`` (new work tries again; a map waiting does not).  Returns
+        how many engines were launched: 0 for a fixed count, or when enough
+        are up or coming.  Launching does not wait: engines join the work
+        as they register (``engines_coming()`` meanwhile).
+        """
+        demand = self._demand
+        if demand is None:
+            return 0
+        with self._lock:
+            client, cluster = self._client, self._cluster
+            if demand is not self._demand or client is None or cluster is None:
+                return 0
+            if self._launch_error is not None and not retry:
+                return 0
+            up = len(self.engine_ids())
+            coming = self._launching + self._queued_engines()
+            add = demand.to_launch(engines, up, coming)
+            if add <= 0:
+                return 0
+            self._launch_error = None
+            self._launching += add
+            self._target = up + coming + add
+            capped = " (--max)" if demand.target(engines) < engines else ""
+            self._demand_why = f"{_count(self._target)} for {why}{capped}"
+            threading.Thread(
+                target=self._launch_on_demand,
+                args=(client, cluster, add, self._epoch),
+                name="paracell-launch",
+                daemon=True,
+            ).start()
+        self._changed()
+        return add
+
+    def await_engines(self) -> list[int]:
+        """The engines for work, after waiting (interruptibly) for the first
+        while engines are on their way; raises ``InvalidRequest`` saying why
+        when none are up and none are coming."""
+        while True:
+            ids = self.engine_ids()
+            if ids or not self.engines_coming():
+                break
+            time.sleep(0.05)
+        if not ids and self._launch_error is not None:
+            raise InvalidRequest(
+                f"the cluster has no engines: launching on demand failed"
+                f" ({self._launch_error})"
+            )
+        return ids
+
+    def _launch_on_demand(
+        self, client: ipp.Client, cluster: ipp.Cluster, count: int, epoch: int
+    ) -> None:
+        """Start ``count`` engines and see them register (a thread of its own:
+        the work that wanted them goes on meanwhile)."""
+        error = None
+        try:
+            with self._lock:
+                if self._epoch != epoch:
+                    return
+                before = set(client.ids)
+                try:
+                    engine_set = self._start_engines(cluster, count)
+                except InvalidRequest:
+                    raise
+                except Exception as err:
+                    raise ClusterStartError(_launcher_failure(cluster, err)) from None
+            if not (self._launch is not None and self._launch.batch):
+                # batch engines arrive when the queue lets them; others are
+                # waited for, so that a launcher that fails says so
+                self._await_registration(cluster, client, before, count, engine_set)
+        except Exception as err:
+            error = str(err) or type(err).__name__
+        finally:
+            with self._lock:
+                if self._epoch == epoch:
+                    self._launching -= count
+                    self._queued = (0.0, 0)  # ask the queue afresh
+                    if error is not None:
+                        self._launch_error = error
+                        self._demand_why = f"launching failed: {error}"
+                        self._target = len(self.engine_ids()) + self._launching
+            self._changed()
+
+    def _await_registration(
+        self,
+        cluster: ipp.Cluster,
+        client: ipp.Client,
+        before: set[int],
+        count: int,
+        engine_set: str,
+    ) -> None:
+        deadline = time.monotonic() + _DEFAULT_START_TIMEOUT
+        while len(set(client.ids) - before) < count:
+            launched = cluster.engines.get(engine_set)
+            if launched is None or _engine_set_exited(launched):
+                raise ClusterStartError(_launcher_failure(cluster, None))
+            if time.monotonic() > deadline:
+                up = len(set(client.ids) - before)
+                raise ClusterStartError(
+                    f"only {up} of {count} engines registered within"
+                    f" {_DEFAULT_START_TIMEOUT:g} s"
+                )
+            time.sleep(0.02)
+        self.engine_ids()  # learn who they are before they take work
 
     def _owed(self) -> int:
         """Engines stopped by paracell that the next call starts again."""
@@ -628,6 +837,12 @@ class ClusterSession:
 
     #: tasks an engine holds at once: the next chunk waits on the engine
     depth = 2
+
+    def join(self, engine: int, shipment: Any) -> None:
+        """Send ``engine``, joining a map under way, the names it needs (no
+        wait: the engine runs them before the chunks sent after)."""
+        with contextlib.suppress(Exception):  # a dead engine fails its chunk
+            self.shipper.ship(self.client, [engine], shipment, block=False)
 
     def pack(self, obj: Any) -> Any:
         """``obj`` pickled once for the many tasks that send it."""
@@ -706,17 +921,19 @@ class ClusterSession:
     # -- internals ---------------------------------------------------------
 
     def _start_cluster(
-        self, cluster: ipp.Cluster, n: int, timeout: float
+        self, cluster: ipp.Cluster, count: int | None, timeout: float
     ) -> ipp.Client:
-        if self._launch is not None:
-            self._launch = configure(cluster, self._launch)
-            n = self._launch.n
+        """Start the controller and ``count`` engines (None: the plan's)."""
+        assert self._launch is not None
+        self._launch = configure(cluster, self._launch)
+        n = self._launch.n if count is None else count
         try:
             cluster.start_controller_sync()
-            cluster.start_engines_sync(n=n)
-            _check_engines_configured(cluster)
+            if n > 0:
+                self._start_engines(cluster, n)
+                _check_engines_configured(cluster)
             client = cluster.connect_client_sync()
-        except ClusterStartError:
+        except (ClusterStartError, InvalidRequest):
             raise
         except Exception as err:
             raise ClusterStartError(_launcher_failure(cluster, err)) from None
@@ -767,15 +984,51 @@ class ClusterSession:
         self._probe([eid for eid in client.ids if eid not in before], None, client)
 
     def _add_engines(
-        self, cluster: ipp.Cluster, client: ipp.Client, count: int, timeout: float
+        self,
+        cluster: ipp.Cluster,
+        client: ipp.Client,
+        count: int,
+        timeout: float,
+        *,
+        force: bool = False,
     ) -> None:
         before = set(client.ids)
         live = len(before - self._removed)
         try:
-            cluster.start_engines_sync(n=count)
+            self._start_engines(cluster, count, force=force)
+        except InvalidRequest:
+            raise
         except Exception as err:
             raise ClusterStartError(_launcher_failure(cluster, err)) from None
         self._wait_for_engines(cluster, client, before, live + count, timeout)
+
+    def _start_engines(
+        self, cluster: ipp.Cluster, count: int, *, force: bool = False
+    ) -> str:
+        """Launch ``count`` more engines; returns their engine set's id.
+
+        SSH engines go where :func:`place_engines` says: the hosts' counts
+        hold across scaling, not only at the start (``force``, or a start
+        with ``force``: past them, round-robin).
+        """
+        launch = self._launch
+        kwargs: dict[str, Any] = {}
+        if launch is not None and launch.launcher == "ssh" and launch.hosts:
+            live = self.engine_ids()
+            pids = {rec.pid for e in live if (rec := self._records.get(e)) and rec.pid}
+            running = ssh_engines_running(cluster, pids)
+            placed = place_engines(
+                launch.hosts, running, count, force=force or launch.force
+            )
+            # a profile's per-host settings ({"n": 2, ...}) go with its hosts
+            profile = cluster.config.SSHEngineSetLauncher.get("engines") or {}
+            kwargs["engines"] = {
+                loc: {**profile[loc], "n": k}
+                if isinstance(profile.get(loc), dict)
+                else k
+                for loc, k in placed.items()
+            }
+        return str(cluster.start_engines_sync(n=count, **kwargs))
 
     def _pick_removals(self, client: ipp.Client, count: int) -> list[int]:
         queues = _queue_status(client, None, timeout=5.0) or {}
@@ -791,8 +1044,12 @@ class ClusterSession:
     def _remove_engines(self, client: ipp.Client, ids: list[int]) -> None:
         if not ids:
             return
+        # an engine's pid means a process here only if it runs on this host
+        here = socket.gethostname()
         pids = _with_descendants(
-            rec.pid for e in ids if (rec := self._records.get(e)) and rec.pid
+            rec.pid
+            for e in ids
+            if (rec := self._records.get(e)) and rec.pid and rec.host == here
         )
         self._removed.update(ids)
         with contextlib.suppress(Exception):
@@ -807,10 +1064,22 @@ class ClusterSession:
             if eid not in ids or not self._process_alive(rec):
                 self._removed.add(eid)
 
+    def clock_offset(self, engine: int) -> ClockOffset | None:
+        """How far ``engine``'s clock runs ahead of the kernel's, if measured
+        (at registration: see :mod:`._clock`)."""
+        rec = self._records.get(engine)
+        return None if rec is None else rec.clock
+
+    def to_kernel_clock(self, engine: int | None, engine_time: float) -> float:
+        """An engine's ``time.time()`` reading on the kernel's clock."""
+        clock = None if engine is None else self.clock_offset(engine)
+        return engine_time if clock is None else clock.to_kernel(engine_time)
+
     def _probe(
         self, ids: list[int], wait: float | None, client: ipp.Client | None = None
     ) -> None:
-        """Learn host and pid of engines not seen before (a tiny task each)."""
+        """Learn host, pid and clock offset of engines not seen before
+        (a few tiny tasks each)."""
         client = client or self._client
         if client is None:
             return
@@ -832,9 +1101,34 @@ class ClusterSession:
                 with contextlib.suppress(Exception):
                     rec.host, rec.pid = ar.get(0)
                 self.purge(ar, client)
+        # engines that answered, their clocks not yet measured: measured now,
+        # before other work queues on them and delays the answers
+        answering = [
+            eid
+            for eid in ids
+            if (rec := self._records[eid]).pid is not None and rec.clock is None
+        ]
+        if answering:
+            self._measure_clocks(client, answering)
+
+    def _measure_clocks(self, client: ipp.Client, ids: list[int]) -> None:
+        def sent(eid: int) -> None:
+            self._records[eid].probes += 1
+
+        offsets = measure_offsets(
+            client,
+            ids,
+            on_sent=sent,
+            on_done=lambda ar: self.purge(ar, client),
+        )
+        for eid in ids:
+            # not measured (no answer in time): taken as the kernel's clock
+            self._records[eid].clock = offsets.get(eid, ClockOffset(0.0, math.inf))
 
     def _waiting(self, ids: list[int]) -> str | None:
         """Engines asked for that have not registered yet, and where they wait."""
+        if self._launching and self._launch is not None and not self._launch.batch:
+            return f"{self._launching} starting"
         if self._cluster is None or self._launch is None or not self._launch.batch:
             return None
         live = len([eid for eid in ids if eid not in self._removed])
@@ -847,15 +1141,20 @@ class ClusterSession:
         Asks the batch system at most once a second: maps call this in a loop
         while they wait.
         """
+        return self._launching > 0 or self._queued_engines() > 0
+
+    def _queued_engines(self) -> int:
+        """Engines waiting in a batch queue (the queue asked at most once a
+        second); 0 for launchers without one."""
         client, launch, cluster = self._client, self._launch, self._cluster
         if client is None or launch is None or cluster is None or not launch.batch:
-            return False
+            return 0
         now = time.monotonic()
-        if now - self._coming[0] > 1.0:
+        if now - self._queued[0] > 1.0:
             live = len(set(client.ids) - self._removed)
-            coming = waiting_engines(cluster, self._target, live) is not None
-            self._coming = (now, coming)
-        return self._coming[1]
+            waiting = waiting_engines(cluster, self._target, live)
+            self._queued = (now, 0 if waiting is None else waiting.count)
+        return self._queued[1]
 
     def _process_alive(self, rec: _EngineRecord) -> bool:
         """For engines started here, ask the process table, not the heartbeat."""
@@ -942,6 +1241,11 @@ class ClusterSession:
         self._records.clear()
         self._removed.clear()
         self._idle_stopped.clear()
+        self._demand = None
+        self._demand_why = ""
+        self._launching = 0
+        self._launch_error = None
+        self._queued = (0.0, 0)
 
     def _report(self, engines: int, seconds: float) -> StartReport:
         assert self._ownership is not None
@@ -955,6 +1259,16 @@ class ClusterSession:
             ownership=self._ownership,
             waiting=None if self._client is None else self._waiting(self._client.ids),
             note=self._launch.note if self._launch is not None else None,
+            demand=self._demand_words(),
+        )
+
+    def _demand_words(self) -> str | None:
+        demand = self._demand
+        if demand is None:
+            return None
+        return (
+            f"{demand}: more start as work waits, idle ones stop after"
+            f" {self._idle_timeout:g} s"
         )
 
     def _register_atexit(self) -> None:
@@ -967,12 +1281,30 @@ class ClusterSession:
         with contextlib.suppress(Exception):
             self.stop()
 
-    # called by the idle reaper, under the lock
-    def _stop_idle(self, ids: list[int]) -> None:
+    # called by the idle reaper, under the lock; returns the engines stopped
+    def _stop_idle(self, ids: list[int]) -> list[int]:
         if self._client is None or self._in_use:
-            return
-        self._idle_stopped.update(ids)
-        self._remove_engines(self._client, ids)
+            return []
+        demand = self._demand
+        if demand is None:
+            self._idle_stopped.update(ids)
+            self._remove_engines(self._client, ids)
+            return ids
+        # on demand: down to the minimum, and none while work waits for one
+        if self._launching:
+            return []
+        live = self.engine_ids()
+        ids = [e for e in ids if e in live and e not in self._reserved]
+        up = len(live)
+        ids = demand.to_stop(ids, up)
+        if ids:
+            self._remove_engines(self._client, ids)
+            self._target = up - len(ids)
+            floor = ", down to --min" if self._target == demand.minimum else ""
+            self._demand_why = (
+                f"{_count(len(ids))} stopped after {self._idle_timeout:g} s idle{floor}"
+            )
+        return ids
 
 
 class _IdleReaper(threading.Thread):
@@ -1019,11 +1351,13 @@ class _IdleReaper(threading.Thread):
                     elif now - idle_since.setdefault(eid, now) >= self._timeout:
                         due.append(eid)
                 if due:
+                    stopped = []
                     with self._session._lock:
                         if not self._stopping.is_set():
-                            self._session._stop_idle(due)
-                    self._session._changed()
-                    for eid in due:
+                            stopped = self._session._stop_idle(due)
+                    if stopped:
+                        self._session._changed()
+                    for eid in stopped:
                         idle_since.pop(eid, None)
         finally:
             with contextlib.suppress(Exception):
@@ -1062,6 +1396,10 @@ def _pid_alive(pid: int) -> bool:
         return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
+
+
+def _count(n: int) -> str:
+    return f"{n} engine" if n == 1 else f"{n} engines"
 
 
 def _check_count(n: object, what: str, *, minimum: int) -> None:

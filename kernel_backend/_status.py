@@ -61,6 +61,12 @@ class ClusterStatus:
     # engines asked for but not registered yet, and where they wait, e.g.
     # "13 waiting (queued in Slurm, job 1234)"
     waiting: str | None = None
+    #: engines on demand: the limits (None for a fixed count) ...
+    min_engines: int | None = None
+    max_engines: int | None = None
+    #: ... and why the count is what it is, e.g. "4 engines for a map of 40
+    #: items", "2 engines stopped after 120 s idle, down to --min"
+    demand: str | None = None
 
     @property
     def live_engines(self) -> int:
@@ -95,6 +101,10 @@ class ClusterStatus:
                 f", {self.idle_stopped} stopped after {self.idle_timeout:g} s idle"
                 " (they restart on the next call)"
             )
+        if self.max_engines is not None:
+            text += f"; on demand, {self.min_engines} to {self.max_engines}"
+            if self.demand:
+                text += f": {self.demand}"
         return text
 
 
@@ -111,6 +121,7 @@ class StartReport:
     ownership: Ownership
     waiting: str | None = None  # engines still queued, e.g. "2 waiting (...)"
     note: str | None = None  # e.g. why fewer engines were started than asked
+    demand: str | None = None  # engines on demand: limits and idle timeout
 
     def __str__(self) -> str:
         if self.ownership == "connected":
@@ -121,6 +132,8 @@ class StartReport:
             )
         waiting = f", {self.waiting}" if self.waiting else ""
         note = f"; {self.note}" if self.note else ""
+        if self.demand:
+            note += f"; {self.demand}"
         return (
             f"paracell: started {_engines(self.engines)}{waiting} on {self.location}"
             f" ({self.launcher} launcher, profile '{self.profile}')"

@@ -65,6 +65,24 @@ class ClusterMagics(Magics):
         help="number of engines (default: one per CPU)",
     )
     @argument(
+        "--min",
+        dest="min_engines",
+        type=non_negative_int,
+        metavar="K",
+        default=None,
+        help="engines on demand: keep at least K running (default 0); instead of -n",
+    )
+    @argument(
+        "--max",
+        dest="max_engines",
+        type=positive_int,
+        metavar="M",
+        default=None,
+        help="engines on demand: start engines as work waits for one (a map,"
+        " a background job), up to M (default: one per CPU); idle ones stop"
+        " after --idle-timeout (default 60 s), down to --min",
+    )
+    @argument(
         "--launcher",
         default="local",
         metavar="L",
@@ -144,6 +162,8 @@ class ClusterMagics(Magics):
             timeout=args.timeout,
             force=args.force,
             threads=args.threads,
+            min_engines=args.min_engines,
+            max_engines=args.max_engines,
             options=LauncherOptions(
                 hosts=args.hosts,
                 queue=args.queue,

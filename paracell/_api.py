@@ -56,6 +56,8 @@ __all__ = [
 def start(
     n: int | None = None,
     *,
+    min: int | None = None,
+    max: int | None = None,
     launcher: str = "local",
     profile: str | None = None,
     idle_timeout: float | None = None,
@@ -77,6 +79,12 @@ def start(
     ----------
     n
         Number of engines.
+    min, max
+        Engines on demand, instead of ``n``: ``min`` (default 0) start at
+        once; more start as work waits for an engine (a map, a background
+        job), up to ``max`` (default: the launcher's default count); engines
+        idle for ``idle_timeout`` seconds (default 60) stop, down to ``min``.
+        ``status()`` says why the count is what it is.
     launcher
         ipyparallel engine launcher: local, mpi, ssh, slurm, pbs, sge, lsf or
         htcondor.  The profile's ``ipcluster_config.py`` applies; the options
@@ -131,6 +139,8 @@ def start(
         force=force,
         threads=threads,
         options=options,
+        min_engines=min,
+        max_engines=max,
     )
 
 

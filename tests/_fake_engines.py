@@ -94,6 +94,7 @@ class FakePool:
         self.forgotten: set[int] = set()
         self.interrupted: list[FakeTask] = []
         self.purged = 0
+        self.joined: list[int] = []
         self._lock = threading.Lock()
 
     # -- what a test does to the engines ---------------------------------
@@ -149,6 +150,15 @@ class FakePool:
 
     def ensure_engines(self) -> None:
         return None
+
+    def want(self, engines: int, why: str) -> int:
+        return 0
+
+    def join(self, engine: int, shipment: Any) -> None:
+        self.joined.append(engine)
+
+    def to_kernel_clock(self, engine: int, engine_time: float) -> float:
+        return engine_time
 
     def controller_responds(self) -> bool:
         return True

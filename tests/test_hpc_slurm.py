@@ -186,3 +186,20 @@ def test_connect_works_with_a_cluster_ipcluster_started_on_slurm(ip, tmp_path, c
             timeout=120,
         )
     assert wait_until(lambda: not slurm_jobs(), 30)
+
+
+def test_engines_on_demand_hold_slurm_jobs_only_while_there_is_work():
+    report = paracell.start(launcher="slurm", min=0, max=2, idle_timeout=2, time="10")
+    assert report.engines == 0
+    assert slurm_jobs() == []  # nothing submitted before there is work
+    # a map with no engine: its engines are submitted, and it runs to the end
+    jobs = paracell.pmap(_job_of_item, range(8), progress=False)
+    assert len(jobs) == 8 and all(job and job.isdigit() for job in jobs)
+    session = default_session()
+    assert (
+        "on demand, 0 to 2: 2 engines for a map of 8 items"
+        in session.status().summary()
+    )
+    # idle for the timeout: the engines stop and their jobs leave the queue
+    assert wait_until(lambda: not slurm_jobs() and not session.engine_ids(), 60)
+    assert session.status().summary().endswith("idle, down to --min")

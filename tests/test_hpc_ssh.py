@@ -85,9 +85,27 @@ def test_ssh_engines_run_on_the_other_host_and_stop_there(ip, ssh_host, capsys):
     assert listening <= {SSH_HOST_SIDE, "127.0.0.1"}
     engines = [p for p, cmd in netns_processes().items() if "ipyparallel.engine" in cmd]
     assert len(engines) >= 2
-
-    # an engine lost there mid-map: its items run again on the other one
     session = default_session()
+    # clocks measured at registration: that host shares this machine's clock
+    for eid in session.engine_ids():
+        clock = session.clock_offset(eid)
+        assert clock is not None and abs(clock.offset) <= clock.uncertainty + 1e-6
+
+    # scaling keeps the host's count; --force places past it, round-robin
+    with pytest.raises(UsageError) as info:
+        ip.run_line_magic("cluster", "scale 3")
+    assert str(info.value) == (
+        f"3 engines do not fit --hosts root@{ssh_host}:2 (room for 2); list more"
+        " hosts, leave one without a :count, or use --force to place the rest"
+        " round-robin"
+    )
+    assert len(session.engine_ids()) == 2
+    ip.run_line_magic("cluster", "scale 3 --force")
+    assert "scaled from 2 to 3 engines" in capsys.readouterr().out
+    places = paracell.pmap(_network_namespace, range(6), progress=False)
+    assert here not in places and len(places) == 6
+
+    # an engine lost there mid-map: its items run again on the others
     job = paracell.pmap(_slow_item, range(16), chunksize=1, block=False, progress=False)
     assert wait_until(lambda: job.progress.done >= 2, 60)
     victim = session.client[session.engine_ids()[0]].apply_sync(_engine_pid)

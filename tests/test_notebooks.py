@@ -245,8 +245,16 @@ def test_launchers_notebook_shows_mpi_ssh_and_slurm(mpi, ssh_host, slurm):
     assert output_of("import time").startswith(
         "running: 3 engines (started here; slurm"
     )
+    # engines on demand: none until the map, then none again after it
+    assert "started 0 engines" in output_of("%cluster start --launcher slurm --min")
+    on_demand = output_of("jobs = %pmap")
+    assert "on demand, 0 to 2: 2 engines for a map of 8 items (--max)" in on_demand
+    idle = output_of("import subprocess")
+    assert "running: 0 engines" in idle
+    assert "stopped after 5 s idle, down to --min" in idle
+    assert idle.endswith("Slurm queue: empty\n")
     stops = [text for src, text in shown if src == "%cluster stop"]
-    assert len(stops) == 3 and all("stopped the controller" in t for t in stops)
+    assert len(stops) == 4 and all("stopped the controller" in t for t in stops)
 
 
 def _outputs(nb: nbformat.NotebookNode, start: str) -> list[dict]:
