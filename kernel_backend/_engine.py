@@ -48,10 +48,24 @@ _OWN_FILES = {os.path.abspath(__file__), WRAPPER_FILENAME}
 def engine_identity() -> tuple[str, int]:
     """Return ``(hostname, pid)`` of the engine this runs on.
 
-    The first task every engine gets: it also sets up how results travel.
+    The first task every engine gets: it also sets up how results travel,
+    and moves what the engine holds after start-up (ipyparallel, numpy,
+    paracell: some 70,000 objects) out of the cycle collector's sight.  A
+    full collection then takes well under a millisecond instead of 0.1-0.15 s;
+    engines collect when shipped data is dropped (:func:`install_names`).
     """
+    global _frozen
     _pickling.install()
+    if not _frozen:
+        import gc
+
+        gc.collect()
+        gc.freeze()
+        _frozen = True
     return socket.gethostname(), os.getpid()
+
+
+_frozen = False
 
 
 # -- names shipped from the notebook ---------------------------------------
