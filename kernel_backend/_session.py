@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -33,6 +34,7 @@ from ._errors import ClusterStartError, InvalidRequest, NoCluster
 from ._launchers import LauncherOptions, LaunchPlan, configure, plan, waiting_engines
 from ._limits import check_engine_count
 from ._profiles import check_profile_name
+from ._sharedmem import SharedArrays, shared_memory_dir
 from ._shipping import NameShipper
 from ._stale import StaleWork
 from ._status import ClusterStatus, EngineRow, Ownership, StartReport, StopReport
@@ -53,6 +55,7 @@ _DEFAULT_START_TIMEOUT = 60.0
 _MARK = "PARACELL_CLUSTER_ID"
 _PROBE_TIMEOUT = 10.0
 _STOP_GRACE = 10.0
+_HOSTNAME = socket.gethostname()
 
 _log = logging.getLogger("paracell.cluster")
 _log.addHandler(logging.NullHandler())
@@ -842,6 +845,12 @@ class ClusterSession:
             self._coming = (now, coming)
         return self._coming[1]
 
+    def is_local(self, engine: int) -> bool:
+        """Whether engine ``engine`` runs on this machine (it said so when
+        probed; an engine not probed yet counts as remote)."""
+        rec = self._records.get(engine)
+        return rec is not None and rec.host is not None and rec.host == _HOSTNAME
+
     def _process_alive(self, rec: _EngineRecord) -> bool:
         """For engines started here, ask the process table, not the heartbeat."""
         if self._ownership != "started" or self._launcher != "local" or not rec.pid:
@@ -893,6 +902,10 @@ class ClusterSession:
         self._profile = base.removeprefix("profile_") or None
         info = getattr(client, "_config", {}) or {}
         self._cluster_id = cluster.cluster_id if cluster else info.get("cluster_id")
+        self.shipper.close()
+        self.shipper = NameShipper(
+            self.purge, shared=_shared_arrays(self._cluster_id), is_local=self.is_local
+        )
         interface = str(info.get("interface", "") or info.get("location", ""))
         self._location = interface.rpartition("//")[2] or info.get("location")
         if cluster is not None:
@@ -914,6 +927,7 @@ class ClusterSession:
     def _forget(self) -> None:
         self._epoch += 1
         self._controller_seen = (0.0, True)
+        self.shipper.close()
         self.shipper = NameShipper(self.purge)
         self._reserved.clear()
         self._stale.clear()
@@ -1291,6 +1305,16 @@ def _marked_processes(cluster_id: str) -> list[int]:
             if proc.environ().get(_MARK) == cluster_id:
                 found.append(proc.info["pid"])
     return found
+
+
+def _shared_arrays(cluster_id: str | None) -> SharedArrays | None:
+    """Shared memory for the arrays of the cluster ``cluster_id``: segments
+    named after it, so its watchdog can remove them if the kernel dies."""
+    folder = shared_memory_dir()
+    if folder is None:
+        return None
+    tag = "".join(c for c in str(cluster_id or "") if c.isalnum() or c == "-")
+    return SharedArrays(folder, tag or secrets.token_hex(4))
 
 
 def _wait_for(predicate: Any, timeout: float) -> bool:
