@@ -128,12 +128,7 @@ class ParallelMagics(Magics):
         args = parse_options(self.parallel, line)
         with user_errors():
             seed = validate_seed(args.seed)
-        # line numbers in tracebacks match the notebook cell (line 1 = magic)
-        source = "\n" + self.shell.transform_cell(cell)
-        try:
-            compile(source, "<cell>", "exec")
-        except SyntaxError as err:
-            raise CellSyntaxError(err) from None
+        source = _python_source(self.shell, cell)
         if args.all or args.targets is not None:
             if args.cache is not None:
                 raise UsageError(
@@ -347,3 +342,25 @@ class _Rich:
 
     def __repr__(self) -> str:
         return str(self.bundle.get("text/plain", ""))
+
+
+def _python_source(shell: Any, cell: str) -> str:
+    """The cell as plain Python, a blank line first so that line numbers in
+    tracebacks match the notebook's (line 1 is the magic's).
+
+    IPython's transforms (magics, ``!cmd``, ``x?``) only matter for cells
+    that are not Python already; a cell that compiles as it is skips them,
+    a millisecond of a trivial cell's round trip.
+    """
+    try:
+        source = "\n" + cell
+        compile(source, "<cell>", "exec")
+        return source
+    except SyntaxError:
+        pass
+    source = "\n" + shell.transform_cell(cell)
+    try:
+        compile(source, "<cell>", "exec")
+    except SyntaxError as err:
+        raise CellSyntaxError(err) from None
+    return source
