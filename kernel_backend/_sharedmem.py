@@ -97,7 +97,12 @@ class SharedArrays:
         self._folder = folder
         # names: paracell-<kernel pid>-<cluster tag>-<nonce>-<digest>
         self._prefix = f"paracell-{os.getpid()}-{tag}-{secrets.token_hex(3)}-"
-        self._lock = threading.Lock()
+        # re-entrant: an owner collected while the lock is held (a cycle
+        # the collector frees mid-update) calls back into this object
+        self._lock = threading.RLock()
+        # a forked child (multiprocessing in the notebook) inherits this
+        # object: only the process that wrote the segments removes them
+        self._pid = os.getpid()
         self._segments: dict[str, SharedSegment] = {}
         # digest -> ids of the live notebook objects whose current version it is
         self._owners: dict[str, set[int]] = {}
@@ -200,7 +205,7 @@ class SharedArrays:
         if not owners:
             del self._owners[digest]
             segment = self._segments.pop(digest, None)
-            if segment is not None:
+            if segment is not None and os.getpid() == self._pid:
                 _unlink(segment.path)
 
     def holds(self, digest: str) -> bool:
@@ -223,6 +228,8 @@ class SharedArrays:
             for finalizer, _ in self._versions.values():
                 finalizer.detach()
             self._versions.clear()
+        if os.getpid() != self._pid:
+            return
         for segment in segments:
             _unlink(segment.path)
 

@@ -146,3 +146,22 @@ def test_a_dead_kernels_segments_are_removed_by_tag(tmp_path):
     gone.write_bytes(b"x")
     assert remove_segments("1700000000-beef", str(tmp_path)) == [str(gone)]
     assert keep.exists() and not gone.exists()
+
+
+def test_a_forked_child_leaves_the_parents_segments_alone(tmp_path):
+    from paracell.kernel_backend._sharedmem import SharedArrays
+
+    shared = SharedArrays(str(tmp_path), "fork")
+    array = np.arange(300_000, dtype=float)
+    segment = shared.segment("d1", array, array)
+    assert segment is not None and os.path.exists(segment.path)
+    pid = os.fork()
+    if pid == 0:  # the child: what multiprocessing's fork start does
+        shared.close()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.path.exists(segment.path), "a child's close removed nothing"
+    del array
+    gc.collect()
+    assert not os.path.exists(segment.path), "the owner is gone: so is the file"
+    shared.close()
