@@ -266,6 +266,9 @@ class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
     def _finish(self, state: JobState, error: BaseException | None = None) -> None:
         self.state = state
         self.finished = time.time()
+        # what it shipped holds the notebook's objects (a large array, its
+        # shared-memory segment): an ended job must not keep them alive
+        self._shipment = None
         if self._ar is not None:
             # the result can arrive before the last of the cell's output
             with contextlib.suppress(Exception):

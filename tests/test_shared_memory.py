@@ -82,6 +82,23 @@ def test_an_engine_cannot_change_the_notebooks_array_through_the_mapping(
     define(ip, "del shm_ro")
 
 
+def test_an_ended_background_cell_keeps_no_array_alive(ip, shared_cluster):
+    from paracell.kernel_backend import default_jobs
+
+    before = set(segments())
+    define(ip, "import numpy as np\nshm_job = np.full(300_000, 2.0)")
+    define(ip, "%%parallel\nshm_total = float(shm_job.sum())")
+    manager = default_jobs()
+    manager.wait(manager.jobs(), timeout=30)
+    define(ip, "pass")  # delivers the job's names
+    assert ip.user_ns["shm_total"] == 600_000.0
+    made = set(segments()) - before
+    assert made
+    define(ip, "del shm_job")
+    gc.collect()
+    assert not made & set(segments()), "the job ended: it holds the array no more"
+
+
 def test_segments_go_when_arrays_change_or_are_dropped_and_when_the_cluster_stops(
     ip, no_other_cluster
 ):
