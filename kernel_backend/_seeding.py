@@ -121,7 +121,7 @@ def item_seed_sequence(
     entropy
         Without a seed: entropy drawn once per map by the caller
         (:func:`fresh_entropy`), so items still get distinct, independent
-        streams. If this is ``None`` too, fresh OS entropy is drawn for this
+        streams. If this is ``None`` too, fresh entropy is drawn for this
         item alone, which is as independent but cannot be replayed.
 
     Returns

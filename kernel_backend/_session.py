@@ -1433,7 +1433,7 @@ def _wait_exited(procs: list[psutil.Process], timeout: float) -> list[psutil.Pro
 
 def _running(proc: psutil.Process) -> bool:
     try:
-        return proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
     except psutil.Error:

@@ -107,7 +107,7 @@ class SharedArrays:
         # digest -> ids of the live notebook objects whose current version it is
         self._owners: dict[str, set[int]] = {}
         # id of a notebook object -> (its finalizer, the digest of its version)
-        self._versions: dict[int, tuple[weakref.finalize, str]] = {}
+        self._versions: dict[int, tuple[Any, str]] = {}
         self._closed = False
         #: bytes written into segments since this object was made
         self.bytes_written = 0

@@ -358,7 +358,7 @@ def _python_source(shell: Any, cell: str) -> str:
         return source
     except SyntaxError:
         pass
-    source = "\n" + shell.transform_cell(cell)
+    source = "\n" + str(shell.transform_cell(cell))
     try:
         compile(source, "<cell>", "exec")
     except SyntaxError as err:
