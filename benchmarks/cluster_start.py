@@ -1,7 +1,9 @@
-"""Time to a ready 2-engine cluster: paracell vs ipyparallel's defaults.
+"""Time to a ready 2-engine cluster, and to stop it: paracell vs ipyparallel.
 
-"Ready" means every engine registered and answering a task.  Both are run
-side by side in one process, alternating, and the ratio is printed.
+"Ready" means every engine registered and answering a task; "stopped" that
+no process of the cluster is left running (checked in the process table
+after each stop).  Both are run side by side in one process, alternating,
+and the ratios are printed.
 
     .venv/bin/python benchmarks/cluster_start.py [--rounds 3] [-n 2]
 """
@@ -9,6 +11,7 @@ side by side in one process, alternating, and the ratio is printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -17,6 +20,7 @@ import time
 os.environ.setdefault("IPYTHONDIR", tempfile.mkdtemp(prefix="paracell-bench-"))
 
 import ipyparallel as ipp
+import psutil
 
 from paracell.kernel_backend import ClusterSession
 
@@ -25,25 +29,42 @@ def _answer() -> int:
     return 1
 
 
-def time_ipyparallel(n: int) -> float:
+def time_ipyparallel(n: int) -> tuple[float, float]:
     tic = time.perf_counter()
     cluster = ipp.Cluster(n=n, log_level=40)
     client = cluster.start_and_connect_sync()
     client[:].apply_sync(_answer)
     elapsed = time.perf_counter() - tic
+    tic = time.perf_counter()
     client.close()
     cluster.stop_cluster_sync()
-    return elapsed
+    return elapsed, time.perf_counter() - tic
 
 
-def time_paracell(n: int) -> float:
+def time_paracell(n: int) -> tuple[float, float]:
     session = ClusterSession()
     tic = time.perf_counter()
     session.start(n)
     session.client[:].apply_sync(_answer)
     elapsed = time.perf_counter() - tic
+    tic = time.perf_counter()
     session.stop()
-    return elapsed
+    return elapsed, time.perf_counter() - tic
+
+
+def left_running() -> list[int]:
+    """Processes of this benchmark's clusters still running (not zombies)."""
+    mine = os.environ["IPYTHONDIR"]
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if not any("ipyparallel" in a for a in proc.info["cmdline"] or ()):
+                continue
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get("IPYTHONDIR") == mine:
+                found.append(proc.info["pid"])
+    return found
 
 
 def main() -> None:
@@ -52,27 +73,30 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=2)
     args = parser.parse_args()
     ours, theirs = [], []
+    left: dict[str, set[int]] = {"ipyparallel": set(), "paracell": set()}
     for _ in range(args.rounds):
         theirs.append(time_ipyparallel(args.n))
+        left["ipyparallel"].update(left_running())
         ours.append(time_paracell(args.n))
+        left["paracell"].update(set(left_running()) - left["ipyparallel"])
         time.sleep(1)
-    med_ours, med_theirs = statistics.median(ours), statistics.median(theirs)
-    print(
-        f"ready {args.n}-engine cluster, median of {args.rounds} (s),"
-        f" {os.cpu_count()} CPUs"
-    )
-    print(
-        f"  ipyparallel Cluster().start_and_connect_sync()  {med_theirs:6.2f}   runs: "
-        + ", ".join(f"{t:.2f}" for t in theirs)
-    )
-    print(
-        f"  paracell start()                                {med_ours:6.2f}   runs: "
-        + ", ".join(f"{t:.2f}" for t in ours)
-    )
-    print(
-        f"  ratio ipyparallel / paracell                    "
-        f"{med_theirs / med_ours:6.2f}x"
-    )
+    cpus = os.cpu_count()
+    print(f"{args.n}-engine cluster, median of {args.rounds} (s), {cpus} CPUs")
+    for k, what in enumerate(("ready", "stopped")):
+        med_ours = statistics.median(t[k] for t in ours)
+        med_theirs = statistics.median(t[k] for t in theirs)
+        call = ("Cluster().start_and_connect_sync()", "stop_cluster_sync()")[k]
+        print(
+            f"{what}\n  ipyparallel {call:34}"
+            f"{med_theirs:6.2f}   runs: " + ", ".join(f"{t[k]:.2f}" for t in theirs)
+        )
+        print(
+            f"  paracell {('start()', 'stop()')[k]:37}{med_ours:6.2f}   runs: "
+            + ", ".join(f"{t[k]:.2f}" for t in ours)
+        )
+        print(f"  ratio paracell / ipyparallel{med_ours / med_theirs:23.2f}")
+    for who, pids in left.items():
+        print(f"{who}: processes still running right after its stop(): {len(pids)}")
 
 
 if __name__ == "__main__":

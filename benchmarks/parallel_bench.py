@@ -4,7 +4,9 @@ In one IPython shell and one 2-engine cluster, side by side:
 
 * ``%%parallel --block`` with ``x = 1`` (submit, run, bring ``x`` back),
 * ``%%parallel`` (background): the time until the cell returns,
-* ipyparallel's ``%%px --targets 0`` and ``view.execute(block=True)``.
+* ipyparallel's ``%%px --targets 0`` and ``view.execute(block=True)``,
+
+taking turns round by round (a busy machine slows each alike).
 
     .venv/bin/python benchmarks/parallel_bench.py [--rounds 100]
 """
@@ -46,32 +48,45 @@ def main() -> None:
         view = client[0]
         view.block = True
         view.activate()  # registers %px / %%px on engine 0
-        rows = []
-        for label, code in (
-            ("%%parallel --block  x = 1", "%%parallel --block\nx = 1"),
-            ("%%px --targets 0    x = 1", "%%px --targets 0\nx = 1"),
-        ):
+        cells = {
+            "%%parallel --block  x = 1": "%%parallel --block\nx = 1",
+            "%%px --targets 0    x = 1": "%%px --targets 0\nx = 1",
+        }
+        for code in cells.values():
             timed(ip, code, 10)  # warm up
-            rows.append((label, timed(ip, code, args.rounds)))
-        raw = []
+        times: dict[str, list[float]] = {label: [] for label in cells}
+        times["view.execute(block=True)"] = []
+        # the three take turns, so a busy machine slows each alike
         for _ in range(args.rounds):
+            for label, code in cells.items():
+                times[label] += timed(ip, code, 1)
             tic = time.perf_counter()
             view.execute("x = 1", block=True)
-            raw.append(time.perf_counter() - tic)
-        rows.append(("view.execute(block=True)", raw))
+            times["view.execute(block=True)"].append(time.perf_counter() - tic)
         background = timed(ip, "%%parallel --no-pull\ny = 1", args.rounds)
         manager = default_jobs()
         manager.wait(manager.jobs())
-        rows.append(("%%parallel (returns)  y = 1", background))
+        times["%%parallel (returns)  y = 1"] = background
         print(f"trivial cell on a warm 2-engine cluster, {args.rounds} rounds")
         print(f"{'':32}{'median ms':>10}{'p90 ms':>10}")
-        for label, times in rows:
-            times.sort()
-            p90 = times[int(0.9 * len(times)) - 1]
-            print(f"{label:32}{statistics.median(times) * 1e3:10.1f}{p90 * 1e3:10.1f}")
-        block = statistics.median(rows[0][1])
-        px = statistics.median(rows[1][1])
+        for label, runs in times.items():
+            runs = sorted(runs)
+            p90 = runs[int(0.9 * len(runs)) - 1]
+            print(f"{label:32}{statistics.median(runs) * 1e3:10.1f}{p90 * 1e3:10.1f}")
+        block = statistics.median(times["%%parallel --block  x = 1"])
+        px = statistics.median(times["%%px --targets 0    x = 1"])
+        raw = statistics.median(times["view.execute(block=True)"])
+        returns = statistics.median(background)
         print(f"ratio %%parallel --block / %%px: {block / px:.2f}")
+        ratio = block / raw
+        print(
+            f"ratio %%parallel --block / view.execute: {ratio:.2f}"
+            f" (target <= 1.2: {'PASS' if ratio <= 1.2 else 'MISS'})"
+        )
+        print(
+            f"%%parallel returns in {returns * 1e3:.1f} ms"
+            f" (target < 5 ms: {'PASS' if returns < 0.005 else 'MISS'})"
+        )
     finally:
         ip.run_line_magic("cluster", "stop")
 

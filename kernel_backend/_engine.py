@@ -55,10 +55,24 @@ _OWN_FILES = {os.path.abspath(__file__), WRAPPER_FILENAME}
 def engine_identity() -> tuple[str, int]:
     """Return ``(hostname, pid)`` of the engine this runs on.
 
-    The first task every engine gets: it also sets up how results travel.
+    The first task every engine gets: it also sets up how results travel,
+    and moves what the engine holds after start-up (ipyparallel, numpy,
+    paracell: some 70,000 objects) out of the cycle collector's sight.  A
+    full collection then takes well under a millisecond instead of 0.1-0.15 s;
+    engines collect when shipped data is dropped (:func:`install_names`).
     """
+    global _frozen
     _pickling.install()
+    if not _frozen:
+        import gc
+
+        gc.collect()
+        gc.freeze()
+        _frozen = True
     return socket.gethostname(), os.getpid()
+
+
+_frozen = False
 
 
 # -- names shipped from the notebook ---------------------------------------
@@ -78,19 +92,23 @@ def install_names(
     sources: dict[str, list[str]] | None = None,
     *arrays: Any,
     paths: Sequence[str] = (),
-) -> int:
+) -> list[str]:
     """Store shipped objects by digest; forget superseded versions.
 
     ``entries`` maps digest -> (kind, payload).  Kind ``"function"`` is a
     notebook function pickled with its globals stripped (rebound to each
     task's namespace), ``"pickle"`` any other cloudpickle payload, and
     ``"array"`` the index of a numpy array among ``arrays`` — top-level
-    arguments, so they travel as zero-copy buffers.  ``sources`` are notebook
-    cells' lines, so tracebacks through notebook functions show their code.
-    ``paths`` is the notebook's ``sys.path``: folders of it that exist here
-    and are not on this engine's path are appended, so what the notebook
-    imports from them (and pickles by reference) imports here too.
-    Returns the number of stored objects.
+    arguments, so they travel as zero-copy buffers — and ``"shared"`` a
+    :class:`._sharedmem.SharedSegment`: an array the kernel wrote into a
+    file in ``/dev/shm``, mapped here read-only (no copy; engines cannot
+    change what the others read).  ``sources`` are notebook cells' lines, so
+    tracebacks through notebook functions show their code.  ``paths`` is the
+    notebook's ``sys.path``: folders of it that exist here and are not on
+    this engine's path are appended, so what the notebook imports from them
+    (and pickles by reference) imports here too.
+    Returns the digests of segments this engine could not map (it does not
+    share the kernel's ``/dev/shm``): the kernel sends those arrays instead.
     """
     import cloudpickle
 
@@ -105,9 +123,16 @@ def install_names(
         import gc
 
         gc.collect()
+    unmapped = []
     for digest, (kind, payload) in entries.items():
         if kind == "array":
             _STORE[digest] = arrays[payload]
+            continue
+        if kind == "shared":
+            try:
+                _STORE[digest] = _map_segment(payload)
+            except OSError:
+                unmapped.append(digest)
             continue
         _STORE[digest] = cloudpickle.loads(payload)
         if kind == "function":
@@ -118,7 +143,28 @@ def install_names(
     for filename, lines in (sources or {}).items():
         linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
     _NAMESPACES.clear()
-    return len(_STORE)
+    return unmapped
+
+
+def _map_segment(segment: Any) -> Any:
+    """The array in a shared-memory segment, mapped read-only.
+
+    The mapping keeps the memory after the kernel removes the file; it is
+    unmapped when the array is dropped (evicted from the store).
+    """
+    import mmap
+
+    import numpy as np
+
+    fd = os.open(segment.path, os.O_RDONLY)
+    try:
+        if os.fstat(fd).st_size != segment.nbytes:
+            raise OSError(f"segment {segment.path} is not {segment.nbytes} bytes")
+        memory = mmap.mmap(fd, segment.nbytes, mmap.MAP_SHARED, mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    # a read-only buffer: numpy refuses writes, and refuses to make it writeable
+    return np.frombuffer(memory, dtype=segment.dtype).reshape(segment.shape)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,9 @@ class Stop(enum.Enum):
 #: How long a finished task's output is waited for (it can trail the result).
 _OUTPUT_WAIT = 3.0
 _TICK = 0.25  # how often running jobs are looked at (and their views refreshed)
+#: How long an idle monitor waits for the next job before its thread ends:
+#: cells run one after another should not start a thread each.
+_MONITOR_LINGER = 2.0
 
 
 def bound_names(source: str) -> list[str]:
@@ -204,12 +207,12 @@ class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
     @property
     def stdout(self) -> str:
         ar = self._ar
-        return getattr(ar, "stdout", "") if ar is not None else self._stdout
+        return _task_output(ar, "stdout") if ar is not None else self._stdout
 
     @property
     def stderr(self) -> str:
         ar = self._ar
-        return getattr(ar, "stderr", "") if ar is not None else self._stderr
+        return _task_output(ar, "stderr") if ar is not None else self._stderr
 
     @property
     def elapsed(self) -> float:
@@ -288,12 +291,15 @@ class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
     def _finish(self, state: JobState, error: BaseException | None = None) -> None:
         self.state = state
         self.finished = time.time()
+        # what it shipped holds the notebook's objects (a large array, its
+        # shared-memory segment): an ended job must not keep them alive
+        self._shipment = None
         if self._ar is not None:
             # the result can arrive before the last of the cell's output
             with contextlib.suppress(Exception):
                 self._ar.wait_for_output(_OUTPUT_WAIT)
-            self._stdout = getattr(self._ar, "stdout", "")
-            self._stderr = getattr(self._ar, "stderr", "")
+            self._stdout = _task_output(self._ar, "stdout")
+            self._stderr = _task_output(self._ar, "stderr")
             self._manager._purge(self._ar)
             self._ar = None
         if state == "cancelled":
@@ -304,6 +310,19 @@ class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
         else:
             value = self.values.get("__value__")
             self.set_result(value)
+
+
+def _task_output(ar: Any, stream: str) -> str:
+    """What a task has written to ``stream`` (stdout or stderr) so far.
+
+    Read from the task's record of what arrived: ``ar.stdout`` first parses
+    every timestamp of the task with dateutil (half a millisecond of a
+    trivial cell's round trip, and a live view asks several times).
+    """
+    try:
+        return str(ar._metadata[0].get(stream, "") or "")
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return str(getattr(ar, stream, "") or "")
 
 
 class JobManager:
@@ -710,13 +729,16 @@ class JobManager:
             self._thread.start()
 
     def _monitor(self) -> None:
+        last_busy = time.monotonic()
         while True:
             self._wake.wait(_TICK)
             self._wake.clear()
             with self._lock:
                 busy = bool(self._queue or self._running)
-            if not busy:
-                # nothing to watch: stop until the next submit
+            if busy:
+                last_busy = time.monotonic()
+            elif time.monotonic() - last_busy > _MONITOR_LINGER:
+                # nothing to watch for a while: stop until the next submit
                 with self._lock:
                     if not (self._queue or self._running):
                         self._thread = None

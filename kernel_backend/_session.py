@@ -45,6 +45,7 @@ from ._launchers import (
 )
 from ._limits import check_engine_count
 from ._profiles import check_profile_name
+from ._sharedmem import SharedArrays, shared_memory_dir
 from ._shipping import NameShipper
 from ._signal import Signal
 from ._stale import StaleWork
@@ -73,6 +74,7 @@ _DEFAULT_START_TIMEOUT = 60.0
 _MARK = "PARACELL_CLUSTER_ID"
 _PROBE_TIMEOUT = 10.0
 _STOP_GRACE = 10.0
+_HOSTNAME = socket.gethostname()
 
 _log = logging.getLogger("paracell.cluster")
 _log.addHandler(logging.NullHandler())
@@ -472,7 +474,7 @@ class ClusterSession:
             except BaseException:
                 # Ctrl-C included: batch jobs still queued are cancelled too
                 self._launch = None
-                _teardown(cluster, _cluster_pids(cluster))
+                _teardown(cluster, _cluster_pids(cluster), local=launcher == "local")
                 raise
             launch = self._launch or launch  # completed from the profile
             if demand is not None and max_engines is None:
@@ -561,6 +563,7 @@ class ClusterSession:
             client, cluster = self._client, self._cluster
             engines = len(client.ids)
             ownership = self._ownership
+            local = self._launcher == "local"
             pids = self._owned_pids()
             self._end_watchdog()
             self._forget()
@@ -568,7 +571,7 @@ class ClusterSession:
                 client.close(linger=0)
             if cluster is None:
                 return StopReport("disconnected", engines)
-            _teardown(cluster, pids)
+            _teardown(cluster, pids, local=local)
             assert ownership == "started"
             return StopReport("stopped", engines, time.perf_counter() - tic)
 
@@ -1156,6 +1159,12 @@ class ClusterSession:
             self._queued = (now, 0 if waiting is None else waiting.count)
         return self._queued[1]
 
+    def is_local(self, engine: int) -> bool:
+        """Whether engine ``engine`` runs on this machine (it said so when
+        probed; an engine not probed yet counts as remote)."""
+        rec = self._records.get(engine)
+        return rec is not None and rec.host is not None and rec.host == _HOSTNAME
+
     def _process_alive(self, rec: _EngineRecord) -> bool:
         """For engines started here, ask the process table, not the heartbeat."""
         if self._ownership != "started" or self._launcher != "local" or not rec.pid:
@@ -1169,10 +1178,10 @@ class ClusterSession:
         """Every local process of the cluster paracell started, children too."""
         if self._cluster is None:
             return []
-        pids = _cluster_pids(self._cluster, engines_only=engines_only)
+        roots = _launcher_pids(self._cluster, engines_only=engines_only)
         if self._launcher == "local":
-            pids = _with_descendants([*pids, *self.engine_pids().values()])
-        return pids
+            roots += self.engine_pids().values()
+        return _with_descendants(roots)
 
     def _require_owned(self, action: str) -> tuple[ipp.Client, ipp.Cluster]:
         if self._client is None:
@@ -1207,6 +1216,10 @@ class ClusterSession:
         self._profile = base.removeprefix("profile_") or None
         info = getattr(client, "_config", {}) or {}
         self._cluster_id = cluster.cluster_id if cluster else info.get("cluster_id")
+        self.shipper.close()
+        self.shipper = NameShipper(
+            self.purge, shared=_shared_arrays(self._cluster_id), is_local=self.is_local
+        )
         interface = str(info.get("interface", "") or info.get("location", ""))
         self._location = interface.rpartition("//")[2] or info.get("location")
         if cluster is not None:
@@ -1228,6 +1241,7 @@ class ClusterSession:
     def _forget(self) -> None:
         self._epoch += 1
         self._controller_seen = (0.0, True)
+        self.shipper.close()
         self.shipper = NameShipper(self.purge)
         self._reserved.clear()
         self._stale.clear()
@@ -1615,35 +1629,96 @@ def _tail(text: str, lines: int = 3) -> str:
 
 def _cluster_pids(cluster: ipp.Cluster, engines_only: bool = False) -> list[int]:
     """Pids of the processes the cluster's launchers started, children too."""
+    return _with_descendants(_launcher_pids(cluster, engines_only))
+
+
+def _launcher_pids(cluster: ipp.Cluster, engines_only: bool = False) -> list[int]:
+    """Pids of the processes the cluster's launchers started themselves."""
     pids: list[Any] = []
     if not engines_only and cluster.controller is not None:
         pids.append(getattr(cluster.controller, "pid", None))
     for es in cluster.engines.values():
         pids.extend(getattr(el, "pid", None) for el in _launchers_of(es))
-    return _with_descendants(p for p in pids if isinstance(p, int) and p > 0)
+    return [p for p in pids if isinstance(p, int) and p > 0]
 
 
-def _teardown(cluster: ipp.Cluster, pids: list[int]) -> None:
-    """Stop the cluster through its launchers, then make sure nothing is left.
+def _teardown(cluster: ipp.Cluster, pids: list[int], *, local: bool) -> None:
+    """Stop the cluster, then make sure nothing is left.
 
-    The controller's schedulers are child processes that can outlive a
-    controller stopped mid-start, and engines leave nanny processes; the
-    process table, not the launchers' word, decides when we are done.
+    A local cluster is killed outright: its controller keeps nothing
+    (``NoDB``) and its engines nothing the notebook has not taken, and
+    ipyparallel's polite stop (SIGTERM, then waiting on every process, the
+    controller's schedulers last) takes 1-2 s where this takes a tenth of
+    that.  Then the launchers are stopped (they find their processes gone)
+    and the controller's connection files removed (a killed controller
+    cannot).  The controller's schedulers are child processes that can
+    outlive a controller stopped mid-start, and engines leave nanny
+    processes; the process table, not the launchers' word, decides when we
+    are done.
     """
+    if local:
+        _kill_processes(pids)
     with contextlib.suppress(Exception):
         cluster.stop_cluster_sync()
+    if local:
+        _remove_connection_files(cluster)
     _reap_processes(pids)
     _reap_processes(_marked_processes(cluster.cluster_id))
 
 
-def _marked_processes(cluster_id: str) -> list[int]:
-    """Local processes started for the cluster ``cluster_id`` (by environment)."""
-    found = []
-    for proc in psutil.process_iter(["pid"]):
+def _kill_processes(pids: list[int], timeout: float = 3.0) -> None:
+    """SIGKILL ``pids`` all at once and wait until they have exited."""
+    procs = []
+    for pid in pids:
         with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            proc.kill()
+            procs.append(proc)
+    _wait_exited(procs, timeout)
+
+
+def _remove_connection_files(cluster: ipp.Cluster) -> None:
+    security = os.path.join(cluster.profile_dir, "security")
+    for name in ("client", "engine"):
+        path = os.path.join(security, f"ipcontroller-{cluster.cluster_id}-{name}.json")
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def _marked_processes(cluster_id: str) -> list[int]:
+    """Local processes started for the cluster ``cluster_id`` (by environment).
+
+    Only processes started since the cluster was (its id begins with that
+    time) have their environment read: reading every process's is what
+    made this slow on a busy machine.
+    """
+    started = _cluster_started(cluster_id)
+    found = []
+    for proc in psutil.process_iter(["pid", "create_time"]):
+        with contextlib.suppress(psutil.Error):
+            created = proc.info["create_time"]
+            if started is not None and created is not None and created < started:
+                continue
             if proc.environ().get(_MARK) == cluster_id:
                 found.append(proc.info["pid"])
     return found
+
+
+def _cluster_started(cluster_id: str) -> float | None:
+    """When the cluster ``cluster_id`` was made (its id starts with the time
+    in whole seconds; a second's slack for clock rounding), if it says."""
+    head = cluster_id.partition("-")[0]
+    return float(head) - 1.0 if head.isdigit() else None
+
+
+def _shared_arrays(cluster_id: str | None) -> SharedArrays | None:
+    """Shared memory for the arrays of the cluster ``cluster_id``: segments
+    named after it, so its watchdog can remove them if the kernel dies."""
+    folder = shared_memory_dir()
+    if folder is None:
+        return None
+    tag = "".join(c for c in str(cluster_id or "") if c.isalnum() or c == "-")
+    return SharedArrays(folder, tag or secrets.token_hex(4))
 
 
 def _wait_for(predicate: Any, timeout: float) -> bool:
@@ -1656,13 +1731,21 @@ def _wait_for(predicate: Any, timeout: float) -> bool:
 
 
 def _with_descendants(pids: Iterable[int]) -> list[int]:
-    """The pids and their children's (an engine's nanny process among them)."""
-    found = set()
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(pid)
+    """The pids and their children's (an engine's nanny process among them).
+
+    One pass over the process table for all of them (``children()`` reads
+    the whole table once per process asked about).
+    """
+    children: dict[int, list[int]] = {}
+    for proc in psutil.process_iter(["pid", "ppid"]):
+        children.setdefault(proc.info["ppid"], []).append(proc.info["pid"])
+    found: set[int] = set()
+    todo = [pid for pid in pids if psutil.pid_exists(pid)]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
             found.add(pid)
-            found.update(child.pid for child in proc.children(recursive=True))
+            todo.extend(children.get(pid, ()))
     return sorted(found)
 
 
@@ -1676,12 +1759,37 @@ def _reap_processes(pids: list[int], grace: float = 0.3) -> None:
     for pid in pids:
         with contextlib.suppress(psutil.Error):
             procs.append(psutil.Process(pid))
-    _, alive = psutil.wait_procs(procs, timeout=grace)
+    alive = _wait_exited(procs, grace)
     for sig in ("terminate", "kill"):
         for proc in alive:
             with contextlib.suppress(psutil.Error):
                 getattr(proc, sig)()
-        _, alive = psutil.wait_procs(alive, timeout=3)
+        alive = _wait_exited(alive, 3.0)
+
+
+def _wait_exited(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until ``procs`` have exited; returns those still running.
+
+    An exited process whose parent is gone stays a zombie until the init
+    process reaps it, which some containers' init does late or never:
+    ``psutil.wait_procs`` waits for the reaping, so a stop would wait out
+    its whole timeout for processes that ended in milliseconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [proc for proc in procs if _running(proc)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.01)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
 
 
 _default: ClusterSession | None = None

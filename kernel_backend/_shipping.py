@@ -5,7 +5,9 @@ left to the engine) comes from :mod:`._plan`.  Here each by-value object
 gets a content digest; an engine receives an object only when it does not
 hold that version yet, so a large array used by every map crosses to each
 engine once.  numpy arrays travel as ipyparallel's zero-copy buffers, the rest
-as cloudpickle bytes (notebook functions with their globals stripped).
+as cloudpickle bytes (notebook functions with their globals stripped).  An
+array of a megabyte or more bound for engines on this machine crosses once,
+into shared memory, and every such engine maps it (:mod:`._sharedmem`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from . import _pickling
 from ._engine import install_names, missing_names, unimportable
 from ._errors import EnginesDied, InvalidRequest, is_engine_death
 from ._plan import ShippingPlan, check_shippable, plan_shipping
+from ._sharedmem import SHARED_MIN_BYTES, SharedArrays
 from ._store import digest
 
 __all__ = ["NameShipper", "Shipment", "prepare_shipment"]
@@ -36,7 +39,7 @@ __all__ = ["NameShipper", "Shipment", "prepare_shipment"]
 @dataclass(frozen=True)
 class _Payload:
     digest: str
-    kind: str  # "pickle" or "array"
+    kind: str  # "function", "pickle" or "array"
     payload: Any
     nbytes: int
     #: the notebook's object, weakly, when it can be referred to so: once it
@@ -234,8 +237,19 @@ class NameShipper:
     Belongs to one cluster: engine ids are only unique within a controller.
     """
 
-    def __init__(self, purge: Callable[[Any], None]) -> None:
+    def __init__(
+        self,
+        purge: Callable[[Any], None],
+        *,
+        shared: SharedArrays | None = None,
+        is_local: Callable[[int], bool] = lambda eid: False,
+    ) -> None:
         self._purge = purge  # drops a finished task from the client's caches
+        # large arrays to engines on this machine: through shared memory
+        self._shared = shared
+        self._is_local = is_local
+        self._shared_ok: set[int] = set()  # engines that mapped a segment
+        self._no_shared: set[int] = set()  # local by name, but could not map
         self._held: dict[int, dict[str, str]] = {}
         self._paths: dict[int, tuple[str, ...]] = {}  # engine -> paths sent
         # digest -> the notebook objects it was shipped for (weakly)
@@ -243,8 +257,20 @@ class NameShipper:
         self._importable: set[str] = set()
         # engine -> modules it could not import
         self._unimportable: dict[int, set[str]] = {}
+        #: bytes sent to engines through the controller
         self.bytes_sent = 0
         self.objects_sent = 0
+
+    @property
+    def bytes_shared(self) -> int:
+        """Bytes written into shared memory for local engines (once per
+        version of an array, however many engines map it)."""
+        return 0 if self._shared is None else self._shared.bytes_written
+
+    def close(self) -> None:
+        """The cluster is gone: remove the shared-memory segments."""
+        if self._shared is not None:
+            self._shared.close()
 
     def ship(
         self,
@@ -268,15 +294,25 @@ class NameShipper:
             evict = [d for d in held.values() if d in dropped]
             for name in [n for n, d in held.items() if d in dropped]:
                 del held[name]
+            size = 0
+            shared: dict[str, _Payload] = {}  # digest -> array sent as a segment
             for name, p in shipment.names.items():
                 old = held.get(name)
                 if old == p.digest:
                     continue
+                segment = None
                 if p.kind == "array":
+                    segment = self._segment(eid, p, block)
+                if segment is not None:
+                    entries[p.digest] = ("shared", segment)
+                    shared[p.digest] = p
+                elif p.kind == "array":
                     entries[p.digest] = ("array", len(arrays))
                     arrays.append(p.payload)
+                    size += p.nbytes
                 else:
                     entries[p.digest] = (p.kind, p.payload)
+                    size += p.nbytes
                 if old is not None and old not in shipment.digests.values():
                     evict.append(old)
             paths = self._paths_to_send(eid, shipment.paths)
@@ -287,17 +323,14 @@ class NameShipper:
             ar = client[eid].apply_async(
                 install_names, entries, evict, shipment.sources, *arrays, paths=paths
             )
-            size = sum(
-                shipment.names[n].nbytes
-                for n in shipment.names
-                if shipment.names[n].digest in entries
-            )
-            pending.append((eid, ar, size, len(entries)))
+            pending.append((eid, ar, size, len(entries), shared))
         died = set()
-        for eid, ar, size, count in pending:
+        for eid, ar, size, count, shared in pending:
             if block:
                 try:
-                    ar.get()
+                    unmapped = ar.get()
+                    if shared:
+                        size += self._send_unmapped(client, eid, unmapped, shared)
                 except Exception as err:
                     if not is_engine_death(err):
                         raise
@@ -312,6 +345,47 @@ class NameShipper:
         if died:
             self.forget(died)
             raise EnginesDied(died)
+
+    def _segment(self, eid: int, payload: _Payload, block: bool) -> Any:
+        """The shared-memory segment to send engine ``eid`` instead of the
+        array's bytes, or None to send the bytes.
+
+        Only for engines on this machine, and without waiting for the
+        answer (``block=False``) only for engines known to map segments: a
+        failure there would surface as a missing name in the task.
+        """
+        if (
+            self._shared is None
+            or payload.nbytes < SHARED_MIN_BYTES
+            or eid in self._no_shared
+            or (not block and eid not in self._shared_ok)
+            or not self._is_local(eid)
+        ):
+            return None
+        owner = payload.owner() if payload.owner is not None else None
+        return self._shared.segment(
+            payload.digest, payload.payload, payload.payload if owner is None else owner
+        )
+
+    def _send_unmapped(
+        self,
+        client: Any,
+        eid: int,
+        unmapped: Sequence[str],
+        shared: dict[str, _Payload],
+    ) -> int:
+        """Send as bytes the arrays engine ``eid`` could not map (it does not
+        share this machine's ``/dev/shm`` after all); returns the bytes sent."""
+        if not unmapped:
+            self._shared_ok.add(eid)
+            return 0
+        self._no_shared.add(eid)
+        arrays = [shared[d].payload for d in unmapped]
+        entries = {d: ("array", i) for i, d in enumerate(unmapped)}
+        ar = client[eid].apply_async(install_names, entries, (), None, *arrays)
+        ar.get()
+        self._purge(ar)
+        return sum(shared[d].nbytes for d in unmapped)
 
     def _dropped_digests(self, shipment: Shipment) -> set[str]:
         """Digests whose notebook objects are all gone (and that this
@@ -461,6 +535,8 @@ class NameShipper:
         """Engines that are gone hold nothing any more."""
         for eid in engine_ids:
             self._held.pop(eid, None)
+            self._shared_ok.discard(eid)
+            self._no_shared.discard(eid)
             self._paths.pop(eid, None)
             self._unimportable.pop(eid, None)
 

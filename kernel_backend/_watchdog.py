@@ -9,8 +9,9 @@ separate process, in a session of its own (a signal to the kernel's process
 group does not reach it), that polls the kernel.  When the kernel is gone it
 kills every process carrying the cluster's mark in its environment, removes
 the cluster's connection files (so a new kernel's ``%cluster connect`` sees no
-ghost) and exits.  When the cluster is stopped normally the session ends the
-watchdog first.  Clusters paracell only connected to get none.
+ghost) and its shared-memory segments, and exits.  When the cluster is
+stopped normally the session ends the watchdog first.  Clusters paracell
+only connected to get none.
 
 Run as ``python -m paracell.kernel_backend._watchdog KERNEL_PID CREATED
 CLUSTER_ID SECURITY_DIR``.
@@ -90,6 +91,10 @@ def _stop_cluster(cluster_id: str, security_dir: str) -> None:
     for path in glob.glob(os.path.join(security_dir, f"*{cluster_id}*.json")):
         with contextlib.suppress(OSError):
             os.remove(path)
+    # the arrays the kernel shared with its engines
+    from ._sharedmem import remove_segments
+
+    remove_segments(cluster_id)
 
 
 def main(argv: list[str]) -> int:

@@ -152,12 +152,7 @@ class ParallelMagics(Magics):
         args = parse_options(self.parallel, line)
         with user_errors():
             seed = validate_seed(args.seed)
-        # line numbers in tracebacks match the notebook cell (line 1 = magic)
-        source = "\n" + shell_of(self).transform_cell(cell)
-        try:
-            compile(source, "<cell>", "exec")
-        except SyntaxError as err:
-            raise CellSyntaxError(err) from None
+        source = _python_source(shell_of(self), cell)
         if args.tasks or args.plan or args.timeline:
             return _tasks.run(self, args, source, seed)
         if args.all or args.targets is not None:
@@ -374,3 +369,25 @@ class _Rich:
 
     def __repr__(self) -> str:
         return str(self.bundle.get("text/plain", ""))
+
+
+def _python_source(shell: Any, cell: str) -> str:
+    """The cell as plain Python, a blank line first so that line numbers in
+    tracebacks match the notebook's (line 1 is the magic's).
+
+    IPython's transforms (magics, ``!cmd``, ``x?``) only matter for cells
+    that are not Python already; a cell that compiles as it is skips them,
+    a millisecond of a trivial cell's round trip.
+    """
+    try:
+        source = "\n" + cell
+        compile(source, "<cell>", "exec")
+        return source
+    except SyntaxError:
+        pass
+    source = "\n" + str(shell.transform_cell(cell))
+    try:
+        compile(source, "<cell>", "exec")
+    except SyntaxError as err:
+        raise CellSyntaxError(err) from None
+    return source

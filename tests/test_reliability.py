@@ -154,6 +154,13 @@ def test_a_killed_kernel_leaves_no_cluster_behind(no_other_cluster):
         started = set(cluster_processes())
         assert len(started) >= 3  # a controller and two engines, at least
         assert glob.glob(os.path.join(security, f"*{cluster_id}*.json"))
+        # an array shared with the engines through /dev/shm
+        assert kernel.run(
+            "import numpy as np\nbig = np.ones(300_000)\n"
+            "%pmap --no-progress float(big[k]) for k in range(2)"
+        ).ok
+        shared = f"/dev/shm/paracell-{kernel.pid}-*"
+        assert glob.glob(shared)
         os.kill(kernel.pid, signal.SIGKILL)
         assert wait_until(lambda: not set(cluster_processes()) & started, 15), (
             f"left running: {set(cluster_processes()) & started}"
@@ -162,6 +169,7 @@ def test_a_killed_kernel_leaves_no_cluster_behind(no_other_cluster):
         assert wait_until(
             lambda: not glob.glob(os.path.join(security, f"*{cluster_id}*.json")), 5
         )
+        assert wait_until(lambda: not glob.glob(shared), 5), glob.glob(shared)
     finally:
         kernel.client.stop_channels()
         kernel.manager.cleanup_resources()

@@ -1,0 +1,247 @@
+"""Large numpy arrays to engines on this machine through shared memory.
+
+An array of more than :data:`SHARED_MIN_BYTES` that engines on the kernel's
+own machine need is written once into a file in ``/dev/shm`` (a *segment*);
+each local engine maps that file read-only (see
+:func:`._engine.install_names`), so 2 or 32 engines cost one copy, made at
+memory speed instead of sent through the controller once per engine.
+
+Plain files, not :mod:`multiprocessing.shared_memory`: that maps segments
+read-write only (an engine could change what the others read), registers
+each with a ``resource_tracker`` process that unlinks and warns when an
+engine exits, and filling one costs page faults: a 200 MB array takes
+0.5 s into a ``SharedMemory`` against 0.16 s through ``os.write`` into a
+file on the same tmpfs (see ``benchmarks/README.md``).
+
+A segment lives while the notebook holds the version of the array it
+copies: it is removed when that array is garbage-collected, when the array
+changes in place (a new version gets a segment of its own), and when the
+cluster stops.  An engine's mapping outlives the file's name (Linux frees
+the memory when the last mapping goes), so removing a segment never pulls
+data from under a running task.  If the kernel is killed, the cluster's
+watchdog removes its segments (their names carry the cluster's id).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import secrets
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "SHARED_MIN_BYTES",
+    "SharedArrays",
+    "SharedSegment",
+    "remove_segments",
+    "shared_memory_dir",
+]
+
+#: Arrays at least this large go through shared memory to local engines;
+#: smaller ones cost less to send than a file to create and map.
+SHARED_MIN_BYTES = 1 << 20
+
+_SHM = "/dev/shm"
+#: ``os.write`` moves at most this much per call on Linux.
+_WRITE_STEP = 1 << 30
+
+
+def shared_memory_dir() -> str | None:
+    """Where segments go: ``/dev/shm``, or None where there is none (or
+    ``PARACELL_SHARED_MEMORY=0`` turns the path off)."""
+    if os.environ.get("PARACELL_SHARED_MEMORY", "").strip().lower() in {
+        "0",
+        "off",
+        "no",
+        "false",
+    }:
+        return None
+    if os.path.isdir(_SHM) and os.access(_SHM, os.W_OK):
+        return _SHM
+    return None
+
+
+def remove_segments(tag: str, folder: str = _SHM) -> list[str]:
+    """Remove every segment whose name carries ``tag`` (a cluster's id);
+    what a dead kernel's watchdog calls.  Returns the paths removed."""
+    removed = []
+    for path in glob.glob(os.path.join(folder, f"paracell-*-{glob.escape(tag)}-*")):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            removed.append(path)
+    return removed
+
+
+@dataclass(frozen=True)
+class SharedSegment:
+    """What an engine needs to map a segment: its file and the array's layout."""
+
+    path: str
+    dtype: Any  # numpy dtype (pickled as itself, structured dtypes included)
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+class SharedArrays:
+    """The segments of one cluster's shipments, by content digest.
+
+    Thread-safe: maps ship from the notebook's thread, background jobs from
+    the job monitor's, and owners die on whichever thread drops them.
+    """
+
+    def __init__(self, folder: str, tag: str) -> None:
+        self._folder = folder
+        # names: paracell-<kernel pid>-<cluster tag>-<nonce>-<digest>
+        self._prefix = f"paracell-{os.getpid()}-{tag}-{secrets.token_hex(3)}-"
+        # re-entrant: an owner collected while the lock is held (a cycle
+        # the collector frees mid-update) calls back into this object
+        self._lock = threading.RLock()
+        # a forked child (multiprocessing in the notebook) inherits this
+        # object: only the process that wrote the segments removes them
+        self._pid = os.getpid()
+        self._segments: dict[str, SharedSegment] = {}
+        # digest -> ids of the live notebook objects whose current version it is
+        self._owners: dict[str, set[int]] = {}
+        # id of a notebook object -> (its finalizer, the digest of its version)
+        self._versions: dict[int, tuple[Any, str]] = {}
+        self._closed = False
+        #: bytes written into segments since this object was made
+        self.bytes_written = 0
+
+    @property
+    def prefix(self) -> str:
+        """The start of every segment name this object makes."""
+        return self._prefix
+
+    def segment(self, digest: str, array: Any, owner: Any) -> SharedSegment | None:
+        """The segment holding ``array`` (version ``digest`` of ``owner``),
+        written now if there is none yet.
+
+        Returns None when it cannot be written (no room in ``/dev/shm``, an
+        OS error): the array then travels as before.  ``owner`` is the
+        notebook's object: the segment goes when it does, or when it is
+        given with another digest (changed in place).
+        """
+        with self._lock:
+            if self._closed:
+                return None
+            found = self._segments.get(digest)
+        if found is None:
+            found = self._write(digest, array)
+            if found is None:
+                return None
+            with self._lock:
+                if self._closed:
+                    _unlink(found.path)
+                    return None
+                raced = self._segments.setdefault(digest, found)
+                if raced is not found:  # another thread wrote it meanwhile
+                    _unlink(found.path)
+                    found = raced
+                else:
+                    self.bytes_written += found.nbytes
+        self._own(digest, owner)
+        return found
+
+    def _write(self, digest: str, array: Any) -> SharedSegment | None:
+        data = memoryview(array).cast("B")
+        nbytes = len(data)
+        with contextlib.suppress(OSError):
+            stat = os.statvfs(self._folder)
+            # leave room for others: a full /dev/shm breaks other programs
+            if stat.f_bavail * stat.f_frsize < 2 * nbytes:
+                return None
+        path = os.path.join(self._folder, self._prefix + digest)
+        try:
+            # read-only from the start: engines open it O_RDONLY
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        except OSError:
+            return None
+        try:
+            with contextlib.closing(_Fd(fd)):
+                done = 0
+                while done < nbytes:
+                    done += os.write(fd, data[done : done + _WRITE_STEP])
+        except OSError:  # ENOSPC: tmpfs filled up meanwhile
+            _unlink(path)
+            return None
+        return SharedSegment(path, array.dtype, tuple(array.shape), nbytes)
+
+    def _own(self, digest: str, owner: Any) -> None:
+        key = id(owner)
+        with self._lock:
+            old = self._versions.get(key)
+            if old is not None and old[1] == digest and old[0].alive:
+                return
+            if old is not None:
+                old[0].detach()
+                self._disown(key, old[1])
+            try:
+                finalizer = weakref.finalize(owner, self._gone, key)
+            except TypeError:  # cannot be referred to weakly: kept till stop
+                self._owners.setdefault(digest, set())
+                return
+            finalizer.atexit = False
+            self._versions[key] = (finalizer, digest)
+            self._owners.setdefault(digest, set()).add(key)
+
+    def _gone(self, key: int) -> None:
+        with self._lock:
+            version = self._versions.pop(key, None)
+            if version is not None:
+                self._disown(key, version[1])
+
+    def _disown(self, key: int, digest: str) -> None:
+        """``key`` no longer holds version ``digest``; the segment goes when
+        nobody does (under the lock)."""
+        owners = self._owners.get(digest)
+        if owners is None:
+            return
+        owners.discard(key)
+        if not owners:
+            del self._owners[digest]
+            segment = self._segments.pop(digest, None)
+            if segment is not None and os.getpid() == self._pid:
+                _unlink(segment.path)
+
+    def holds(self, digest: str) -> bool:
+        """Whether a segment of version ``digest`` exists."""
+        with self._lock:
+            return digest in self._segments
+
+    def paths(self) -> list[str]:
+        """The files of the segments alive now."""
+        with self._lock:
+            return [s.path for s in self._segments.values()]
+
+    def close(self) -> None:
+        """Remove every segment (the cluster stops); later calls write none."""
+        with self._lock:
+            self._closed = True
+            segments = list(self._segments.values())
+            self._segments.clear()
+            self._owners.clear()
+            for finalizer, _ in self._versions.values():
+                finalizer.detach()
+            self._versions.clear()
+        if os.getpid() != self._pid:
+            return
+        for segment in segments:
+            _unlink(segment.path)
+
+
+class _Fd:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

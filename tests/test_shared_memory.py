@@ -1,0 +1,184 @@
+"""Large arrays reach engines on the kernel's machine through shared memory:
+one copy in ``/dev/shm`` whatever the engine count, mapped read-only, and
+removed when the notebook drops the array or the cluster stops."""
+
+from __future__ import annotations
+
+import gc
+import glob
+import os
+
+import numpy as np
+import pytest
+
+from paracell.kernel_backend import ItemError, default_session
+from paracell.kernel_backend._sharedmem import remove_segments
+
+pytestmark = pytest.mark.cluster
+
+
+def define(ip, code: str) -> None:
+    ip.run_cell(code).raise_error()
+
+
+def pmap(ip, line: str):
+    return ip.run_line_magic("pmap", "--no-progress " + line)
+
+
+def segments() -> list[str]:
+    """This process's segments in /dev/shm."""
+    return glob.glob(f"/dev/shm/paracell-{os.getpid()}-*")
+
+
+def test_a_large_array_crosses_once_into_shared_memory_for_every_local_engine(
+    ip, shared_cluster
+):
+    define(ip, "import numpy as np\nshm_big = np.arange(2_000_000, dtype=float)")
+    shipper = shared_cluster.shipper
+    sent, shared = shipper.bytes_sent, shipper.bytes_shared
+    got = pmap(ip, "float(shm_big[i * 1000]) for i in range(40)")
+    assert got == [float(i * 1000) for i in range(40)]
+    assert shipper.bytes_shared - shared == 16_000_000, "one copy for all engines"
+    assert shipper.bytes_sent - sent < 1_000_000, "no copy through the controller"
+    assert len(segments()) >= 1
+    # both engines hold it, from the same segment
+    where = shared_cluster.client[:].apply_sync(_held_segments)
+    assert len(where) == 2 and where[0] and where[0] == where[1]
+
+    pmap(ip, "float(shm_big[i]) for i in range(40)")
+    assert shipper.bytes_shared - shared == 16_000_000, "unchanged: not written again"
+    define(ip, "del shm_big")
+
+
+def _held_segments() -> list[str]:
+    """On an engine: the shared-memory files its shipped arrays are mapped from."""
+    with open("/proc/self/maps") as maps:
+        return sorted({line.split()[-1] for line in maps if "/paracell-" in line})
+
+
+def test_an_engine_cannot_change_the_notebooks_array_through_the_mapping(
+    ip, shared_cluster
+):
+    define(
+        ip,
+        "import numpy as np\n"
+        "shm_ro = np.full(500_000, 7.0)\n"
+        "def poke(i):\n"
+        "    if i == 0:\n"
+        "        shm_ro.flags.writeable = True\n"
+        "    shm_ro[i] = -1.0\n",
+    )
+    with pytest.raises(ItemError, match=r"read-only|WRITEABLE|writeable"):
+        pmap(ip, "poke(i) for i in range(2)")
+    define(
+        ip,
+        "def poke_view(i):\n    view = shm_ro[::2]\n    view.setflags(write=True)\n",
+    )
+    with pytest.raises(ItemError, match=r"WRITEABLE|writeable"):
+        pmap(ip, "poke_view(i) for i in range(2)")
+    # neither the notebook's array nor what the engines read changed
+    assert float(ip.user_ns["shm_ro"].min()) == 7.0
+    assert pmap(ip, "float(shm_ro.min()) for _ in range(4)") == [7.0] * 4
+    define(ip, "del shm_ro")
+
+
+def test_an_ended_background_cell_keeps_no_array_alive(ip, shared_cluster):
+    from paracell.kernel_backend import default_jobs
+
+    before = set(segments())
+    define(ip, "import numpy as np\nshm_job = np.full(300_000, 2.0)")
+    define(ip, "%%parallel\nshm_total = float(shm_job.sum())")
+    manager = default_jobs()
+    manager.wait(manager.jobs(), timeout=30)
+    define(ip, "pass")  # delivers the job's names
+    assert ip.user_ns["shm_total"] == 600_000.0
+    made = set(segments()) - before
+    assert made
+    define(ip, "del shm_job")
+    gc.collect()
+    assert not made & set(segments()), "the job ended: it holds the array no more"
+
+
+def test_segments_go_when_arrays_change_or_are_dropped_and_when_the_cluster_stops(
+    ip, no_other_cluster
+):
+    session = default_session()
+    session.start(2)
+    try:
+        assert not segments()
+        for i in range(50):
+            if i % 2:
+                ip.user_ns["churn"][0] = i  # changed in place
+            else:
+                ip.user_ns["churn"] = np.full(200_000, float(i))  # 1.6 MB, new
+            got = pmap(ip, "float(churn[0] + k) for k in range(2)")
+            assert got == [float(i), float(i + 1)]
+            # the current version only: earlier ones were removed
+            assert len(segments()) == 1, segments()
+        define(ip, "del churn")
+        gc.collect()
+        assert not segments(), "dropped from the notebook: segment removed"
+
+        ip.user_ns["kept"] = np.ones(300_000)
+        assert pmap(ip, "float(kept[k]) for k in range(2)") == [1.0, 1.0]
+        assert len(segments()) == 1
+    finally:
+        session.stop()
+        ip.user_ns.pop("kept", None)
+    assert not segments(), "the cluster stopped: nothing left in /dev/shm"
+
+
+def test_an_engine_that_cannot_map_the_segment_gets_the_bytes(
+    ip, no_other_cluster, monkeypatch
+):
+    from paracell.kernel_backend._sharedmem import SharedArrays
+
+    real = SharedArrays._write
+
+    def elsewhere(self, digest, array):
+        # a segment the engines cannot open: what an engine on this host
+        # name but with a /dev/shm of its own (a container) sees
+        segment = real(self, digest, array)
+        os.unlink(segment.path)
+        return segment
+
+    monkeypatch.setattr(SharedArrays, "_write", elsewhere)
+    session = default_session()
+    session.start(2)
+    try:
+        ip.user_ns["far"] = np.full(300_000, 3.0)
+        assert pmap(ip, "float(far[k]) for k in range(4)") == [3.0] * 4
+        assert session.shipper.bytes_sent >= 2 * 2_400_000, "sent as bytes instead"
+        ip.user_ns["far"] = np.full(300_000, 4.0)
+        assert pmap(ip, "float(far[k]) for k in range(4)") == [4.0] * 4
+    finally:
+        session.stop()
+        ip.user_ns.pop("far", None)
+
+
+def test_a_dead_kernels_segments_are_removed_by_tag(tmp_path):
+    keep = tmp_path / "paracell-1-other-ab-cd"
+    gone = tmp_path / "paracell-1-1700000000-beef-ab-cd"
+    keep.write_bytes(b"x")
+    gone.write_bytes(b"x")
+    assert remove_segments("1700000000-beef", str(tmp_path)) == [str(gone)]
+    assert keep.exists() and not gone.exists()
+
+
+def test_a_forked_child_leaves_the_parents_segments_alone(tmp_path):
+    from paracell.kernel_backend._sharedmem import SharedArrays
+
+    shared = SharedArrays(str(tmp_path), "fork")
+    array = np.arange(300_000, dtype=float)
+    segment = shared.segment("d1", array, array)
+    assert segment is not None and os.path.exists(segment.path)
+    pid = os.fork()
+    if pid == 0:  # the child: what multiprocessing's fork start does
+        shared.close()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.path.exists(segment.path), "a child's close removed nothing"
+    del array
+    gc.collect()
+    assert not os.path.exists(segment.path), "the owner is gone: so is the file"
+    shared.close()
