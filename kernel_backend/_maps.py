@@ -270,41 +270,25 @@ def _start_remote(
     hold = contextlib.ExitStack()
     hold.enter_context(session.in_use())
     try:
-        return _start_held(
-            session,
-            element,
-            arguments,
-            shipment,
-            items,
-            total,
-            options,
-            block,
-            observers,
-            star=star,
-            cache=cache,
-            hold=hold,
-        )
+        engines = _map_engines(session, options, total)
+        shipment = _ship(session, session.client, engines, shipment)
+        spec = _spec(shipment.key, element, arguments, options, **shipment.spec_names())
+        job = MapJob(total)
+        for observer in observers:
+            job.subscribe(observer)
+        run = _MapRun(session, spec, items, options, job, star=star, engines=engines)
+        run.cache = cache
+        run.shipment = shipment
+        job.add_done_callback(session.mapping(engines))
     except BaseException:
         hold.close()
         raise
+    return _launch(job, run, block, hold)
 
 
-def _start_held(
-    session: Any,
-    element: str,
-    arguments: tuple[str, ...],
-    shipment: Any,
-    items: Iterator[Any] | Sequence[Any],
-    total: int | None,
-    options: MapOptions,
-    block: bool,
-    observers: Iterable[Callable[[MapProgress], None]],
-    *,
-    star: bool,
-    cache: MapCache | None,
-    hold: contextlib.ExitStack,
-) -> MapJob:
-    client = session.client
+def _map_engines(session: Any, options: MapOptions, total: int | None) -> list[int]:
+    """The engines a map starts on: its ``--targets``, or the free ones
+    (launched first when engines come on demand)."""
     session.require_controller()
     live = session.engine_ids()
     if session.demand is not None and options.targets is None:
@@ -322,30 +306,14 @@ def _start_held(
                 f"--targets names engine {unknown[0]}, which is not running"
                 f" (engines: {', '.join(map(str, live)) or 'none'})"
             )
-        engines = list(options.targets)
-    else:
-        # engines busy with a background job would run chunks only after it
-        engines = session.unreserved_engine_ids() or list(live)
+        return list(options.targets)
+    # engines busy with a background job would run chunks only after it
+    engines = session.unreserved_engine_ids() or list(live)
     if not engines:
         raise InvalidRequest(
             "the cluster has no engines; add some with %cluster scale N"
         )
-    shipment = _ship(session, client, engines, shipment)
-    spec = _spec(
-        shipment.key,
-        element,
-        arguments,
-        options,
-        **shipment.spec_names(),
-    )
-    job = MapJob(total)
-    for observer in observers:
-        job.subscribe(observer)
-    run = _MapRun(session, spec, items, options, job, star=star, engines=engines)
-    run.cache = cache
-    run.shipment = shipment
-    job.add_done_callback(session.mapping(engines))
-    return _launch(job, run, block, hold.pop_all())
+    return engines
 
 
 def _ship(session: Any, client: Any, engines: list[int], shipment: Any) -> Any:
