@@ -28,9 +28,8 @@ from ._mapjob import (
     MapJob,
     MapOptions,
     MapProgress,
-    _MapRun,
-    sliceable,
 )
+from ._maprun import _MapRun, sliceable
 from ._names import element_free_names
 from ._pool import LOCAL_ENGINE, LocalPool
 from ._seeding import fresh_entropy
@@ -403,7 +402,7 @@ def _interrupted(run: _MapRun, total: int | None) -> KeyboardInterrupt:
     line ``KeyboardInterrupt: <message>`` through the ``_render_traceback_``
     it finds on the instance, instead of paracell's frames.
     """
-    partial = run._partial_results()
+    partial = run.results.partial()
     if partial:
         of = "" if total is None else f" of {total}"
         message = (

@@ -1,6 +1,6 @@
 """What the schedulers need from engines, as one typed interface.
 
-:class:`_mapjob._MapRun` (a map's loop) reaches engines only through an
+:class:`_maprun._MapRun` (a map's loop) reaches engines only through an
 :class:`EnginePool`.  :class:`~._session.ClusterSession` is the pool of an
 ipyparallel cluster; the test suite runs the same loop over an in-process
 fake (``tests/_fake_engines.py``), so the scheduling logic — chunks, retries

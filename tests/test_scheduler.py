@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from paracell.kernel_backend import ItemError, MapFailed, MapJob, MapOptions
-from paracell.kernel_backend._mapjob import _MapRun
+from paracell.kernel_backend._maprun import _MapRun
 from paracell.kernel_backend._maps import _spec
 from paracell.kernel_backend._pool import LOCAL_ENGINE, LocalPool
 

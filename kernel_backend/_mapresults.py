@@ -1,0 +1,58 @@
+"""What a map has computed so far: the results of its chunks, in the order
+they came, with counts for its progress and its partial results."""
+
+from __future__ import annotations
+
+from operator import itemgetter
+from typing import Any
+
+__all__ = ["SKIPPED", "MapResults"]
+
+#: Stands for a skipped item (``on_error="skip"``) among a chunk's values.
+SKIPPED: Any = object()
+
+
+class MapResults:
+    """Chunks' values by their first index, and what they count."""
+
+    def __init__(self) -> None:
+        # (first index, values) of every finished chunk, in completion order;
+        # a skipped item's value is SKIPPED
+        self.parts: list[tuple[int, list[Any]]] = []
+        self.stored = 0  # values kept, skipped ones included
+        self.skipped: set[int] = set()
+        self.failed = 0
+        self.succeeded = 0
+        self.per_engine: dict[int, int] = {}
+
+    @property
+    def done(self) -> int:
+        """Items finished, failed or not."""
+        return self.succeeded + self.failed
+
+    def store(self, first: int, values: list[Any]) -> None:
+        self.parts.append((first, values))
+        self.stored += len(values)
+
+    def count(self, engine: int, succeeded: int) -> None:
+        self.succeeded += succeeded
+        self.per_engine[engine] = self.per_engine.get(engine, 0) + succeeded
+
+    def partial(self) -> dict[int, Any]:
+        """Index -> result of every item finished so far (for MapFailed)."""
+        partial: dict[int, Any] = {}
+        for first, values in self.parts:
+            for index, value in enumerate(values, first):
+                if value is not SKIPPED:
+                    partial[index] = value
+        return partial
+
+    def in_order(self, ordered: bool) -> list[Any]:
+        """The results: by input index (``ordered``), else as they came."""
+        parts = sorted(self.parts, key=itemgetter(0)) if ordered else self.parts
+        results: list[Any] = []
+        for _, values in parts:
+            results.extend(values)
+        if self.skipped:
+            results = [value for value in results if value is not SKIPPED]
+        return results
