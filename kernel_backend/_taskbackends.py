@@ -6,7 +6,8 @@ interrupts.  :class:`ClusterEngines` does that on the ipyparallel cluster;
 :class:`InProcessEngines` runs the statements here, each "engine" with a
 namespace of its own and values moved between them by pickling, finishing
 them in a random order — for tests that need no cluster, and to check that
-no dependency is missing.
+no dependency is missing.  :func:`run_sequentially` is the reference both
+must equal: the statements top to bottom in one namespace, seeded alike.
 """
 
 from __future__ import annotations
@@ -32,8 +33,15 @@ from ._engine import (
     task_values,
 )
 from ._errors import is_engine_death
+from ._taskgraph import TaskGraph
 
-__all__ = ["ClusterEngines", "InProcessEngines", "StatementCall", "StatementEngines"]
+__all__ = [
+    "ClusterEngines",
+    "InProcessEngines",
+    "StatementCall",
+    "StatementEngines",
+    "run_sequentially",
+]
 
 #: A finished task's AsyncResult marks itself ready in a callback that can run
 #: just after the future reports done; get() waits that long for it at most.
@@ -354,3 +362,30 @@ class InProcessEngines:
     def close(self) -> None:
         for engine in range(self.count):
             forget_task_job(self.key(engine))
+
+
+def run_sequentially(
+    graph: TaskGraph,
+    namespace: dict[str, Any],
+    *,
+    seed: int | None = None,
+    filename: str = "<cell>",
+) -> str:
+    """Run the statements top to bottom in ``namespace``, each seeded as a
+    task run seeds it (stream ``index`` of ``seed``); returns what they
+    printed.  The reference a task run must equal."""
+    import ast
+    import contextlib
+    import io
+    import linecache
+
+    from ._seeding import item_seed_sequence, seed_item
+
+    lines = graph.source.splitlines(keepends=True)
+    linecache.cache[filename] = (len(graph.source), None, lines, filename)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        for index, node in enumerate(ast.parse(graph.source).body):
+            seed_item(item_seed_sequence(seed, index, entropy=0))
+            exec(compile(ast.Module([node], []), filename, "exec"), namespace)
+    return out.getvalue()

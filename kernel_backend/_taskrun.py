@@ -424,30 +424,3 @@ def _is_expression(graph: TaskGraph, index: int) -> bool:
 
     node = ast.parse(graph.source).body[index]
     return isinstance(node, ast.Expr)
-
-
-def run_sequentially(
-    graph: TaskGraph,
-    namespace: dict[str, Any],
-    *,
-    seed: int | None = None,
-    filename: str = "<cell>",
-) -> str:
-    """Run the statements top to bottom in ``namespace``, each seeded as a
-    task run seeds it (stream ``index`` of ``seed``); returns what they
-    printed.  The reference a task run must equal."""
-    import ast
-    import contextlib
-    import io
-    import linecache
-
-    from ._seeding import item_seed_sequence, seed_item
-
-    lines = graph.source.splitlines(keepends=True)
-    linecache.cache[filename] = (len(graph.source), None, lines, filename)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        for index, node in enumerate(ast.parse(graph.source).body):
-            seed_item(item_seed_sequence(seed, index, entropy=0))
-            exec(compile(ast.Module([node], []), filename, "exec"), namespace)
-    return out.getvalue()

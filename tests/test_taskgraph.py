@@ -20,7 +20,7 @@ import pytest
 from paracell.kernel_backend import analyze_cell
 from paracell.kernel_backend._analysis import free_names
 from paracell.kernel_backend._engine import TaskSpec
-from paracell.kernel_backend._taskbackends import InProcessEngines
+from paracell.kernel_backend._taskbackends import InProcessEngines, run_sequentially
 from paracell.kernel_backend._taskplan import (
     CostBook,
     Estimates,
@@ -30,7 +30,7 @@ from paracell.kernel_backend._taskplan import (
     plan_schedule,
     statement_keys,
 )
-from paracell.kernel_backend._taskrun import TaskRunner, run_sequentially
+from paracell.kernel_backend._taskrun import TaskRunner
 
 NOTEBOOK = {"np": np, "random": random, "math": math, "weights": [3, 1, 2]}
 

@@ -12,7 +12,7 @@ import pytest
 
 import paracell
 from paracell.kernel_backend import TaskJob, analyze_cell, default_jobs
-from paracell.kernel_backend._taskrun import run_sequentially
+from paracell.kernel_backend._taskbackends import run_sequentially
 from paracell.widgets import task_timeline_html
 
 from _shell import run_cell
