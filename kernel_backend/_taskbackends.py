@@ -59,6 +59,8 @@ class StatementCall:
     given: bytes | None = None
     writes: tuple[str, ...] = ()
     last_value: bool = False
+    #: statements sent to the same engine before it, that it depends on
+    after: tuple[int, ...] = ()
 
 
 class EngineLost(Exception):
@@ -187,6 +189,7 @@ class ClusterEngines:
             list(call.writes),
             self._authkey,
             call.last_value,
+            call.after,
         )
         ar._paracell_engine = engine
         return ar
@@ -323,7 +326,11 @@ class InProcessEngines:
     def wait(self, handles: Sequence[Any], timeout: float) -> list[Any]:
         waiting = [h for h in handles if h.outcome is None]
         if waiting:
-            chosen = self._rng.choice(waiting)
+            # engines finish in a random order; each runs its own in order
+            engine = self._rng.choice(sorted({h.engine for h in waiting}))
+            chosen = next(
+                h for h in self._pending if h.engine == engine and h.outcome is None
+            )
             chosen.outcome = self._run(chosen)
         return [h for h in handles if h.outcome is not None]
 
@@ -340,6 +347,7 @@ class InProcessEngines:
             call.writes,
             b"in-process",
             call.last_value,
+            call.after,
         )
 
     def outcome(self, handle: Any) -> StatementOutcome:

@@ -37,6 +37,9 @@ _POLL = 0.1  # how often a run looks at cancellation while statements run
 #: cost says it ends within this many seconds: it starts there without a
 #: round trip through the notebook in between.
 _QUEUE_AHEAD = 0.05
+#: At most this many statements wait on one engine behind the one it runs,
+#: sent there because everything they need is, or is being made, there.
+_CHAIN_DEPTH = 8
 
 
 @dataclass
@@ -44,7 +47,9 @@ class StatementRun:
     """One statement's part in a run."""
 
     index: int
-    state: str = "waiting"  # ready, running, done, failed, skipped, cancelled
+    #: waiting, ready, running, sent (queued on its engine behind what it
+    #: depends on), done, failed, skipped, cancelled
+    state: str = "waiting"
     engine: int | None = None
     started: float | None = None  # time.time() on the engine
     seconds: float = 0.0
@@ -149,7 +154,7 @@ class TaskRunner:
         if running:
             self.engines.interrupt(running)
         for run in self.runs:
-            if run.state in ("waiting", "ready", "running"):
+            if run.state in ("waiting", "ready", "running", "sent"):
                 run.state = "cancelled"
         self._on_change()
 
@@ -202,6 +207,46 @@ class TaskRunner:
             self._start(index, engine)
             flights[engine].append(index)
             free_at[engine] = max(free_at[engine], now) + self.estimates.costs[index]
+        self._chain(available, flights)
+
+    def _chain(self, available: list[int], flights: dict[int, list[int]]) -> None:
+        """Send on statements whose unfinished predecessors all run on one
+        engine, where everything else they need is too: that engine runs
+        them right after, without a round trip through the notebook
+        between (and skips them if a predecessor fails there)."""
+        on = {index: engine for engine, flight in flights.items() for index in flight}
+        waiting = sorted(
+            (r.index for r in self.runs if r.state == "waiting"),
+            key=lambda i: (-self.levels[i], i),
+        )
+        for index in waiting:
+            pending = [
+                p for p in self.graph.deps[index] if self.runs[p].state != "done"
+            ]
+            engines = {on.get(p) for p in pending}
+            if len(engines) != 1 or None in engines:
+                continue
+            engine = engines.pop()
+            if engine is None or engine not in available:
+                continue
+            flight = flights[engine]
+            # only right behind what it waits for: a second statement
+            # waiting for the same one may start sooner on another engine
+            if flight[-1] not in pending or len(flight) > _CHAIN_DEPTH:
+                continue
+            if not self._all_there(index, engine, on):
+                continue
+            self._start(index, engine, after=tuple(sorted(pending)))
+            flights[engine].append(index)
+            on[index] = engine
+
+    def _all_there(self, index: int, engine: int, on: dict[int, int]) -> bool:
+        """Whether every value statement ``index`` needs is on ``engine``,
+        or made by a statement running there."""
+        return all(
+            on.get(version) == engine or engine in self._holdings.holders(name, version)
+            for name, version in self._needs[index]
+        )
 
     def _lost_input(self, index: int) -> str | None:
         """A value the statement needs that was made but no engine holds
@@ -244,7 +289,7 @@ class TaskRunner:
 
     # -- one statement -------------------------------------------------------
 
-    def _start(self, index: int, engine: int) -> None:
+    def _start(self, index: int, engine: int, after: tuple[int, ...] = ()) -> None:
         statement = self.graph.statements[index]
         wanted = [(n, v) for n, v, _ in self._inputs(index)]
         held = self._holdings.held.get(engine, {})
@@ -260,9 +305,10 @@ class TaskRunner:
             relay=tuple(relay),
             writes=tuple(sorted(statement.writes)),
             last_value=index == self._last_value,
+            after=after,
         )
         run = self.runs[index]
-        run.state, run.engine = "running", engine
+        run.state, run.engine = ("sent" if after else "running"), engine
         run.started = run.sent = time.time()
         handle = self.engines.submit(engine, call)
         self._running[handle] = engine
@@ -310,12 +356,16 @@ class TaskRunner:
         run = self.runs[index]
         try:
             outcome = self.engines.outcome(handle)
+            if run.state == "skipped":  # a statement it depends on failed
+                return
         except EngineLost as err:
             self._holdings.held.pop(engine, None)  # what it held is gone
-            self._fail(index, f"{err} while running it", "")
+            if run.state != "skipped":
+                self._fail(index, f"{err} while running it", "")
             return
         except Exception as err:
-            self._fail(index, f"could not run on engine {engine}: {err}", "")
+            if run.state != "skipped":
+                self._fail(index, f"could not run on engine {engine}: {err}", "")
             return
         run.started, run.seconds = outcome.started, outcome.seconds
         run.stdout, run.stderr = outcome.stdout, outcome.stderr
@@ -323,6 +373,10 @@ class TaskRunner:
         self.moved_bytes += outcome.fetched
         self._holdings.address[engine] = outcome.address
         self._holdings.host[engine] = outcome.host
+        if outcome.skipped:  # a statement it followed there did not finish
+            if run.state in ("running", "sent"):
+                run.state = "skipped"
+            return
         if outcome.interrupted:
             run.state = "cancelled"
             self.cancel_reason = self.cancel_reason or "was interrupted"
