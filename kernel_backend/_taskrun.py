@@ -262,8 +262,11 @@ class TaskRunner:
         at = now
         for position, index in enumerate(flight):
             cost = self.estimates.costs[index]
+            run = self.runs[index]
             if position == 0:
-                started = self.runs[index].started or now
+                # one sent behind others starts when they end: not before now
+                started = run.started if run.state == "running" else None
+                started = started or now
                 # overdue: it may well take as long again
                 at = max(
                     started + cost,
