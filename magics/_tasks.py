@@ -76,14 +76,14 @@ def run(magics: Any, args: argparse.Namespace, source: str, seed: int | None) ->
 
 
 def _timeline_when_done(job: TaskJob) -> None:
-    """Show the timeline below the job's view once the job ends."""
-    handle = display(  # type: ignore[no-untyped-call]
-        f"job '{job.name}': the timeline comes when it ends", display_id=True
-    )
+    """Show the planned timeline below the job's view; the run's once the
+    job ends."""
+    handle = display(job.timeline(), display_id=True)  # type: ignore[no-untyped-call]
+    drawn = [False]
 
     def draw(job: TaskJob) -> None:
-        if job.done() and not getattr(job, "_timeline_drawn", False):
-            job._timeline_drawn = True
+        if job.done() and not drawn[0]:
+            drawn[0] = True
             handle.update(job.timeline())
 
     job.subscribe(draw)

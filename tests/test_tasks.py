@@ -303,3 +303,11 @@ def test_a_waiting_cell_of_higher_priority_gets_the_next_free_engine(
     # it started before the task graph's last statements
     last_start = max(r.started for r in tasks.statements)
     assert high.started < last_start
+
+
+def test_timeline_in_the_background_shows_the_plan_then_the_run(ip, shared_cluster):
+    ok(ip, "%%parallel --tasks --timeline --name drawn\nd1 = 1\nd2 = d1 + 1")
+    job = default_jobs().get("drawn")
+    default_jobs().wait([job], timeout=30)
+    assert job.state == "done"
+    assert len(job.timeline().actual) == 2
