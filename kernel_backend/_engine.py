@@ -1071,8 +1071,8 @@ def _serve_values(authkey: bytes) -> tuple[str, int]:
         from multiprocessing.connection import Listener
 
         listener = Listener(("127.0.0.1", 0), authkey=authkey)
-        address = listener.address
-        _SERVERS[authkey] = address
+        host, port = listener.address
+        address = _SERVERS[authkey] = (str(host), int(port))
     threading.Thread(
         target=_accept, args=(listener,), name="paracell-values", daemon=True
     ).start()
