@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ._engine import StatementOutcome
 from ._taskbackends import EngineLost, StatementCall, StatementEngines
+from ._taskdata import Holdings
 from ._taskgraph import TaskGraph
 from ._taskplan import (
     CostBook,
@@ -62,21 +63,6 @@ class StatementRun:
     sent: float | None = None  # time.time() here when it was sent
 
 
-@dataclass
-class _Holdings:
-    """Which version (producing statement) of each name each engine holds."""
-
-    held: dict[int, dict[str, int]] = field(default_factory=dict)
-    sizes: dict[tuple[str, int], int] = field(default_factory=dict)
-    #: values that cannot travel: the engine that has them
-    pinned: dict[tuple[str, int], int] = field(default_factory=dict)
-    address: dict[int, tuple[str, int]] = field(default_factory=dict)
-    host: dict[int, str] = field(default_factory=dict)
-
-    def holders(self, name: str, version: int) -> set[int]:
-        return {e for e, names in self.held.items() if names.get(name) == version}
-
-
 class TaskRunner:
     """Runs one task graph on a :class:`StatementEngines`; call :meth:`run`."""
 
@@ -107,7 +93,7 @@ class TaskRunner:
         self.finished: float | None = None
         self._on_change = on_change
         self._may_take = may_take
-        self._holdings = _Holdings()
+        self._holdings = Holdings()
         #: per statement: (name, version) of the values it needs from others
         self._needs = [
             [
@@ -177,7 +163,7 @@ class TaskRunner:
             taking = [e for e in available if self._takes(flights[e], free_at[e], now)]
             if not taking:
                 break
-            lost = self._lost_input(index)
+            lost = self._holdings.lost(self._inputs(index))
             if lost is not None:
                 self._fail(index, f"its input {lost!r} was lost with its engine", "")
                 continue
@@ -248,15 +234,6 @@ class TaskRunner:
             for name, version in self._needs[index]
         )
 
-    def _lost_input(self, index: int) -> str | None:
-        """A value the statement needs that was made but no engine holds
-        any more (its engine died), if any."""
-        for name, version, _ in self._inputs(index):
-            made = (name, version) in self._holdings.sizes
-            if made and not self._holdings.holders(name, version):
-                return name
-        return None
-
     def _free_at(self, flight: list[int], now: float) -> float:
         """When an engine running (then holding) ``flight`` is expected free."""
         at = now
@@ -301,7 +278,9 @@ class TaskRunner:
         if together and any(n in together for n, _ in missing):
             # names modified together must arrive together (shared objects)
             missing = [(n, v) for n, v in wanted if n in together or held.get(n) != v]
-        fetch, relay = self._plan_fetch(engine, missing)
+        fetch, relay = self._holdings.plan_fetch(
+            engine, missing, self.engines, self.direct
+        )
         call = StatementCall(
             index=index,
             fetch=tuple(fetch),
@@ -317,41 +296,6 @@ class TaskRunner:
         self._running[handle] = engine
         self._index[id(handle)] = index
         self._on_change()
-
-    def _plan_fetch(
-        self, engine: int, missing: list[tuple[str, int]]
-    ) -> tuple[
-        list[tuple[tuple[str, int], str, tuple[str, ...]]],
-        list[tuple[int, tuple[str, ...]]],
-    ]:
-        """Where each missing value comes from: fetched by the engine itself
-        from one on its host, or relayed through the notebook (by the
-        engines' backend, without holding up the scheduler)."""
-        by_source: dict[int, list[str]] = {}
-        for name, version in missing:
-            holders = self._holdings.holders(name, version)
-            if not holders:
-                continue  # never made (its statement deleted it): nothing to send
-            best = max(
-                holders,
-                key=lambda e: (
-                    sum(1 for n, v in missing if e in self._holdings.holders(n, v)),
-                    -e,
-                ),
-            )
-            by_source.setdefault(best, []).append(name)
-        fetch, relay = [], []
-        for source, names in sorted(by_source.items()):
-            address = self._holdings.address.get(source)
-            here = self._host(engine)
-            if self.direct and address is not None and here == self._host(source):
-                fetch.append((address, self.engines.key(source), tuple(names)))
-            else:
-                relay.append((source, tuple(names)))
-        return fetch, relay
-
-    def _host(self, engine: int) -> str | None:
-        return self._holdings.host.get(engine) or self.engines.host(engine)
 
     def _collect(self, handle: Any) -> None:
         engine = self._running.pop(handle)
