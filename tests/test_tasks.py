@@ -45,6 +45,9 @@ def ok(ip, code: str):
 
 @pytest.fixture(autouse=True)
 def settled_jobs(ip):
+    """Jobs ended, and the shell's names as they were (the shell is shared
+    with other test files)."""
+    before = set(ip.user_ns)
     ok(ip, "import time\nimport numpy as np")
     yield
     manager = default_jobs()
@@ -54,6 +57,9 @@ def settled_jobs(ip):
     manager.wait(manager.jobs(), timeout=10)
     ok(ip, "pass")  # delivers what finished
     manager.clear()
+    for name in set(ip.user_ns) - before:
+        if not name.startswith("_"):
+            del ip.user_ns[name]
 
 
 def test_the_example_runs_on_both_engines_and_its_names_come_back(
