@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+import numpy as np
+
 from ._engine import (
     _TASK_NS,
     StatementOutcome,
@@ -335,7 +337,16 @@ class InProcessEngines:
         return [h for h in handles if h.outcome is not None]
 
     def _run(self, pending: _Pending) -> StatementOutcome:
+        from ._seeding import seeded
+
         call = pending.call
+        # the statement reseeds; this process's own random state stays as it was
+        with seeded(np.random.SeedSequence(0)):
+            return self._run_statement(pending, call)
+
+    def _run_statement(
+        self, pending: _Pending, call: StatementCall
+    ) -> StatementOutcome:
         return run_statement(
             self.spec,
             self.key(pending.engine),
@@ -387,12 +398,12 @@ def run_sequentially(
     import io
     import linecache
 
-    from ._seeding import item_seed_sequence, seed_item
+    from ._seeding import item_seed_sequence, seed_item, seeded
 
     lines = graph.source.splitlines(keepends=True)
     linecache.cache[filename] = (len(graph.source), None, lines, filename)
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), seeded(item_seed_sequence(0, 0)):
         for index, node in enumerate(ast.parse(graph.source).body):
             seed_item(item_seed_sequence(seed, index, entropy=0))
             exec(compile(ast.Module([node], []), filename, "exec"), namespace)
