@@ -109,6 +109,12 @@ class TaskJob(CellJob):
                 for r in running[:_OUTPUT_TAIL]
             )
             text += f"; running: {shown}"
+        queued = sum(r.state == "sent" for r in runs)
+        if queued:
+            text += f"; {queued} queued on their engines"
+        failed = sum(r.state == "failed" for r in runs)
+        if failed:
+            text += f"; {failed} failed"
         return text
 
     def summary(self) -> str:
