@@ -413,11 +413,20 @@ class TaskRunner:
         return self._names_bytes + self.engines.relayed_bytes
 
     def stdout(self) -> str:
-        """What the statements printed, in program order."""
-        return "".join(r.stdout for r in self.runs)
+        """What the statements printed, in program order: up to the first
+        statement not finished, so the text only ever grows at its end."""
+        return "".join(r.stdout for r in self._finished_prefix())
 
     def stderr(self) -> str:
-        return "".join(r.stderr for r in self.runs)
+        return "".join(r.stderr for r in self._finished_prefix())
+
+    def _finished_prefix(self) -> list[StatementRun]:
+        runs = []
+        for run in self.runs:
+            if run.state in ("waiting", "ready", "running", "sent"):
+                break
+            runs.append(run)
+        return runs
 
 
 def _is_expression(graph: TaskGraph, index: int) -> bool:

@@ -10,6 +10,7 @@ order.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import types
@@ -550,3 +551,27 @@ def test_a_dead_engine_fails_what_ran_or_waited_there_and_the_rest_go_on():
     assert b.error == f"engine {a.engine} died while running it"
     # c ran on the other engine, or behind b on the one that died
     assert c.state == "done" or "died" in c.error
+
+
+def _outputs_as_it_runs(graph, source: str, order: int) -> list[str]:
+    engines = InProcessEngines({}, [], TaskSpec(key="grows"), source, seed=order)
+    estimates = default_costs(graph, CostBook(), statement_keys(graph, {}))
+    runner = TaskRunner(graph, engines, estimates)
+    seen = [""]
+    runner._on_change = lambda: seen.append(runner.stdout())
+    try:
+        runner.run()
+    finally:
+        engines.close()
+    return seen
+
+
+def test_output_grows_only_at_its_end_whatever_order_statements_finish_in():
+    # independent statements that print: any may finish first
+    source = "".join(f"x{i} = print('from {i}') or {i}\n" for i in range(6))
+    graph = analyze_cell(source)
+    assert not any(graph.deps)
+    for order in range(5):
+        seen = _outputs_as_it_runs(graph, source, order)
+        assert all(b.startswith(a) for a, b in itertools.pairwise(seen))
+        assert seen[-1] == "".join(f"from {i}\n" for i in range(6))
