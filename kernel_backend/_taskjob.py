@@ -427,12 +427,12 @@ def _wanted(
     return [n for n in bound if n not in here]
 
 
-_SESSION_KEY = secrets.token_bytes(32)
+_VALUES_KEY = secrets.token_bytes(32)
 
 
 def _authkey() -> bytes:
     """The key engines check before handing values to one another."""
-    return _SESSION_KEY
+    return _VALUES_KEY
 
 
 def _absent() -> Any:
