@@ -32,7 +32,7 @@ os.environ.setdefault("IPYTHONDIR", tempfile.mkdtemp(prefix="paracell-bench-"))
 
 import paracell
 from paracell.kernel_backend import analyze_cell
-from paracell.kernel_backend._taskrun import run_sequentially
+from paracell.kernel_backend._taskbackends import run_sequentially
 
 
 def work(seconds: float, *inputs: float) -> float:

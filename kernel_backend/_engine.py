@@ -828,6 +828,8 @@ _TASK_NS: dict[str, dict[str, Any]] = {}
 _TASK_CODE: dict[str, list[Any]] = {}
 #: job key -> (seed, entropy) its statements' random streams come from
 _TASK_SEED: dict[str, tuple[int | None, int]] = {}
+#: job key -> statements that failed, stopped or were skipped here
+_TASK_BAD: dict[str, set[int]] = {}
 #: authentication key -> address this engine serves task values on
 _SERVERS: dict[bytes, tuple[str, int]] = {}
 _SERVER_LOCK = threading.Lock()
@@ -854,6 +856,8 @@ class StatementOutcome:
     fetch_seconds: float = 0.0
     #: names whose values cannot travel (a generator, an open file, a lock)
     pinned: tuple[str, ...] = ()
+    #: not run: a statement it was sent to follow failed here
+    skipped: bool = False
 
 
 def run_statement(
@@ -867,6 +871,7 @@ def run_statement(
     writes: Sequence[str],
     authkey: bytes,
     last_value: bool = False,
+    after: Sequence[int] = (),
 ) -> StatementOutcome:
     """Run statement ``index`` of a cell in the job's namespace here.
 
@@ -875,13 +880,33 @@ def run_statement(
     ``given`` holds names relayed by the notebook.  With ``spec.seed`` the
     statement draws from stream ``index`` of the seed, as the sequential run
     does.  ``spec`` and ``source`` come with an engine's first statement
-    of the job only (None after that: they are kept here).
+    of the job only (None after that: they are kept here).  ``after``: the
+    statements sent here before it that it depends on; if one of them did
+    not finish, it does not run.
     """
     import io
 
     _pickling.install()
     address = _serve_values(authkey)
     ns, body, (seed, entropy) = _task_state(spec, job_key, source, filename)
+    bad = _TASK_BAD.setdefault(job_key, set())
+    if bad.intersection(after):
+        bad.add(index)
+        return StatementOutcome(
+            index,
+            time.time(),
+            0.0,
+            "",
+            "",
+            None,
+            False,
+            {},
+            None,
+            None,
+            address,
+            socket.gethostname(),
+            skipped=True,
+        )
     out, err = io.StringIO(), io.StringIO()
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
@@ -896,8 +921,10 @@ def run_statement(
         value, bundle = _execute(body[index], ns, filename, last_value)
     except KeyboardInterrupt:
         interrupted = True
+        bad.add(index)
     except BaseException as error:
         failure = _failure(index, error)
+        bad.add(index)
     finally:
         _reset_reporter(token)
         sys.stdout, sys.stderr = saved
@@ -991,6 +1018,7 @@ def forget_task_job(job_key: str) -> None:
     _TASK_NS.pop(job_key, None)
     _TASK_CODE.pop(job_key, None)
     _TASK_SEED.pop(job_key, None)
+    _TASK_BAD.pop(job_key, None)
 
 
 def _cannot_travel(value: Any) -> bool:
@@ -1090,8 +1118,8 @@ def _serve_values(authkey: bytes) -> tuple[str, int]:
         from multiprocessing.connection import Listener
 
         listener = Listener(("127.0.0.1", 0), authkey=authkey)
-        address: tuple[str, int] = listener.address
-        _SERVERS[authkey] = address
+        host, port = listener.address
+        address = _SERVERS[authkey] = (str(host), int(port))
     threading.Thread(
         target=_accept, args=(listener,), name="paracell-values", daemon=True
     ).start()

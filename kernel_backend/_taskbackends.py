@@ -6,7 +6,8 @@ interrupts.  :class:`ClusterEngines` does that on the ipyparallel cluster;
 :class:`InProcessEngines` runs the statements here, each "engine" with a
 namespace of its own and values moved between them by pickling, finishing
 them in a random order — for tests that need no cluster, and to check that
-no dependency is missing.
+no dependency is missing.  :func:`run_sequentially` is the reference both
+must equal: the statements top to bottom in one namespace, seeded alike.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+import numpy as np
+
 from ._engine import (
     _TASK_NS,
     StatementOutcome,
@@ -32,8 +35,15 @@ from ._engine import (
     task_values,
 )
 from ._errors import is_engine_death
+from ._taskgraph import TaskGraph
 
-__all__ = ["ClusterEngines", "InProcessEngines", "StatementCall", "StatementEngines"]
+__all__ = [
+    "ClusterEngines",
+    "InProcessEngines",
+    "StatementCall",
+    "StatementEngines",
+    "run_sequentially",
+]
 
 #: A finished task's AsyncResult marks itself ready in a callback that can run
 #: just after the future reports done; get() waits that long for it at most.
@@ -51,6 +61,8 @@ class StatementCall:
     given: bytes | None = None
     writes: tuple[str, ...] = ()
     last_value: bool = False
+    #: statements sent to the same engine before it, that it depends on
+    after: tuple[int, ...] = ()
 
 
 class EngineLost(Exception):
@@ -179,6 +191,7 @@ class ClusterEngines:
             list(call.writes),
             self._authkey,
             call.last_value,
+            call.after,
         )
         ar._paracell_engine = engine
         return ar
@@ -315,12 +328,25 @@ class InProcessEngines:
     def wait(self, handles: Sequence[Any], timeout: float) -> list[Any]:
         waiting = [h for h in handles if h.outcome is None]
         if waiting:
-            chosen = self._rng.choice(waiting)
+            # engines finish in a random order; each runs its own in order
+            engine = self._rng.choice(sorted({h.engine for h in waiting}))
+            chosen = next(
+                h for h in self._pending if h.engine == engine and h.outcome is None
+            )
             chosen.outcome = self._run(chosen)
         return [h for h in handles if h.outcome is not None]
 
     def _run(self, pending: _Pending) -> StatementOutcome:
+        from ._seeding import seeded
+
         call = pending.call
+        # the statement reseeds; this process's own random state stays as it was
+        with seeded(np.random.SeedSequence(0)):
+            return self._run_statement(pending, call)
+
+    def _run_statement(
+        self, pending: _Pending, call: StatementCall
+    ) -> StatementOutcome:
         return run_statement(
             self.spec,
             self.key(pending.engine),
@@ -332,6 +358,7 @@ class InProcessEngines:
             call.writes,
             b"in-process",
             call.last_value,
+            call.after,
         )
 
     def outcome(self, handle: Any) -> StatementOutcome:
@@ -354,3 +381,30 @@ class InProcessEngines:
     def close(self) -> None:
         for engine in range(self.count):
             forget_task_job(self.key(engine))
+
+
+def run_sequentially(
+    graph: TaskGraph,
+    namespace: dict[str, Any],
+    *,
+    seed: int | None = None,
+    filename: str = "<cell>",
+) -> str:
+    """Run the statements top to bottom in ``namespace``, each seeded as a
+    task run seeds it (stream ``index`` of ``seed``); returns what they
+    printed.  The reference a task run must equal."""
+    import ast
+    import contextlib
+    import io
+    import linecache
+
+    from ._seeding import item_seed_sequence, seed_item, seeded
+
+    lines = graph.source.splitlines(keepends=True)
+    linecache.cache[filename] = (len(graph.source), None, lines, filename)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), seeded(item_seed_sequence(0, 0)):
+        for index, node in enumerate(ast.parse(graph.source).body):
+            seed_item(item_seed_sequence(seed, index, entropy=0))
+            exec(compile(ast.Module([node], []), filename, "exec"), namespace)
+    return out.getvalue()

@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 
 from ._taskscan import (
     SELF,
-    Aliases,
     function_effects,
     imported_names,
     is_output,
+    receiver,
+    root_name,
     scan_statement,
 )
 
@@ -237,3 +238,73 @@ def _text(source: str, first: int, last: int) -> str:
 
 def _decorators(node: ast.stmt) -> list[ast.expr]:
     return list(getattr(node, "decorator_list", []))
+
+
+class Aliases:
+    """Names that may share one object: ``b = a``, ``b = a[0]``,
+    ``for row in rows``, ``with x as y``."""
+
+    def __init__(self, tree: ast.Module, modules: set[str]) -> None:
+        self._parent: dict[str, str] = {}
+        self._modules = modules
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign):
+                targets = [t for target in node.targets for t in _names_in(target)]
+                self._join(targets + _shared(node.value))
+            elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
+                self._join(_names_in(node.target) + _shared(node.iter))
+            elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+                self._join(_names_in(node.optional_vars) + _shared(node.context_expr))
+            elif isinstance(node, ast.NamedExpr):
+                self._join([node.target.id, *_shared(node.value)])
+
+    def _find(self, name: str) -> str:
+        while self._parent.get(name, name) != name:
+            name = self._parent[name]
+        return name
+
+    def _join(self, names: list[str]) -> None:
+        names = [n for n in names if n not in self._modules]
+        if len(names) < 2:
+            return
+        root = self._find(names[0])
+        for name in names[1:]:
+            other = self._find(name)
+            if other != root:
+                self._parent[other] = root
+
+    def _members(self) -> set[str]:
+        return set(self._parent) | set(self._parent.values())
+
+    def shared(self, names: set[str]) -> set[str]:
+        """Those of ``names`` that may share their object with another name."""
+        members = self._members()
+        return {n for n in names if n in members}
+
+    def widen(self, names: set[str]) -> set[str]:
+        """``names`` and every name that may share an object with one of them."""
+        if not names:
+            return names
+        roots = {self._find(n) for n in names}
+        return names | {n for n in self._members() if self._find(n) in roots}
+
+
+def _names_in(target: ast.expr) -> list[str]:
+    return [n.id for n in ast.walk(target) if isinstance(n, ast.Name)]
+
+
+def _shared(value: ast.expr) -> list[str]:
+    """Names whose object ``value`` may be, or hold (not what calls return)."""
+    if isinstance(value, (ast.Name, ast.Attribute, ast.Subscript, ast.Starred)):
+        name = root_name(value)
+        return [name] if name is not None else []
+    if isinstance(value, ast.Call):  # ``a.reshape(3, 3)``, ``d.get(k)``
+        name = receiver(value)
+        return [name] if name is not None else []
+    if isinstance(value, (ast.Tuple, ast.List, ast.Set)):
+        return [n for element in value.elts for n in _shared(element)]
+    if isinstance(value, ast.Dict):
+        return [n for v in value.values for n in _shared(v)]
+    if isinstance(value, ast.IfExp):
+        return _shared(value.body) + _shared(value.orelse)
+    return []

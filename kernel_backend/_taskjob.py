@@ -109,6 +109,12 @@ class TaskJob(CellJob):
                 for r in running[:_OUTPUT_TAIL]
             )
             text += f"; running: {shown}"
+        queued = sum(r.state == "sent" for r in runs)
+        if queued:
+            text += f"; {queued} queued on their engines"
+        failed = sum(r.state == "failed" for r in runs)
+        if failed:
+            text += f"; {failed} failed"
         return text
 
     def summary(self) -> str:
@@ -421,12 +427,12 @@ def _wanted(
     return [n for n in bound if n not in here]
 
 
-_SESSION_KEY = secrets.token_bytes(32)
+_VALUES_KEY = secrets.token_bytes(32)
 
 
 def _authkey() -> bytes:
     """The key engines check before handing values to one another."""
-    return _SESSION_KEY
+    return _VALUES_KEY
 
 
 def _absent() -> Any:

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ._engine import StatementOutcome
 from ._taskbackends import EngineLost, StatementCall, StatementEngines
+from ._taskdata import Holdings
 from ._taskgraph import TaskGraph
 from ._taskplan import (
     CostBook,
@@ -37,6 +38,9 @@ _POLL = 0.1  # how often a run looks at cancellation while statements run
 #: cost says it ends within this many seconds: it starts there without a
 #: round trip through the notebook in between.
 _QUEUE_AHEAD = 0.05
+#: At most this many statements wait on one engine behind the one it runs,
+#: sent there because everything they need is, or is being made, there.
+_CHAIN_DEPTH = 8
 
 
 @dataclass
@@ -44,7 +48,9 @@ class StatementRun:
     """One statement's part in a run."""
 
     index: int
-    state: str = "waiting"  # ready, running, done, failed, skipped, cancelled
+    #: waiting, ready, running, sent (queued on its engine behind what it
+    #: depends on), done, failed, skipped, cancelled
+    state: str = "waiting"
     engine: int | None = None
     started: float | None = None  # time.time() on the engine
     seconds: float = 0.0
@@ -55,21 +61,6 @@ class StatementRun:
     fetched: int = 0  # bytes it received from other engines
     fetch_seconds: float = 0.0  # how long receiving them took
     sent: float | None = None  # time.time() here when it was sent
-
-
-@dataclass
-class _Holdings:
-    """Which version (producing statement) of each name each engine holds."""
-
-    held: dict[int, dict[str, int]] = field(default_factory=dict)
-    sizes: dict[tuple[str, int], int] = field(default_factory=dict)
-    #: values that cannot travel: the engine that has them
-    pinned: dict[tuple[str, int], int] = field(default_factory=dict)
-    address: dict[int, tuple[str, int]] = field(default_factory=dict)
-    host: dict[int, str] = field(default_factory=dict)
-
-    def holders(self, name: str, version: int) -> set[int]:
-        return {e for e, names in self.held.items() if names.get(name) == version}
 
 
 class TaskRunner:
@@ -102,7 +93,7 @@ class TaskRunner:
         self.finished: float | None = None
         self._on_change = on_change
         self._may_take = may_take
-        self._holdings = _Holdings()
+        self._holdings = Holdings()
         #: per statement: (name, version) of the values it needs from others
         self._needs = [
             [
@@ -149,7 +140,7 @@ class TaskRunner:
         if running:
             self.engines.interrupt(running)
         for run in self.runs:
-            if run.state in ("waiting", "ready", "running"):
+            if run.state in ("waiting", "ready", "running", "sent"):
                 run.state = "cancelled"
         self._on_change()
 
@@ -172,7 +163,7 @@ class TaskRunner:
             taking = [e for e in available if self._takes(flights[e], free_at[e], now)]
             if not taking:
                 break
-            lost = self._lost_input(index)
+            lost = self._holdings.lost(self._inputs(index))
             if lost is not None:
                 self._fail(index, f"its input {lost!r} was lost with its engine", "")
                 continue
@@ -202,23 +193,57 @@ class TaskRunner:
             self._start(index, engine)
             flights[engine].append(index)
             free_at[engine] = max(free_at[engine], now) + self.estimates.costs[index]
+        self._chain(available, flights)
 
-    def _lost_input(self, index: int) -> str | None:
-        """A value the statement needs that was made but no engine holds
-        any more (its engine died), if any."""
-        for name, version, _ in self._inputs(index):
-            made = (name, version) in self._holdings.sizes
-            if made and not self._holdings.holders(name, version):
-                return name
-        return None
+    def _chain(self, available: list[int], flights: dict[int, list[int]]) -> None:
+        """Send on statements whose unfinished predecessors all run on one
+        engine, where everything else they need is too: that engine runs
+        them right after, without a round trip through the notebook
+        between (and skips them if a predecessor fails there)."""
+        on = {index: engine for engine, flight in flights.items() for index in flight}
+        waiting = sorted(
+            (r.index for r in self.runs if r.state == "waiting"),
+            key=lambda i: (-self.levels[i], i),
+        )
+        for index in waiting:
+            pending = [
+                p for p in self.graph.deps[index] if self.runs[p].state != "done"
+            ]
+            engines = {on.get(p) for p in pending}
+            if len(engines) != 1 or None in engines:
+                continue
+            engine = engines.pop()
+            if engine is None or engine not in available:
+                continue
+            flight = flights[engine]
+            # only right behind what it waits for: a second statement
+            # waiting for the same one may start sooner on another engine
+            if flight[-1] not in pending or len(flight) > _CHAIN_DEPTH:
+                continue
+            if not self._all_there(index, engine, on):
+                continue
+            self._start(index, engine, after=tuple(sorted(pending)))
+            flights[engine].append(index)
+            on[index] = engine
+
+    def _all_there(self, index: int, engine: int, on: dict[int, int]) -> bool:
+        """Whether every value statement ``index`` needs is on ``engine``,
+        or made by a statement running there."""
+        return all(
+            on.get(version) == engine or engine in self._holdings.holders(name, version)
+            for name, version in self._needs[index]
+        )
 
     def _free_at(self, flight: list[int], now: float) -> float:
         """When an engine running (then holding) ``flight`` is expected free."""
         at = now
         for position, index in enumerate(flight):
             cost = self.estimates.costs[index]
+            run = self.runs[index]
             if position == 0:
-                started = self.runs[index].started or now
+                # one sent behind others starts when they end: not before now
+                started = run.started if run.state == "running" else None
+                started = started or now
                 # overdue: it may well take as long again
                 at = max(
                     started + cost,
@@ -244,7 +269,7 @@ class TaskRunner:
 
     # -- one statement -------------------------------------------------------
 
-    def _start(self, index: int, engine: int) -> None:
+    def _start(self, index: int, engine: int, after: tuple[int, ...] = ()) -> None:
         statement = self.graph.statements[index]
         wanted = [(n, v) for n, v, _ in self._inputs(index)]
         held = self._holdings.held.get(engine, {})
@@ -253,56 +278,24 @@ class TaskRunner:
         if together and any(n in together for n, _ in missing):
             # names modified together must arrive together (shared objects)
             missing = [(n, v) for n, v in wanted if n in together or held.get(n) != v]
-        fetch, relay = self._plan_fetch(engine, missing)
+        fetch, relay = self._holdings.plan_fetch(
+            engine, missing, self.engines, self.direct
+        )
         call = StatementCall(
             index=index,
             fetch=tuple(fetch),
             relay=tuple(relay),
             writes=tuple(sorted(statement.writes)),
             last_value=index == self._last_value,
+            after=after,
         )
         run = self.runs[index]
-        run.state, run.engine = "running", engine
+        run.state, run.engine = ("sent" if after else "running"), engine
         run.started = run.sent = time.time()
         handle = self.engines.submit(engine, call)
         self._running[handle] = engine
         self._index[id(handle)] = index
         self._on_change()
-
-    def _plan_fetch(
-        self, engine: int, missing: list[tuple[str, int]]
-    ) -> tuple[
-        list[tuple[tuple[str, int], str, tuple[str, ...]]],
-        list[tuple[int, tuple[str, ...]]],
-    ]:
-        """Where each missing value comes from: fetched by the engine itself
-        from one on its host, or relayed through the notebook (by the
-        engines' backend, without holding up the scheduler)."""
-        by_source: dict[int, list[str]] = {}
-        for name, version in missing:
-            holders = self._holdings.holders(name, version)
-            if not holders:
-                continue  # never made (its statement deleted it): nothing to send
-            best = max(
-                holders,
-                key=lambda e: (
-                    sum(1 for n, v in missing if e in self._holdings.holders(n, v)),
-                    -e,
-                ),
-            )
-            by_source.setdefault(best, []).append(name)
-        fetch, relay = [], []
-        for source, names in sorted(by_source.items()):
-            address = self._holdings.address.get(source)
-            here = self._host(engine)
-            if self.direct and address is not None and here == self._host(source):
-                fetch.append((address, self.engines.key(source), tuple(names)))
-            else:
-                relay.append((source, tuple(names)))
-        return fetch, relay
-
-    def _host(self, engine: int) -> str | None:
-        return self._holdings.host.get(engine) or self.engines.host(engine)
 
     def _collect(self, handle: Any) -> None:
         engine = self._running.pop(handle)
@@ -310,12 +303,16 @@ class TaskRunner:
         run = self.runs[index]
         try:
             outcome = self.engines.outcome(handle)
+            if run.state == "skipped":  # a statement it depends on failed
+                return
         except EngineLost as err:
             self._holdings.held.pop(engine, None)  # what it held is gone
-            self._fail(index, f"{err} while running it", "")
+            if run.state != "skipped":
+                self._fail(index, f"{err} while running it", "")
             return
         except Exception as err:
-            self._fail(index, f"could not run on engine {engine}: {err}", "")
+            if run.state != "skipped":
+                self._fail(index, f"could not run on engine {engine}: {err}", "")
             return
         run.started, run.seconds = outcome.started, outcome.seconds
         run.stdout, run.stderr = outcome.stdout, outcome.stderr
@@ -323,6 +320,10 @@ class TaskRunner:
         self.moved_bytes += outcome.fetched
         self._holdings.address[engine] = outcome.address
         self._holdings.host[engine] = outcome.host
+        if outcome.skipped:  # a statement it followed there did not finish
+            if run.state in ("running", "sent"):
+                run.state = "skipped"
+            return
         if outcome.interrupted:
             run.state = "cancelled"
             self.cancel_reason = self.cancel_reason or "was interrupted"
@@ -412,11 +413,20 @@ class TaskRunner:
         return self._names_bytes + self.engines.relayed_bytes
 
     def stdout(self) -> str:
-        """What the statements printed, in program order."""
-        return "".join(r.stdout for r in self.runs)
+        """What the statements printed, in program order: up to the first
+        statement not finished, so the text only ever grows at its end."""
+        return "".join(r.stdout for r in self._finished_prefix())
 
     def stderr(self) -> str:
-        return "".join(r.stderr for r in self.runs)
+        return "".join(r.stderr for r in self._finished_prefix())
+
+    def _finished_prefix(self) -> list[StatementRun]:
+        runs = []
+        for run in self.runs:
+            if run.state in ("waiting", "ready", "running", "sent"):
+                break
+            runs.append(run)
+        return runs
 
 
 def _is_expression(graph: TaskGraph, index: int) -> bool:
@@ -424,30 +434,3 @@ def _is_expression(graph: TaskGraph, index: int) -> bool:
 
     node = ast.parse(graph.source).body[index]
     return isinstance(node, ast.Expr)
-
-
-def run_sequentially(
-    graph: TaskGraph,
-    namespace: dict[str, Any],
-    *,
-    seed: int | None = None,
-    filename: str = "<cell>",
-) -> str:
-    """Run the statements top to bottom in ``namespace``, each seeded as a
-    task run seeds it (stream ``index`` of ``seed``); returns what they
-    printed.  The reference a task run must equal."""
-    import ast
-    import contextlib
-    import io
-    import linecache
-
-    from ._seeding import item_seed_sequence, seed_item
-
-    lines = graph.source.splitlines(keepends=True)
-    linecache.cache[filename] = (len(graph.source), None, lines, filename)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        for index, node in enumerate(ast.parse(graph.source).body):
-            seed_item(item_seed_sequence(seed, index, entropy=0))
-            exec(compile(ast.Module([node], []), filename, "exec"), namespace)
-    return out.getvalue()

@@ -77,10 +77,9 @@ def run(magics: Any, args: argparse.Namespace, source: str, seed: int | None) ->
 
 
 def _timeline_when_done(job: TaskJob) -> None:
-    """Show the timeline below the job's view once the job ends."""
-    handle = display(
-        f"job '{job.name}': the timeline comes when it ends", display_id=True
-    )
+    """Show the planned timeline below the job's view; the run's once the
+    job ends."""
+    handle = display(job.timeline(), display_id=True)
     drawn = threading.Event()
 
     def draw(_: CellJob) -> None:

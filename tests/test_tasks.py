@@ -12,7 +12,7 @@ import pytest
 
 import paracell
 from paracell.kernel_backend import TaskJob, analyze_cell, default_jobs
-from paracell.kernel_backend._taskrun import run_sequentially
+from paracell.kernel_backend._taskbackends import run_sequentially
 from paracell.widgets import task_timeline_html
 
 from _shell import run_cell
@@ -45,6 +45,9 @@ def ok(ip, code: str):
 
 @pytest.fixture(autouse=True)
 def settled_jobs(ip):
+    """Jobs ended, and the shell's names as they were (the shell is shared
+    with other test files)."""
+    before = set(ip.user_ns)
     ok(ip, "import time\nimport numpy as np")
     yield
     manager = default_jobs()
@@ -54,6 +57,9 @@ def settled_jobs(ip):
     manager.wait(manager.jobs(), timeout=10)
     ok(ip, "pass")  # delivers what finished
     manager.clear()
+    for name in set(ip.user_ns) - before:
+        if not name.startswith("_"):
+            del ip.user_ns[name]
 
 
 def test_the_example_runs_on_both_engines_and_its_names_come_back(
@@ -303,3 +309,11 @@ def test_a_waiting_cell_of_higher_priority_gets_the_next_free_engine(
     # it started before the task graph's last statements
     last_start = max(r.started for r in tasks.statements)
     assert high.started < last_start
+
+
+def test_timeline_in_the_background_shows_the_plan_then_the_run(ip, shared_cluster):
+    ok(ip, "%%parallel --tasks --timeline --name drawn\nd1 = 1\nd2 = d1 + 1")
+    job = default_jobs().get("drawn")
+    default_jobs().wait([job], timeout=30)
+    assert job.state == "done"
+    assert len(job.timeline().actual) == 2
