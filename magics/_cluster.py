@@ -10,8 +10,9 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ..kernel_backend import LAUNCHERS, LauncherOptions, default_session
-from ..widgets import ClusterStatusView, cluster_panel
+from .. import _api
+from ..kernel_backend import LAUNCHERS, default_session
+from ..widgets import ClusterStatusView
 from ._common import (
     non_negative_int,
     parse_options,
@@ -154,7 +155,7 @@ class ClusterMagics(Magics):
     def _start(self, rest: str) -> None:
         """Start a cluster; prints how many engines, where, and how long it took."""
         args = parse_options(self._start, rest)
-        report = default_session().start(
+        report = _api.start(
             args.n,
             launcher=args.launcher,
             profile=args.profile,
@@ -162,18 +163,16 @@ class ClusterMagics(Magics):
             timeout=args.timeout,
             force=args.force,
             threads=args.threads,
-            min_engines=args.min_engines,
-            max_engines=args.max_engines,
-            options=LauncherOptions(
-                hosts=args.hosts,
-                queue=args.queue,
-                time=args.time,
-                account=args.account,
-                mem=args.mem,
-                extra=_unquoted(args.extra),
-                ip=args.ip,
-                mem_per_engine=args.mem_per_engine,
-            ),
+            min=args.min_engines,
+            max=args.max_engines,
+            hosts=args.hosts,
+            queue=args.queue,
+            time=args.time,
+            account=args.account,
+            mem=args.mem,
+            extra=_unquoted(args.extra),
+            ip=args.ip,
+            mem_per_engine=args.mem_per_engine,
         )
         print(report)
 
@@ -187,7 +186,7 @@ class ClusterMagics(Magics):
         """Use a running cluster (started by ipcluster, JupyterLab, a batch job)."""
         args = parse_options(self._connect, rest)
         print(
-            default_session().connect(
+            _api.connect(
                 profile=args.profile, cluster_id=args.cluster_id, file=args.file
             )
         )
@@ -196,7 +195,7 @@ class ClusterMagics(Magics):
     def _status(self, rest: str) -> ClusterStatusView:
         """The cluster's state and a row per engine: id, host, pid, state, tasks."""
         parse_options(self._status, rest)
-        return ClusterStatusView(default_session().status())
+        return ClusterStatusView(_api.status())
 
     @magic_arguments(name="cluster scale")
     @argument("N", type=non_negative_int, help="the number of engines wanted")
@@ -215,7 +214,7 @@ class ClusterMagics(Magics):
             return
         tic = time.perf_counter()
         before = session.status().live_engines
-        session.scale(args.N, force=args.force)
+        _api.scale(args.N, force=args.force)
         print(
             f"paracell: scaled from {before} to {args.N} engines"
             f" in {time.perf_counter() - tic:.1f} s"
@@ -225,14 +224,14 @@ class ClusterMagics(Magics):
     def _restart(self, rest: str) -> None:
         """Replace every engine with a fresh one (clean namespaces), same count."""
         parse_options(self._restart, rest)
-        report = default_session().restart()
+        report = _api.restart()
         print(f"paracell: restarted {report.engines} engines in {report.seconds:.1f} s")
 
     @magic_arguments(name="cluster stop")
     def _stop(self, rest: str) -> None:
         """Stop the cluster paracell started (every process), or disconnect."""
         parse_options(self._stop, rest)
-        print(default_session().stop())
+        print(_api.stop())
 
     @magic_arguments(name="cluster panel")
     def _panel(self, rest: str) -> Any:
@@ -241,7 +240,7 @@ class ClusterMagics(Magics):
         In a terminal (no widgets), the cluster's status instead.
         """
         parse_options(self._panel, rest)
-        return cluster_panel(default_session())
+        return _api.panel()
 
 
 def _unquoted(text: str | None) -> str | None:
