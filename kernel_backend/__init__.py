@@ -21,15 +21,14 @@ from ._errors import (
     ParacellError,
     ParacellWarning,
 )
+from ._everywhere import EngineRun, run_everywhere
 from ._jobs import (
     CellJob,
     Delivery,
-    EngineRun,
     JobError,
     JobManager,
     bound_names,
     default_jobs,
-    run_everywhere,
 )
 from ._launchers import LauncherOptions, accepted_options
 from ._mapjob import (

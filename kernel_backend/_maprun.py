@@ -30,7 +30,7 @@ from ._mapjob import (
     _short,
 )
 from ._mapresults import SKIPPED, MapResults
-from ._pool import LOCAL_ENGINE, EnginePool
+from ._pool import LOCAL_ENGINE, SETTLE, EnginePool
 
 __all__ = ["_MapRun", "sliceable"]
 
@@ -40,9 +40,6 @@ _PER_ENGINE = 2
 _POLL = 0.05
 _PROGRESS_PERIOD = 0.1
 _CANCEL_GRACE = 1.5
-#: A finished task's AsyncResult marks itself ready in a callback that can run
-#: just after the future reports done; get() waits that long for it at most.
-_SETTLE = 5.0
 #: How long a finished task's printed output is waited for after its result.
 _OUTPUT_GRACE = 1.0
 #: With chunks out and none back for this long, ask whether the controller lives.
@@ -376,7 +373,7 @@ class _MapRun:
         chunk, eid = self.in_flight.pop(ar)
         self._finished_printing(ar)
         try:
-            outcome: ChunkOutcome = ar.get(_SETTLE)
+            outcome: ChunkOutcome = ar.get(SETTLE)
         except Exception as err:
             self._chunk_failed(chunk, eid, err)
             return
@@ -429,7 +426,7 @@ class _MapRun:
             chunk, _ = self.in_flight.pop(ar)
             self.printing.pop(ar, None)
             with contextlib.suppress(Exception):
-                outcome: ChunkOutcome = ar.get(_SETTLE)
+                outcome: ChunkOutcome = ar.get(SETTLE)
                 self._save(chunk, outcome)
                 values = list(outcome.values)
                 for failure in outcome.failures:

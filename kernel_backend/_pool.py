@@ -21,10 +21,16 @@ import io
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-__all__ = ["LOCAL_ENGINE", "EnginePool", "LocalPool"]
+__all__ = ["LOCAL_ENGINE", "OUTPUT_WAIT", "SETTLE", "EnginePool", "LocalPool"]
 
 #: The one engine of a :class:`LocalPool` (timelines and output say "here").
 LOCAL_ENGINE = -1
+
+#: A finished task's AsyncResult marks itself ready in a callback that can run
+#: just after the future reports done; ``get()`` waits that long for it at most.
+SETTLE = 5.0
+#: How long a finished task's output is waited for (it can trail the result).
+OUTPUT_WAIT = 3.0
 
 
 class EnginePool(Protocol):

@@ -35,6 +35,7 @@ from ._engine import (
     task_values,
 )
 from ._errors import is_engine_death
+from ._pool import SETTLE
 from ._taskgraph import TaskGraph
 
 __all__ = [
@@ -44,10 +45,6 @@ __all__ = [
     "StatementEngines",
     "run_sequentially",
 ]
-
-#: A finished task's AsyncResult marks itself ready in a callback that can run
-#: just after the future reports done; get() waits that long for it at most.
-_SETTLE = 5.0
 
 
 @dataclass(frozen=True)
@@ -211,7 +208,7 @@ class ClusterEngines:
             handle.result()  # the relay's own error, if it failed
             handle = handle.ar
         try:
-            outcome: StatementOutcome = handle.get(_SETTLE)
+            outcome: StatementOutcome = handle.get(SETTLE)
         except Exception as err:
             if is_engine_death(err):
                 self._session.forget_engines([engine])

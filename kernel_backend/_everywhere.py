@@ -1,0 +1,169 @@
+"""A cell run on every engine (``%%parallel --all``): for imports and
+per-engine set-up; what the cell defines stays on the engines."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._engine import CellOutcome, TaskSpec, run_cell
+from ._errors import EnginesDied, InvalidRequest
+from ._jobs import JobError
+from ._names import free_names
+from ._pool import OUTPUT_WAIT, SETTLE
+from ._seeding import fresh_entropy
+from ._shipping import prepare_shipment
+from ._stale import STUCK_AFTER
+
+__all__ = ["EngineRun", "run_everywhere"]
+
+
+@dataclass
+class EngineRun:
+    """One engine's part of a cell run on several engines (``--all``)."""
+
+    engine: int
+    stdout: str
+    stderr: str
+    values: dict[str, Any]
+    bundle: dict[str, Any] | None
+    error: JobError | None
+
+
+def _settle_stale(session: Any, targets: Sequence[int] | None) -> None:
+    """Wait until no target engine still runs cancelled work.
+
+    A cell sent to every engine must not queue behind a cancelled task that
+    would not stop: the wait drives the probes that free such an engine (or
+    replace it, when it is stuck for good), then brings replacements up.
+    """
+    deadline = time.monotonic() + STUCK_AFTER + 10.0
+    while True:
+        stale = session.stale_engines()
+        if targets is not None:
+            stale &= set(targets)
+        if not stale:
+            break
+        if time.monotonic() > deadline:
+            raise JobError(
+                f"engine {', '.join(map(str, sorted(stale)))} still runs cancelled"
+                " work that does not stop; %cluster restart replaces the engines"
+            )
+        time.sleep(0.05)
+    session.ensure_engines()  # stuck engines were replaced: bring them back
+
+
+def run_everywhere(
+    session: Any,
+    source: str,
+    namespace: Mapping[str, Any],
+    *,
+    targets: Sequence[int] | None = None,
+    outputs: Sequence[str] = (),
+    seed: int | None = None,
+    filename: str = "<cell>",
+    ship_large: bool = False,
+) -> list[EngineRun]:
+    """Run a cell on each target engine, in the engine's own namespace.
+
+    For imports and per-engine setup: what the cell defines stays on the
+    engines.  Blocks; an interrupt stops the cell everywhere.
+    """
+    import cloudpickle
+
+    compile(source, filename, "exec")  # the user's SyntaxError, here
+    _settle_stale(session, targets)
+    client = session.client
+    live = session.engine_ids()
+    if targets is None:
+        if not live:
+            raise InvalidRequest(
+                "the cluster has no engines to run the cell on"
+                + (
+                    " (engines on demand start for maps and background jobs;"
+                    " --all runs on the engines up now)"
+                    if getattr(session, "demand", None) is not None
+                    else "; add some with %cluster scale N"
+                )
+            )
+        targets = live
+    unknown = [t for t in targets if t not in live]
+    if unknown or not targets:
+        raise InvalidRequest(
+            f"--targets names engine {unknown[0] if unknown else '(none)'},"
+            f" which is not running (engines: {', '.join(map(str, live)) or 'none'})"
+        )
+    shipment = prepare_shipment(
+        free_names(source, "exec"), namespace, ship_large=ship_large
+    )
+    # names the notebook lacks may be defined by the cell itself on engines
+    try:
+        shipment = session.shipper.send(
+            client, targets, shipment, require_engine_side=False
+        )
+    except EnginesDied as err:
+        session.forget_engines(err.engines)
+        raise JobError(
+            f"engine {', '.join(map(str, sorted(err.engines)))} died while the"
+            " cell's names were sent to it; the cell ran nowhere"
+        ) from None
+    spec = TaskSpec(
+        key=f"everywhere-{time.time()}",
+        **{**shipment.spec_names(), "engine_side": ()},
+        seed=seed,
+        entropy=fresh_entropy(),
+    )
+    tasks = {
+        client[eid].apply_async(
+            run_cell, spec, source, filename, list(outputs), True
+        ): eid
+        for eid in targets
+    }
+    try:
+        while not all(ar.done() for ar in tasks):
+            concurrent.futures.wait(list(tasks), timeout=0.1)
+    except BaseException:
+        session.interrupt(tasks)
+        raise
+    runs = []
+    for ar, eid in tasks.items():
+        with contextlib.suppress(Exception):
+            ar.wait_for_output(OUTPUT_WAIT)  # the result can come before the output
+        stdout, stderr = getattr(ar, "stdout", ""), getattr(ar, "stderr", "")
+        error: JobError | None = None
+        values: dict[str, Any] = {}
+        bundle = None
+        try:
+            outcome: CellOutcome = ar.get(SETTLE)
+        except Exception as err:
+            error = JobError(f"engine {eid} could not run the cell: {err}")
+        else:
+            if outcome.failure is not None:
+                error = JobError(
+                    f"engine {eid}: {outcome.failure.type_name}:"
+                    f" {outcome.failure.message}",
+                    outcome.failure.traceback,
+                )
+            elif outcome.interrupted:
+                error = JobError(f"engine {eid}: interrupted")
+            for name, data in outcome.values.items():
+                try:
+                    values[name] = cloudpickle.loads(data)
+                except Exception as err:
+                    error = error or JobError(
+                        f"engine {eid}: {name!r} could not come back:"
+                        f" {type(err).__name__}: {err}"
+                    )
+            for name, why in outcome.unpicklable.items():
+                error = error or JobError(
+                    f"engine {eid}: {name!r} could not come back: {why}"
+                )
+            bundle = outcome.bundle
+        finally:
+            session.purge(ar)
+        runs.append(EngineRun(eid, stdout, stderr, values, bundle, error))
+    return sorted(runs, key=lambda r: r.engine)
