@@ -129,6 +129,20 @@ def ip():
     return shell
 
 
+def settle_jobs(ip: Any) -> None:
+    """End a test's background jobs: cancel what runs, deliver what finished
+    (a cell runs, as the next one would), forget them all."""
+    from paracell.kernel_backend import default_jobs
+
+    manager = default_jobs()
+    for job in manager.jobs():
+        if not job.done():
+            job.cancel()
+    manager.wait(manager.jobs(), timeout=10)
+    ip.run_cell("pass").raise_error()  # delivers what finished
+    manager.clear()
+
+
 @pytest.fixture
 def no_other_cluster() -> None:
     """Stop the shared cluster: the test counts cluster processes itself."""

@@ -12,6 +12,8 @@ from paracell.kernel_backend import cache_info, default_jobs, set_cache_dir
 from paracell.widgets import JobView
 from paracell.widgets._jobview import JobWidget
 
+from conftest import settle_jobs
+
 pytestmark = pytest.mark.cluster
 
 
@@ -31,13 +33,7 @@ def folder(tmp_path: Path):
 @pytest.fixture(autouse=True)
 def settled_jobs(ip):
     yield
-    manager = default_jobs()
-    for job in manager.jobs():
-        if not job.done():
-            job.cancel()
-    manager.wait(manager.jobs(), timeout=10)
-    ok(ip, "pass")  # delivers what finished
-    manager.clear()
+    settle_jobs(ip)
 
 
 def runs(log: Path) -> int:

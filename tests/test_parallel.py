@@ -11,7 +11,7 @@ import pytest
 import paracell
 from paracell.kernel_backend import default_jobs
 
-from conftest import wait_until
+from conftest import settle_jobs, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -30,13 +30,7 @@ def ok(ip, code: str):
 @pytest.fixture(autouse=True)
 def settled_jobs(ip):
     yield
-    manager = default_jobs()
-    for job in manager.jobs():
-        if not job.done():
-            job.cancel()
-    manager.wait(manager.jobs(), timeout=10)
-    ok(ip, "pass")  # delivers what finished
-    manager.clear()
+    settle_jobs(ip)
 
 
 def test_block_runs_the_cell_brings_names_back_and_shows_the_value(

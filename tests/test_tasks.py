@@ -16,7 +16,7 @@ from paracell.kernel_backend._taskbackends import run_sequentially
 from paracell.widgets import task_timeline_html
 
 from _shell import run_cell
-from conftest import wait_until
+from conftest import settle_jobs, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -50,13 +50,7 @@ def settled_jobs(ip):
     before = set(ip.user_ns)
     ok(ip, "import time\nimport numpy as np")
     yield
-    manager = default_jobs()
-    for job in manager.jobs():
-        if not job.done():
-            job.cancel()
-    manager.wait(manager.jobs(), timeout=10)
-    ok(ip, "pass")  # delivers what finished
-    manager.clear()
+    settle_jobs(ip)
     for name in set(ip.user_ns) - before:
         if not name.startswith("_"):
             del ip.user_ns[name]
