@@ -20,7 +20,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FunctionType
 from typing import Any
@@ -769,13 +769,7 @@ def run_cell(
     values: dict[str, bytes] = {}
     unpicklable: dict[str, str] = {}
     if failure is None and not interrupted:
-        for name in pull:
-            if name not in ns:
-                continue
-            try:
-                values[name] = _pickling.dumps(ns[name])
-            except Exception as err:
-                unpicklable[name] = f"{type(err).__name__}: {err}"
+        values, unpicklable = _pickle_each(ns, pull)
     value = bundle = None
     if result is not None:
         with contextlib.suppress(Exception):
@@ -805,6 +799,23 @@ def _engine_user_ns() -> dict[str, Any]:
     if ip is not None:
         return ip.user_ns  # type: ignore[no-any-return]
     return sys.modules["__main__"].__dict__
+
+
+def _pickle_each(
+    ns: dict[str, Any], names: Iterable[str]
+) -> tuple[dict[str, bytes], dict[str, str]]:
+    """``names`` present in ``ns``, each pickled on its own for the notebook;
+    and, for those that cannot be, why."""
+    values: dict[str, bytes] = {}
+    failed: dict[str, str] = {}
+    for name in names:
+        if name not in ns:
+            continue
+        try:
+            values[name] = _pickling.dumps(ns[name])
+        except Exception as err:
+            failed[name] = f"{type(err).__name__}: {err}"
+    return values, failed
 
 
 def _mime_bundle(value: Any) -> dict[str, Any]:
@@ -1000,17 +1011,7 @@ def task_results(
 ) -> tuple[dict[str, bytes], dict[str, str]]:
     """The job's ``names`` here for the notebook, each pickled on its own
     (as ``%%parallel`` sends them); and why some could not be."""
-    ns = _TASK_NS.get(job_key, {})
-    values: dict[str, bytes] = {}
-    failed: dict[str, str] = {}
-    for name in names:
-        if name not in ns:
-            continue
-        try:
-            values[name] = _pickling.dumps(ns[name])
-        except Exception as err:
-            failed[name] = f"{type(err).__name__}: {err}"
-    return values, failed
+    return _pickle_each(_TASK_NS.get(job_key, {}), names)
 
 
 def forget_task_job(job_key: str) -> None:

@@ -89,6 +89,20 @@ class StatementEngines(Protocol):
     def close(self) -> None: ...
 
 
+def _gather_relayed(engines: StatementEngines, call: StatementCall) -> bytes:
+    """The values ``call`` needs from engines it cannot fetch from itself,
+    through the notebook, packed to send with it; ``relayed_bytes`` counts
+    them in and out."""
+    values: dict[str, Any] = {}
+    for source, names in call.relay:
+        data = engines.values(source, names)
+        engines.relayed_bytes += len(data)
+        values.update(pickle.loads(data))
+    given = _pack_values(values, list(values), False)[0]
+    engines.relayed_bytes += len(given)
+    return given
+
+
 class ClusterEngines:
     """Statements on the ipyparallel cluster of a :class:`ClusterSession`.
 
@@ -154,13 +168,7 @@ class ClusterEngines:
 
     def _relay(self, engine: int, call: StatementCall, relayed: _Relayed) -> None:
         try:
-            values: dict[str, Any] = {}
-            for source, names in call.relay:
-                data = self.values(source, names)
-                self.relayed_bytes += len(data)
-                values.update(pickle.loads(data))
-            given = _pack_values(values, list(values), False)[0]
-            self.relayed_bytes += len(given)
+            given = _gather_relayed(self, call)
             if relayed.stopped:
                 raise RuntimeError("cancelled before it was sent")
             relayed.ar = self._send(engine, replace(call, relay=(), given=given))
@@ -311,13 +319,7 @@ class InProcessEngines:
 
     def submit(self, engine: int, call: StatementCall) -> Any:
         if call.relay:
-            values: dict[str, Any] = {}
-            for source, names in call.relay:
-                data = self.values(source, names)
-                self.relayed_bytes += len(data)
-                values.update(pickle.loads(data))
-            given = _pack_values(values, list(values), False)[0]
-            call = replace(call, relay=(), given=given)
+            call = replace(call, relay=(), given=_gather_relayed(self, call))
         pending = _Pending(engine, call)
         self._pending.append(pending)
         return pending
