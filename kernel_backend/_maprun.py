@@ -426,17 +426,23 @@ class _MapRun:
             chunk, _ = self.in_flight.pop(ar)
             self.printing.pop(ar, None)
             with contextlib.suppress(Exception):
-                outcome: ChunkOutcome = ar.get(SETTLE)
-                self._save(chunk, outcome)
-                values = list(outcome.values)
-                for failure in outcome.failures:
-                    values[failure.index - chunk.first] = SKIPPED
-                self.results.store(chunk.first, values)
+                self._keep(chunk, ar.get(SETTLE))
             self._purge(ar)
+
+    def _keep(self, chunk: _Chunk, outcome: ChunkOutcome) -> None:
+        """The items a chunk finished, kept as the map stops: in its results
+        (``.partial``) and, with ``--cache``, in the store.  An interrupted
+        chunk's outcome holds the items it finished before the interrupt."""
+        self._save(chunk, outcome)
+        values = list(outcome.values)
+        for failure in outcome.failures:
+            values[failure.index - chunk.first] = SKIPPED
+        self.results.store(chunk.first, values)
 
     def _absorb(self, outcome: ChunkOutcome, chunk: _Chunk, eid: int) -> None:
         """Take a chunk's values and failures into the map's results."""
         if outcome.interrupted:
+            self._keep(chunk, outcome)  # what it finished before the interrupt
             raise KeyboardInterrupt()
         self._save(chunk, outcome)
         self.sizer.record(len(outcome.values), outcome.seconds)
@@ -588,10 +594,16 @@ class _MapRun:
     def _cancel_outstanding(self) -> None:
         """Abort queued chunks, interrupt running ones, and wait briefly."""
         pending = {ar: eid for ar, (_, eid) in self.in_flight.items()}
+        chunks = {ar: chunk for ar, (chunk, _) in self.in_flight.items()}
         self.in_flight.clear()
         for ar in pending:
             self.printing.pop(ar, None)
         self.pool.interrupt(pending, grace=_CANCEL_GRACE)
+        # a running chunk answers the interrupt with the items it finished
+        for ar, chunk in chunks.items():
+            if ar.done():
+                with contextlib.suppress(Exception):
+                    self._keep(chunk, ar.get(0))
 
 
 def _state_of_exit() -> JobState:
