@@ -81,7 +81,9 @@ def stored(kernel: Kernel) -> int:
 def test_after_an_interrupt_a_rerun_computes_only_the_rest(kernels, tmp_path, chunks):
     # one chunk of every item: what it finished comes back with the interrupt
     kernel = start(kernels, tmp_path, 80)
-    msg_id = kernel.client.execute(f"r = %pmap --cache {chunks} slow(p) for p in params")
+    msg_id = kernel.client.execute(
+        f"r = %pmap --cache {chunks} slow(p) for p in params"
+    )
     assert wait_until(lambda: len(runs_so_far(tmp_path)) >= 20, timeout=60)
     reply = kernel.interrupt(msg_id)
     assert reply["content"]["ename"] == "KeyboardInterrupt"
