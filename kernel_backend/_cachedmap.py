@@ -200,13 +200,8 @@ class MapCache:
             self._warned.add(kind)
             warnings.warn(f"--cache: {message}", ParacellWarning, stacklevel=2)
 
-    def split(
-        self, first: int, items: Sequence[Any]
-    ) -> tuple[list[tuple[int, list[Any]]], list[tuple[int, list[Any]]]]:
-        """Runs of stored results and runs of items to compute.
-
-        Each run is ``(first index, values or items)`` of consecutive items.
-        """
+    def _item_keys(self, first: int, items: Sequence[Any]) -> list[str | None]:
+        """Each item's key; ``None`` for an input that cannot be read."""
         keys: list[str | None] = []
         for index, item in enumerate(items, first):
             try:
@@ -219,6 +214,30 @@ class MapCache:
                     f"item {index}'s input {err}; such items are computed"
                     " and not stored",
                 )
+        return keys
+
+    def covers(self, items: Sequence[Any], batch: int = 2_000) -> bool:
+        """Whether every item's result is stored (read a batch at a time,
+        stopping at the first batch with one missing): a map with nothing
+        left to compute needs no engines."""
+        for first in range(0, len(items), batch):
+            keys = self._item_keys(first, items[first : first + batch])
+            known = [key for key in keys if key is not None]
+            try:
+                if len(known) < len(keys) or not self.store.has_all(self.name, known):
+                    return False
+            except StoreUnavailable:
+                return False
+        return True
+
+    def split(
+        self, first: int, items: Sequence[Any]
+    ) -> tuple[list[tuple[int, list[Any]]], list[tuple[int, list[Any]]]]:
+        """Runs of stored results and runs of items to compute.
+
+        Each run is ``(first index, values or items)`` of consecutive items.
+        """
+        keys = self._item_keys(first, items)
         wanted = [k for k in keys if k is not None]
         found: dict[str, Any] = {}
         try:

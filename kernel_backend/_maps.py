@@ -34,6 +34,7 @@ from ._names import element_free_names
 from ._pool import LOCAL_ENGINE, LocalPool
 from ._seeding import fresh_entropy
 from ._shipping import prepare_shipment
+from ._status import StartReport
 
 __all__ = ["map_comprehension", "map_function"]
 
@@ -52,11 +53,14 @@ def map_function(
     local: bool = False,
     observers: Iterable[Callable[[MapProgress], None]] = (),
     cache: bool | str | None = None,
+    announce: Callable[[StartReport], None] | None = None,
 ) -> MapJob:
     """Map ``func`` over ``iterable``; returns the job (finished if ``block``).
 
     ``cache``: keep each result in the result store (``True``: the default
-    store, a string: the store of that name) and take stored ones from it.
+    store, a string: the store of that name) and take stored ones from it;
+    a map whose every result is stored runs on no engine (none is started).
+    ``announce`` is called with the report of engines started for the map.
     """
     if not callable(func):
         raise InvalidRequest(
@@ -77,7 +81,7 @@ def map_function(
         seed=options.seed,
         extra={_FUNC: func},
     )
-    if local:
+    if local or _all_stored(store, items, options):
         namespace = {"__builtins__": __builtins__, _FUNC: func}
         return _start_local(
             element,
@@ -106,6 +110,7 @@ def map_function(
         observers,
         star=False,
         cache=store,
+        announce=announce,
     )
 
 
@@ -119,11 +124,12 @@ def map_comprehension(
     local: bool = False,
     observers: Iterable[Callable[[MapProgress], None]] = (),
     cache: bool | str | None = None,
+    announce: Callable[[StartReport], None] | None = None,
 ) -> MapJob:
     """Run ``comp``'s element on the engines once per item of its ``for`` clauses.
 
     The iterables and ``if`` clauses run here, in ``namespace``, lazily.
-    ``cache`` as for :func:`map_function`.
+    ``cache`` and ``announce`` as for :func:`map_function`.
     """
     options = options.validated()
     items, total, star = _comprehension_items(comp, namespace)
@@ -132,9 +138,10 @@ def map_comprehension(
     store = MapCache.for_map(
         cache, comp.element, names, free, namespace, star=star, seed=options.seed
     )
-    if local:
+    stored = _all_stored(store, items, options)
+    if local or stored:
         missing = sorted(n for n in free - _builtin_names() if n not in namespace)
-        if missing:
+        if missing and not stored:
             raise InvalidRequest(f"name {missing[0]!r} is not defined")
         local_ns = dict(namespace)
         return _start_local(
@@ -162,6 +169,7 @@ def map_comprehension(
         observers,
         star=star,
         cache=store,
+        announce=announce,
     )
 
 
@@ -184,6 +192,20 @@ def _builtin_names() -> set[str]:
     import builtins
 
     return set(dir(builtins))
+
+
+def _all_stored(
+    store: MapCache | None, items: Iterator[Any] | Sequence[Any], options: MapOptions
+) -> bool:
+    """Whether a ``--cache`` map has every result stored already: it then
+    takes them here and starts no engine.  (Only for items known up front:
+    a generator's would have to be drawn to tell.)"""
+    return (
+        store is not None
+        and options.targets is None
+        and isinstance(items, Sequence)
+        and store.covers(items)
+    )
 
 
 def _comprehension_items(
@@ -263,7 +285,11 @@ def _start_remote(
     *,
     star: bool,
     cache: MapCache | None = None,
+    announce: Callable[[StartReport], None] | None = None,
 ) -> MapJob:
+    report = session.ensure_engines()
+    if report is not None and announce is not None:
+        announce(report)
     # The engines are held from here to the map's end: the idle timeout must
     # not stop one between shipping the names and sending the first chunk.
     hold = contextlib.ExitStack()

@@ -238,6 +238,46 @@ class ResultStore:
 
     # -- reading ---------------------------------------------------------
 
+    def has_all(self, store: str, keys: Sequence[str]) -> bool:
+        """Whether every one of ``keys`` has an entry whose file (if it has
+        one) is whole: missing or cut short counts as absent.  Nothing is
+        read back, so damage inside a whole file shows only on reading.
+        Raises :class:`StoreUnavailable`."""
+        wanted = sorted(set(keys))
+        if not wanted:
+            return True
+        if not (self.folder / _INDEX).exists():
+            return False
+        with self._lock:
+            try:
+                conn = self._connect()
+                for start in range(0, len(wanted), _BATCH):
+                    batch = wanted[start : start + _BATCH]
+                    marks = ",".join("?" * len(batch))
+                    rows = conn.execute(
+                        "SELECT key, kind, size FROM entries"
+                        f" WHERE store = ? AND key IN ({marks})",
+                        (store, *batch),
+                    ).fetchall()
+                    if len(rows) < len(batch):
+                        return False
+                    if not all(self._whole(store, *row) for row in rows):
+                        return False
+            except sqlite3.Error as err:
+                raise StoreUnavailable(str(err)) from err
+        return True
+
+    def _whole(self, store: str, key: str, kind: str, size: int) -> bool:
+        """An entry's file is there and not shorter than what was written
+        (a ``.npy`` file is its array's bytes and a header)."""
+        if kind == "inline":
+            return True
+        try:
+            length = self._path(store, key, kind).stat().st_size
+        except OSError:
+            return False
+        return length >= size if kind == "npy" else length == size
+
     def get_many(
         self, store: str, keys: Sequence[str]
     ) -> tuple[dict[str, Any], list[Damage]]:

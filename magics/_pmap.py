@@ -10,14 +10,10 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
-from ..kernel_backend import (
-    MapJob,
-    MapOptions,
-    default_session,
-    map_comprehension,
-)
+from .._api import start_pmap
+from ..kernel_backend import MapJob
 from ..kernel_backend._comprehension import parse_comprehension
-from ..widgets import TimelineView, map_observers
+from ..widgets import TimelineView
 from ._common import parse_options, run_options, shell_of, user_errors
 
 __all__ = ["PmapMagics", "split_options"]
@@ -44,8 +40,10 @@ def split_options(line: str) -> tuple[str, str]:
             # an optional store name: the next word, if what follows it is
             # the comprehension (`--cache sweep1 f(p) for p in ps`)
             value = _VALUE.match(line, pos)
-            if value is not None and _is_comprehension(
-                split_options(line[value.end() :])[1]
+            if (
+                value is not None
+                and not value.group(1).startswith("--")  # the next option
+                and _is_comprehension(split_options(line[value.end() :])[1])
             ):
                 options[-1] = f"--cache={value.group(1)}"
                 pos = value.end()
@@ -149,8 +147,9 @@ class PmapMagics(Magics):
                 " job.timeline() once the job is done"
             )
         with user_errors():
-            comp = parse_comprehension(body)
-            options = MapOptions(
+            job = start_pmap(
+                body,
+                shell_of(self).user_ns,
                 chunksize=args.chunksize,
                 ordered=not args.unordered,
                 seed=args.seed,
@@ -159,23 +158,12 @@ class PmapMagics(Magics):
                 on_error=args.on_error,
                 targets=args.targets,
                 ship_large=args.ship_large,
-            ).validated()
-            session = default_session()
-            if not args.local:
-                report = session.ensure_engines()
-                if report is not None:
-                    print(report.started_on_demand())
-            show = not args.no_progress and not args.run_async
-            job = map_comprehension(
-                session,
-                comp,
-                shell_of(self).user_ns,
-                options,
-                block=not args.run_async,
                 local=args.local,
+                progress=not args.no_progress and not args.run_async,
                 # an --async job shows its output in its own view
-                observers=map_observers(show, quiet=args.quiet or args.run_async),
-                cache=args.cache,
+                quiet=args.quiet or args.run_async,
+                block=not args.run_async,
+                cache=False if args.cache is None else args.cache,
             )
         if args.run_async:
             return job

@@ -18,6 +18,7 @@ from .kernel_backend import (
     StopReport,
     default_jobs,
     default_session,
+    map_comprehension,
     map_function,
     plan_tasks,
     run_everywhere,
@@ -27,6 +28,7 @@ from .kernel_backend import (
 )
 from .kernel_backend import cache_info as _cache_info
 from .kernel_backend import clear_cache as _clear_cache
+from .kernel_backend._comprehension import parse_comprehension
 from .kernel_backend._seeding import validate_seed
 from .widgets import cluster_panel, map_observers, register_formatters
 from .widgets import jobs_panel as jobs_panel_view
@@ -44,6 +46,7 @@ __all__ = [
     "panel",
     "parallel",
     "pmap",
+    "pmap_comprehension",
     "restart",
     "scale",
     "start",
@@ -250,23 +253,114 @@ def pmap(
         on_error=on_error,  # type: ignore[arg-type]
         targets=None if targets is None else tuple(targets),
         ship_large=ship_large,
-    ).validated()
-    session = default_session()
-    if not local:
-        _announce(session.ensure_engines())
+    )
     _display_hooks()
-    observers = map_observers(_show_progress(progress, block), quiet=quiet or not block)
     job = map_function(
-        session,
+        default_session(),
         func,
         iterable,
         options,
         block=block,
         local=local,
-        observers=observers,
+        observers=map_observers(
+            _show_progress(progress, block), quiet=quiet or not block
+        ),
+        cache=cache,
+        announce=_announce,
+    )
+    return job.result() if block else job
+
+
+def pmap_comprehension(
+    comprehension: str,
+    namespace: dict[str, Any] | None = None,
+    *,
+    chunksize: int | str = "auto",
+    ordered: bool = True,
+    seed: int | None = None,
+    retries: int = 2,
+    timeout: float | None = None,
+    on_error: str = "raise",
+    progress: bool | str = "auto",
+    block: bool = True,
+    targets: Sequence[int] | None = None,
+    local: bool = False,
+    quiet: bool = False,
+    ship_large: bool = False,
+    cache: bool | str = False,
+) -> list[Any] | MapJob:
+    """``%pmap``'s own twin: a comprehension's text, run as ``%pmap`` runs it.
+
+    ``paracell.pmap_comprehension("f(x) for x in xs")`` equals
+    ``%pmap f(x) for x in xs``: the iterables and ``if`` clauses run here in
+    ``namespace`` (default: the IPython user namespace, or ``__main__``),
+    the element on the engines, with the names it reads shipped by
+    themselves.  The options are :func:`pmap`'s.
+    """
+    job = start_pmap(
+        comprehension,
+        namespace,
+        chunksize=chunksize,
+        ordered=ordered,
+        seed=seed,
+        retries=retries,
+        timeout=timeout,
+        on_error=on_error,
+        progress=progress,
+        block=block,
+        targets=targets,
+        local=local,
+        quiet=quiet,
+        ship_large=ship_large,
         cache=cache,
     )
     return job.result() if block else job
+
+
+def start_pmap(
+    comprehension: str,
+    namespace: dict[str, Any] | None = None,
+    *,
+    chunksize: int | str = "auto",
+    ordered: bool = True,
+    seed: int | None = None,
+    retries: int = 2,
+    timeout: float | None = None,
+    on_error: str = "raise",
+    progress: bool | str = "auto",
+    block: bool = True,
+    targets: Sequence[int] | None = None,
+    local: bool = False,
+    quiet: bool = False,
+    ship_large: bool = False,
+    cache: bool | str = False,
+) -> MapJob:
+    """:func:`pmap_comprehension`, returning the map's job either way
+    (finished when ``block``): ``%pmap --timeline`` draws it."""
+    options = MapOptions(
+        chunksize=chunksize,  # type: ignore[arg-type]
+        ordered=ordered,
+        seed=seed,
+        retries=retries,
+        timeout=timeout,
+        on_error=on_error,  # type: ignore[arg-type]
+        targets=None if targets is None else tuple(targets),
+        ship_large=ship_large,
+    )
+    _display_hooks()
+    return map_comprehension(
+        default_session(),
+        parse_comprehension(comprehension),
+        _user_namespace() if namespace is None else namespace,
+        options,
+        block=block,
+        local=local,
+        observers=map_observers(
+            _show_progress(progress, block), quiet=quiet or not block
+        ),
+        cache=cache,
+        announce=_announce,
+    )
 
 
 def panel() -> Any:

@@ -932,3 +932,26 @@ def test_comprehension_dataclass_is_frozen() -> None:
     with pytest.raises(AttributeError):
         setattr(comp, "element", "g(x)")  # noqa: B010 - mypy would refuse the plain form
     assert isinstance(comp, Comprehension)
+
+
+@pytest.mark.parametrize(
+    "line, options, body",
+    [
+        ("--cache f(x) for x in xs", "--cache", "f(x) for x in xs"),
+        ("--cache sweep f(x) for x in xs", "--cache=sweep", "f(x) for x in xs"),
+        (
+            "--cache --async f(x) for x in xs",
+            "--cache --async",
+            "f(x) for x in xs",
+        ),
+        (
+            "--seed 3 --cache s1 --quiet [f(x) for x in xs]",
+            "--seed 3 --cache=s1 --quiet",
+            "[f(x) for x in xs]",
+        ),
+    ],
+)
+def test_pmap_options_are_split_from_the_comprehension(line, options, body):
+    from paracell.magics._pmap import split_options
+
+    assert split_options(line) == (options, body)

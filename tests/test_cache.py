@@ -221,3 +221,35 @@ def test_the_cache_magic_lists_clears_limits_and_moves(ip, folder, capsys):
 def test_a_cache_mistake_is_a_one_line_usage_error(ip, folder, line, message):
     with pytest.raises(UsageError, match=message):
         ip.run_line_magic("cache", line)
+
+
+@pytest.mark.usefixtures("no_other_cluster")
+def test_a_map_with_every_result_stored_starts_no_engines(ip, folder):
+    from paracell.kernel_backend import default_session
+
+    from conftest import cluster_processes
+
+    log = folder / "runs.txt"
+    define(ip, WORK.format(log=str(log)))
+    first = pmap(ip, "--cache work(p) for p in params")
+    assert runs(log) == list(range(40))
+    ip.run_line_magic("cluster", "stop")
+    assert not cluster_processes()
+
+    job = pmap(ip, "--cache --async work(p) for p in params")
+    assert job.result() == first
+    assert job.progress.summary().endswith("(40 from cache)")
+    # the magic's twin takes the same results from the store
+    twin = paracell.pmap_comprehension(
+        "work(p) for p in params", ip.user_ns, cache=True, progress=False
+    )
+    assert twin == first
+    assert not default_session().active
+    assert not cluster_processes()
+    assert runs(log) == []
+
+    # one item the store lacks: the cluster is started for it
+    assert pmap(ip, "--cache work(p) for p in params + [40]")[-1] == 1601
+    assert runs(log) == [40]
+    assert default_session().active
+    ip.run_line_magic("cluster", "stop")

@@ -36,6 +36,7 @@ def test_paracell_exports_exactly_the_public_api():
             "panel",
             "parallel",
             "pmap",
+            "pmap_comprehension",
             "progress",
             "restart",
             "rng",
