@@ -14,13 +14,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ..kernel_backend import (
-    CellJob,
-    JobError,
-    default_jobs,
-    default_session,
-    run_everywhere,
-)
+from .._api import parallel
+from ..kernel_backend import CellJob, JobError, default_jobs
 from ..kernel_backend._seeding import validate_seed
 from ..widgets import JobsTable, JobView, jobs_panel, show_job
 from . import _delivery, _tasks
@@ -166,18 +161,17 @@ class ParallelMagics(Magics):
         delivery.remember_loop()
         delivery.deliver()  # a finished job of the same name gives way
         with user_errors():
-            self._ensure_engines()
-            job = default_jobs().submit(
+            job = parallel(
                 source,
-                shell_of(self).user_ns,
+                namespace=shell_of(self).user_ns,
                 name=args.name or self._default_name(),
-                outputs=args.out,
+                out=args.out,
                 pull=not args.no_pull,
                 seed=seed,
                 retries=args.retries,
                 timeout=args.timeout,
                 priority=args.priority,
-                cache=args.cache,
+                cache=False if args.cache is None else args.cache,
                 ship_large=args.ship_large,
             )
         if job.from_cache:
@@ -228,13 +222,11 @@ class ParallelMagics(Magics):
         self, args: argparse.Namespace, source: str, seed: int | None
     ) -> Any:
         with user_errors():
-            self._ensure_engines()
-            runs = run_everywhere(
-                default_session(),
+            runs = parallel(
                 source,
-                shell_of(self).user_ns,
-                targets=args.targets,
-                outputs=args.out or (),
+                namespace=shell_of(self).user_ns,
+                targets="all" if args.targets is None else args.targets,
+                out=args.out,
                 seed=seed,
                 ship_large=args.ship_large,
             )
@@ -271,11 +263,6 @@ class ParallelMagics(Magics):
             n += 1
             name = f"{base}-{n}"
         return name
-
-    def _ensure_engines(self) -> None:
-        report = default_session().ensure_engines()
-        if report is not None:
-            print(report.started_on_demand())
 
     # -- %jobs -----------------------------------------------------------------
 

@@ -9,7 +9,8 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.display import display
 
-from ..kernel_backend import CellJob, TaskJob, default_jobs, plan_tasks, submit_tasks
+from .._api import parallel
+from ..kernel_backend import CellJob, TaskJob
 from ..widgets import TaskPlanView, show_job
 from . import _delivery
 from ._common import user_errors
@@ -45,18 +46,19 @@ def run(magics: Any, args: argparse.Namespace, source: str, seed: int | None) ->
     shell = magics.shell
     if args.plan:
         with user_errors():
-            return TaskPlanView(plan_tasks(source, shell.user_ns))
+            return TaskPlanView(
+                parallel(source, namespace=shell.user_ns, tasks=True, plan=True)
+            )
     delivery = _delivery.current() or _delivery.install(shell)
     delivery.remember_loop()
     delivery.deliver()  # a finished job of the same name gives way
     with user_errors():
-        magics._ensure_engines()
-        job = submit_tasks(
-            default_jobs(),
+        job = parallel(
             source,
-            shell.user_ns,
+            namespace=shell.user_ns,
+            tasks=True,
             name=args.name or magics._default_name(),
-            outputs=args.out,
+            out=args.out,
             pull=not args.no_pull,
             seed=seed,
             timeout=args.timeout,
