@@ -76,7 +76,7 @@ class CellCache:
         record = {
             "values": dict(job.values),
             # names that could not come back (an open file): a hit says so too
-            "failed": dict(job._failed_names),
+            "failed": dict(job.failed_names),
             "bundle": job.bundle,
             "stdout": job.stdout,
             "stderr": job.stderr,

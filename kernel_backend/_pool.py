@@ -7,6 +7,10 @@ fake (``tests/_fake_engines.py``), so the scheduling logic — chunks, retries
 after an engine dies, errors, engines joining, stale and reserved engines —
 is tested in milliseconds, and what only a cluster shows is tested on one.
 
+Background cells (:class:`~._jobs.JobManager`) need a little more of
+engines — reservations, sending a cell's names, engines on demand — named
+in :class:`JobPool`.
+
 A task is a :class:`concurrent.futures.Future` (ipyparallel's
 ``AsyncResult`` is one) that also carries what the engine printed
 (``stdout``/``stderr``, ``wait_for_output``) and what it reported while
@@ -18,10 +22,22 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import io
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ["LOCAL_ENGINE", "OUTPUT_WAIT", "SETTLE", "EnginePool", "LocalPool"]
+from ._errors import EnginesDied, InvalidRequest
+
+if TYPE_CHECKING:
+    from ._shipping import Shipment
+
+__all__ = [
+    "LOCAL_ENGINE",
+    "OUTPUT_WAIT",
+    "SETTLE",
+    "EnginePool",
+    "JobPool",
+    "LocalPool",
+]
 
 #: The one engine of a :class:`LocalPool` (timelines and output say "here").
 LOCAL_ENGINE = -1
@@ -103,6 +119,109 @@ class EnginePool(Protocol):
     def forget_engines(self, ids: Iterable[int]) -> None:
         """Engines that died: nothing sent to them survives."""
         ...
+
+
+class JobPool(EnginePool, Protocol):
+    """What background jobs need from engines beyond what a map needs."""
+
+    @property
+    def active(self) -> bool:
+        """Whether there is a cluster (work can be sent at all)."""
+        ...
+
+    @property
+    def launch_error(self) -> str | None:
+        """Why the last launch of engines on demand failed (None: it did not)."""
+        ...
+
+    def require_controller(self) -> None:
+        """Raise ``NoCluster`` if the controller is gone (before new work)."""
+        ...
+
+    def can_launch(self) -> bool:
+        """Whether work waiting for an engine makes one start."""
+        ...
+
+    def want(self, engines: int, why: str, *, retry: bool = False) -> int:
+        """As :meth:`EnginePool.want`; ``retry``: launch again after a launch
+        failed (new work tries again; work waiting does not)."""
+        ...
+
+    def reserve(self, engine: int, label: str = ...) -> None:
+        """``engine`` runs a background job (``label``): maps use others first."""
+        ...
+
+    def release(self, engine: int) -> None:
+        """``engine`` finished its background job."""
+        ...
+
+    def send_names(self, engines: Sequence[int], shipment: Shipment) -> Shipment:
+        """Check ``shipment`` on ``engines`` (names defined there, imports
+        work) and send what they lack; returns the shipment as sent.  Raises
+        ``EnginesDied`` naming engines that died meanwhile."""
+        ...
+
+    def ship_names(
+        self, engines: Sequence[int], shipment: Shipment, *, block: bool = ...
+    ) -> None:
+        """Send ``engines`` what they lack of ``shipment``, unchecked;
+        ``block=False`` returns at once (engines run tasks in order, so a
+        task submitted next finds the names)."""
+        ...
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` before the cluster stops."""
+        ...
+
+
+def require_engines(pool: JobPool) -> None:
+    """Raise unless the cluster answers and has engines, or will have."""
+    pool.require_controller()
+    if not pool.engine_ids() and not pool.can_launch() and not pool.engines_coming():
+        raise InvalidRequest(
+            "the cluster has no engines; add some with %cluster scale N"
+        )
+
+
+def send_to_free_engines(pool: JobPool, shipment: Shipment) -> Shipment:
+    """Check ``shipment`` on the engines free now and send it to them;
+    returns it as sent.
+
+    Free: not running a background job nor cancelled work, so that the
+    check does not wait behind them.  Engines that die meanwhile are left
+    out (the engine the work lands on gets the names when it is sent).
+    """
+    stale = pool.stale_engines()
+    free = [e for e in pool.unreserved_engine_ids() if e not in stale]
+    while free:
+        try:
+            return pool.send_names(free, shipment)
+        except EnginesDied as err:
+            pool.forget_engines(err.engines)
+            free = [e for e in free if e not in err.engines]
+    return shipment
+
+
+def why_no_engines(pool: JobPool) -> str | None:
+    """Why work waiting for an engine cannot start now nor by itself later
+    (no cluster, a dead controller, no engines and none coming), or None."""
+    if not pool.active:
+        return "no cluster is active: start one with %cluster start"
+    if not pool.controller_responds():
+        return (
+            "the cluster's controller does not answer:"
+            " %cluster stop, then %cluster start"
+        )
+    if (
+        not pool.engine_ids()
+        and not pool.engines_expected()
+        and not pool.engines_coming()
+        and not pool.can_launch()
+    ):
+        if pool.launch_error is not None:
+            return f"launching engines on demand failed ({pool.launch_error})"
+        return "the cluster has no engines: start or scale it (%cluster scale N)"
+    return None
 
 
 class _LocalTask(concurrent.futures.Future[Any]):

@@ -1329,6 +1329,22 @@ class ClusterSession:
             )
         return ids
 
+    # -- names for background jobs (JobPool, see _pool.py) -----------------
+    # Delegates to the shipper, so that the job manager needs no client.
+
+    def send_names(self, engines: Iterable[int], shipment: Any) -> Any:
+        """Check ``shipment`` on ``engines`` and send what they lack; returns
+        the shipment as sent (raises ``EnginesDied`` for engines that died)."""
+        return self.shipper.send(self.client, list(engines), shipment)
+
+    def ship_names(
+        self, engines: Iterable[int], shipment: Any, *, block: bool = True
+    ) -> None:
+        """Send ``engines`` what they lack of ``shipment``, unchecked."""
+        self.shipper.ship(self.client, engines, shipment, block=block)
+
+    # -- end of names for background jobs ----------------------------------
+
 
 class _IdleReaper(threading.Thread):
     """Stops engines that sat idle for ``timeout`` seconds (crew's seconds_idle).

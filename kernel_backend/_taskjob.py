@@ -18,9 +18,11 @@ import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ._celljob import CellJob, JobError, JobState
 from ._engine import TaskSpec
 from ._errors import InvalidRequest
-from ._jobs import CellJob, JobError, JobManager, modules_already_here
+from ._jobdelivery import snapshot, wanted_names
+from ._jobs import JobManager
 from ._names import free_names
 from ._seeding import fresh_entropy
 from ._shipping import Shipment, prepare_shipment
@@ -145,7 +147,7 @@ class TaskJob(CellJob):
             runner.cancel_reason = "cancelled"
         return True
 
-    def _stop_running(self) -> None:
+    def stop_running(self) -> None:
         self.cancel()
 
     def timeline(self) -> TaskTimeline:
@@ -188,7 +190,7 @@ class TaskJob(CellJob):
         finally:
             engines.close()
         self.values.update(values)
-        self._failed_names = failed
+        self.failed_names = failed
         self.missing = missing
         if runner.value is not None:
             import cloudpickle
@@ -209,21 +211,17 @@ class TaskJob(CellJob):
         }
 
     def _end(self, runner: TaskRunner) -> None:
-        with self._manager._lock:
-            if self.done():  # the cluster stopped meanwhile: already cancelled
-                return
-            failed = [r for r in runner.runs if r.state == "failed"]
-            reason = runner.cancel_reason
-            if failed:
-                self._finish("failed", self._failure(failed))
-            elif reason in ("cancelled", "was interrupted"):
-                self._finish("cancelled")
-            elif reason is not None:
-                self._finish("failed", JobError(f"job '{self.name}' {reason}"))
-            else:
-                self._finish("done")
-        self._notify()
-        self._manager._ended(self)
+        failed = [r for r in runner.runs if r.state == "failed"]
+        reason = runner.cancel_reason
+        state: JobState = "done"
+        error: BaseException | None = None
+        if failed:
+            state, error = "failed", self._failure(failed)
+        elif reason in ("cancelled", "was interrupted"):
+            state = "cancelled"
+        elif reason is not None:
+            state, error = "failed", JobError(f"job '{self.name}' {reason}")
+        self._manager.end(self, state, error)
 
     def _failure(self, failed: list[Any]) -> JobError:
         first = failed[0]
@@ -308,36 +306,34 @@ def submit_tasks(
     """
     compile(source, name or "<cell>", "exec")  # the user's SyntaxError, here
     graph = analyze_cell(source, _module_names(namespace))
-    wanted = _wanted(graph, source, namespace, outputs)
-    session = manager._session
+    wanted = wanted_names(source, list(graph.bound), namespace, outputs)
+    session = manager.pool
     shipment = _shipment(session, source, namespace, ship_large)
     keys = statement_keys(graph, _digests(shipment))
     estimates = default_costs(graph, COSTS, keys)
-    with manager._lock:
-        name = name or manager._fresh_name()
-        manager._check_name_free(name)
-        spec = TaskSpec(
-            key=f"tasks-{name}-{time.time()}",
-            **shipment.spec_names(),
-            seed=seed,
-            entropy=fresh_entropy(),
-        )
-        job = TaskJob(
-            manager,
-            name,
-            source,
-            graph,
-            estimates,
-            outputs=wanted,
-            pull=pull,
-            priority=priority,
-            retries=0,
-            timeout=timeout,
-            spec=spec,
-            filename=f"<{name}>",
-            snapshot={n: namespace.get(n, _absent()) for n in wanted},
-        )
-        manager._register(job, namespace)
+    name = manager.claim_name(name)
+    spec = TaskSpec(
+        key=f"tasks-{name}-{time.time()}",
+        **shipment.spec_names(),
+        seed=seed,
+        entropy=fresh_entropy(),
+    )
+    job = TaskJob(
+        manager,
+        name,
+        source,
+        graph,
+        estimates,
+        outputs=wanted,
+        pull=pull,
+        priority=priority,
+        retries=0,
+        timeout=timeout,
+        spec=spec,
+        filename=f"<{name}>",
+        snapshot=snapshot(namespace, wanted),
+    )
+    manager.add(job, namespace)
     job.planned = plan_schedule(graph, session.engine_ids(), estimates)
     engines = ClusterEngines(
         session,
@@ -368,7 +364,7 @@ def _shipment(
     stale = session.stale_engines()
     free = [e for e in session.unreserved_engine_ids() if e not in stale]
     if free:  # names and imports checked now, on the engines free now
-        shipment = session.shipper.send(session.client, free, shipment)
+        shipment = session.send_names(free, shipment)
     return shipment
 
 
@@ -381,15 +377,14 @@ def _start(
         job.estimates,
         keys=keys,
         book=COSTS,
-        on_change=job._notify,
+        on_change=job.notify,
         may_take=lambda: not manager.waiting_above(job.priority),
     )
     if job.timeout is not None:
         _arm_timeout(job)
     job.state = "running"
     job.started = time.time()
-    job.subscribe(manager._changed)
-    manager._changed()
+    job.notify()
     job._thread = threading.Thread(
         target=job._run, args=(engines,), name=f"paracell-tasks-{job.name}", daemon=True
     )
@@ -408,34 +403,9 @@ def _arm_timeout(job: TaskJob) -> None:
     job.add_done_callback(lambda _: timer.cancel())
 
 
-def _wanted(
-    graph: TaskGraph,
-    source: str,
-    namespace: Mapping[str, Any],
-    outputs: Sequence[str] | None,
-) -> list[str]:
-    bound = list(graph.bound)
-    if outputs is not None:
-        unknown = [n for n in outputs if n not in bound]
-        if unknown:
-            raise InvalidRequest(
-                f"--out names {unknown[0]!r}, which the cell does not assign"
-                f" (it assigns: {', '.join(bound) or 'nothing'})"
-            )
-        return list(outputs)
-    here = modules_already_here(source, namespace)
-    return [n for n in bound if n not in here]
-
-
 _VALUES_KEY = secrets.token_bytes(32)
 
 
 def _authkey() -> bytes:
     """The key engines check before handing values to one another."""
     return _VALUES_KEY
-
-
-def _absent() -> Any:
-    from ._jobs import _ABSENT
-
-    return _ABSENT

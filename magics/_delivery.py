@@ -93,7 +93,7 @@ class DeliveryHooks:
     def deliver(self) -> None:
         """Bring every finished job's names into the notebook now."""
         for job, delivery in self.manager.deliver(self.shell.user_ns):
-            job._notify()
+            job.notify()
             for note in delivery.notes(job.name):
                 print(note, file=sys.stderr)
 
@@ -117,7 +117,7 @@ class DeliveryHooks:
                     raise UsageError(f"{', '.join(wanted)}: {err}") from None
             delivery = self.manager.deliver_job(job, self.shell.user_ns)
             if delivery is not None:
-                job._notify()
+                job.notify()
                 for note in delivery.notes(job.name):
                     print(note, file=sys.stderr)
             error = job.error_for(wanted)

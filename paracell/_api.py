@@ -545,7 +545,7 @@ def wait(*jobs_or_names: CellJob | str) -> None:
     ] or manager.jobs()
     manager.wait(chosen)
     for job in chosen:
-        delivery = manager.deliver_job(job, job._namespace)
+        delivery = manager.deliver_job(job, job.namespace)
         if delivery is not None:
             for note in delivery.notes(job.name):
                 print(note, file=sys.stderr)

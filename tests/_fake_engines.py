@@ -1,11 +1,15 @@
-"""An in-process pool of engines for fast tests of the map's scheduler.
+"""An in-process pool of engines for fast tests of the schedulers.
 
-Implements :class:`paracell.kernel_backend._pool.EnginePool` with one thread
+Implements :class:`paracell.kernel_backend._pool.JobPool` (an
+:class:`~paracell.kernel_backend._pool.EnginePool` with what background
+jobs need besides) with one thread
 per engine, each running its tasks in order, as an ipyparallel engine does.
 An engine can be killed (its queued and running tasks fail with
 ipyparallel's ``EngineError``, as the hub reports a dead engine), added,
 reserved by a background job or left holding cancelled work; the pool
-records what was sent where.  Like ``httpx.MockTransport`` or joblib's
+records what was sent where.  Names shipped to the fake engines are
+installed with the engines' own code, into this process (every fake engine
+sees them), so a background cell runs with ``run_cell`` as on an engine.  Like ``httpx.MockTransport`` or joblib's
 sequential backend, it stands in for the real thing only in tests of logic —
 what only a cluster shows is tested on a cluster.
 """
@@ -15,10 +19,12 @@ from __future__ import annotations
 import concurrent.futures
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import ipyparallel as ipp
+
+from paracell.kernel_backend import _engine
 
 _here = threading.local()  # which fake engine the current thread is
 
@@ -95,6 +101,15 @@ class FakePool:
         self.interrupted: list[FakeTask] = []
         self.purged = 0
         self.joined: list[int] = []
+        #: (engine, function's name) of every task submitted
+        self.tasks: list[tuple[int, str]] = []
+        #: engines names were shipped to, checked (send_names) or not
+        self.shipped: list[int] = []
+        self.wanted: list[int] = []
+        self.active = True
+        self.controller_up = True
+        self.launch_error: str | None = None
+        self._stop_callbacks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
 
     # -- what a test does to the engines ---------------------------------
@@ -124,6 +139,12 @@ class FakePool:
         self._engines[eid] = _Engine(eid)
         return eid
 
+    def stop(self) -> None:
+        """The cluster stops: what was told so first is told."""
+        for callback in self._stop_callbacks:
+            callback()
+        self.active = False
+
     def close(self) -> None:
         for engine in self._engines.values():
             engine.tasks.put(None)
@@ -151,7 +172,8 @@ class FakePool:
     def ensure_engines(self) -> None:
         return None
 
-    def want(self, engines: int, why: str) -> int:
+    def want(self, engines: int, why: str, *, retry: bool = False) -> int:
+        self.wanted.append(engines)
         return 0
 
     def join(self, engine: int, shipment: Any) -> None:
@@ -161,7 +183,7 @@ class FakePool:
         return engine_time
 
     def controller_responds(self) -> bool:
-        return True
+        return self.controller_up
 
     def pack(self, obj: Any) -> Any:
         return obj
@@ -169,7 +191,9 @@ class FakePool:
     def submit(self, engine: int, func: Callable[..., Any], *args: Any) -> Any:
         task = FakeTask(engine, args)
         with self._lock:
-            self.sent.append((engine, args[1], len(args[2])))
+            self.tasks.append((engine, func.__name__))
+            if func.__name__ == "run_chunk":
+                self.sent.append((engine, args[1], len(args[2])))
         target = self._engines[engine]
         if not target.alive:
             task.settle(error=ipp.error.EngineError(f"engine {engine} is dead"))
@@ -193,3 +217,42 @@ class FakePool:
 
     def forget_engines(self, ids: Iterable[int]) -> None:
         self.forgotten.update(ids)
+
+    # -- JobPool -----------------------------------------------------------
+
+    def require_controller(self) -> None:
+        if not self.controller_up:
+            raise RuntimeError("the fake controller is down")
+
+    def can_launch(self) -> bool:
+        return False
+
+    def reserve(self, engine: int, label: str = "job") -> None:
+        self.reserved.add(engine)
+
+    def release(self, engine: int) -> None:
+        self.reserved.discard(engine)
+
+    def send_names(self, engines: Sequence[int], shipment: Any) -> Any:
+        self.ship_names(engines, shipment)
+        return shipment
+
+    def ship_names(
+        self, engines: Sequence[int], shipment: Any, *, block: bool = True
+    ) -> None:
+        if shipment is None:
+            return
+        entries: dict[str, tuple[str, Any]] = {}
+        arrays: list[Any] = []
+        for payload in shipment.names.values():
+            if payload.kind == "array":
+                entries[payload.digest] = ("array", len(arrays))
+                arrays.append(payload.payload)
+            else:
+                entries[payload.digest] = (payload.kind, payload.payload)
+        with self._lock:
+            self.shipped.extend(engines)
+        _engine.install_names(entries, (), shipment.sources, *arrays)
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        self._stop_callbacks.append(callback)
