@@ -131,12 +131,15 @@ class JobManager:
         priority: float = 0.0,
         cache: bool | str | None = None,
         ship_large: bool = False,
+        announce: Callable[[Any], None] | None = None,
     ) -> CellJob:
         """Queue ``source`` (plain Python) to run on a free engine.
 
         ``cache``: ``True`` or a store's name: a cell run before with the
-        same code and inputs is done at once, its outcome from the store;
-        otherwise its outcome is stored when it finishes.
+        same code and inputs is done at once, its outcome from the store,
+        and no engine is started for it; otherwise its outcome is stored
+        when it finishes.  ``announce`` gets the report of engines started
+        for the job (the embedded local cluster when none was active).
 
         Raises ``SyntaxError`` (the user's) before anything is sent, and
         ``InvalidRequest`` for names that cannot be shipped.
@@ -149,6 +152,9 @@ class JobManager:
         record = None if stored is None else stored.lookup()
         if record is not None:
             return self._from_store(name, source, namespace, record, wanted, pull)
+        report = self._pool.ensure_engines()
+        if report is not None and announce is not None:
+            announce(report)
         shipment = self._checked_shipment(source, namespace, ship_large)
         name = self.claim_name(name)
         # sent without the manager's lock (it waits on the network); the

@@ -462,12 +462,12 @@ def parallel(
         )
     _display_hooks()
     session = default_session()
-    _announce(session.ensure_engines())
     if targets is not None:
         if cache:
             raise InvalidRequest(
                 "cache keeps a background cell's outcome; it does not go with targets"
             )
+        _announce(session.ensure_engines())
         chosen = None if targets == "all" else [int(t) for t in targets]
         return run_everywhere(
             session,
@@ -490,6 +490,7 @@ def parallel(
         priority=priority,
         cache=cache,
         ship_large=ship_large,
+        announce=_announce,
     )
     if not block:
         return job

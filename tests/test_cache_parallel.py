@@ -117,3 +117,31 @@ def test_the_python_twin_stores_too(ip, shared_cluster, folder):
     paracell.wait(job)
     again = paracell.parallel("y = base + 1\ny", namespace=ns, cache="twin")
     assert again.from_cache and again.result() == 6
+
+
+@pytest.mark.usefixtures("no_other_cluster")
+def test_a_stored_cell_starts_no_engines(ip, folder, capsys):
+    from paracell.kernel_backend import default_session
+
+    from conftest import cluster_processes
+
+    log = folder / "runs"
+    ok(ip, f"LOG = {str(log)!r}\nfactor = 3\ndata = [1, 2]")
+    assert ok(ip, CELL.format(options="--block")) == 9
+    assert runs(log) == 1
+    ip.run_line_magic("cluster", "stop")
+    capsys.readouterr()
+
+    ip.user_ns.pop("total")
+    ok(ip, CELL.format(options="--name stored"))
+    assert ip.user_ns["total"] == 9
+    assert default_jobs().get("stored").from_cache
+    assert not default_session().active and not cluster_processes()
+    assert "started" not in capsys.readouterr().out
+
+    # a cell the store lacks starts the cluster, and says so
+    ok(ip, "factor = 4")
+    assert ok(ip, CELL.format(options="--block")) == 12
+    assert runs(log) == 1
+    assert "no cluster was active" in capsys.readouterr().out
+    ip.run_line_magic("cluster", "stop")
