@@ -74,10 +74,10 @@ def engines_an_hour_ahead(shared_cluster) -> Iterator[list[int]]:
     ids = shared_cluster.engine_ids()
     kept = {eid: shared_cluster.clock_offset(eid) for eid in ids}
     for eid in ids:
-        shared_cluster._records[eid].clock = ClockOffset(3600.0, 0.0)
+        shared_cluster.ledger.records[eid].clock = ClockOffset(3600.0, 0.0)
     yield ids
     for eid, clock in kept.items():
-        shared_cluster._records[eid].clock = clock
+        shared_cluster.ledger.records[eid].clock = clock
 
 
 def _nap(x: int) -> int:
