@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import math
 import operator
+import pickle
 import sys
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from ._errors import InvalidRequest
 
-__all__ = ["ChunkSizer", "validate_chunksize"]
+__all__ = ["ChunkSizer", "approx_bytes", "validate_chunksize"]
 
 # Chunks outstanding per engine: one computing, one queued behind it so the
 # engine never waits for a round trip, one spare for jitter. More would only
 # pull items out of the user's generator early.
 _IN_FLIGHT_PER_ENGINE = 3
+
+# Bytes an automatic chunk's items may weigh: what the kernel holds per chunk
+# in flight (two per engine) and an engine unpacks at once.  Time alone
+# would grow cheap items to max_chunksize however heavy each one is (100,000
+# items of 1 KB: 100 MB a chunk).
+CHUNK_BYTES = 8 * 2**20
 
 # Weight kept by the time-per-item estimate at each finished chunk, so the
 # estimate follows items whose cost drifts during the map (about the last
@@ -97,6 +105,9 @@ class ChunkSizer:
         compute, so cheap items are not sent in costly little chunks.
     probe_seconds
         Time budget of a time-boxed probe (see Notes).
+    max_bytes
+        Upper bound on what an automatic chunk's items weigh, once
+        :meth:`note_bytes` has told what items weigh.
 
     Notes
     -----
@@ -140,6 +151,7 @@ class ChunkSizer:
         max_chunksize: int = 100_000,
         min_seconds: float = 0.02,
         probe_seconds: float = 0.05,
+        max_bytes: int = CHUNK_BYTES,
     ) -> None:
         if engines < 1:
             raise ValueError(f"engines must be >= 1, not {engines}")
@@ -169,6 +181,9 @@ class ChunkSizer:
         self._weighted_seconds = 0.0
         self._weighted_items = 0.0
         self._tail: int | None = None
+        self._max_bytes = max_bytes
+        self._sampled_items = 0
+        self._sampled_bytes = 0
 
     @property
     def max_in_flight(self) -> int:
@@ -211,6 +226,22 @@ class ChunkSizer:
         if items < 0:
             raise ValueError(f"items must be >= 0, not {items}")
         self._handed_out += items
+
+    def note_bytes(self, items: int, nbytes: int) -> None:
+        """``items`` sampled from the input weigh ``nbytes`` together: an
+        automatic chunk then holds at most ``max_bytes`` of them."""
+        if items < 0 or nbytes < 0:
+            raise ValueError(
+                f"items and nbytes must be >= 0, not items={items}, nbytes={nbytes}"
+            )
+        self._sampled_items += items
+        self._sampled_bytes += nbytes
+
+    def _byte_cap(self) -> int:
+        if not self._sampled_bytes:
+            return self._max_chunksize
+        per_item = self._sampled_bytes / self._sampled_items
+        return max(1, int(self._max_bytes / per_item))
 
     def record(self, items: int, seconds: float) -> None:
         """Learn from a finished chunk.
@@ -267,4 +298,21 @@ class ChunkSizer:
                         floor = self._tail
                     cap = max(cap, floor)
                 size = min(size, cap)
-        return size
+        return min(size, self._byte_cap())
+
+
+def approx_bytes(items: Sequence[Any]) -> int | None:
+    """About what ``items`` weigh as sent: their pickle's length, with
+    buffers (numpy arrays' data) counted by size and never copied; ``None``
+    for items pickle cannot take (ipyparallel may still send them)."""
+    total = 0
+
+    def count(buffer: pickle.PickleBuffer) -> None:
+        nonlocal total
+        total += buffer.raw().nbytes  # out of band: counted, not copied
+
+    try:
+        stream = pickle.dumps(list(items), protocol=5, buffer_callback=count)
+    except Exception:  # any item pickle refuses: no estimate
+        return None
+    return total + len(stream)

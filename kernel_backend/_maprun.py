@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeGuard
 
-from ._chunking import ChunkSizer
+from ._chunking import ChunkSizer, approx_bytes
 from ._engine import ChunkOutcome, TaskSpec, UndefinedNames, run_chunk
 from ._errors import InvalidRequest, is_engine_death
 from ._mapjob import (
@@ -46,6 +46,8 @@ _OUTPUT_GRACE = 1.0
 _CONTROLLER_CHECK = 2.0
 #: Items looked up in the result store at a time (``--cache``).
 _STORE_BLOCK = 1024
+#: Items weighed at a map's start to keep chunks within a byte budget.
+_ITEMS_WEIGHED = 8
 
 
 #: Inputs taken chunk by chunk with a slice (in C, and a ``range`` slice
@@ -108,6 +110,7 @@ class _MapRun:
         self.pending: list[_Chunk] = []
         self.next_index = 0
         self.exhausted = False
+        self.weighed = 0  # items weighed for the sizer's byte budget
         self.started = time.perf_counter()
         self.last_emit = 0.0
         self.packed: tuple[Any, Any] | None = None
@@ -250,6 +253,7 @@ class _MapRun:
             head = self.pending[0]
             size = self.sizer.next_size()
             chunk = _Chunk(head.first, head.items[:size])
+            self._weigh(chunk.items)
             if size >= len(head.items):
                 self.pending.pop(0)
             else:
@@ -276,10 +280,23 @@ class _MapRun:
             self.sizer.give_back(size - len(items))
         if not items:
             return None
+        if type(self.source) is not range:
+            self._weigh(items)
         budget = self.sizer.probe_seconds if timeboxed and len(items) > 1 else None
         chunk = _Chunk(self.next_index, items, budget)
         self.next_index += len(items)
         return chunk
+
+    def _weigh(self, items: Sequence[Any]) -> None:
+        """Weigh the map's first few items, so that an automatic chunk of
+        heavy items stays within the sizer's byte budget."""
+        wanted = _ITEMS_WEIGHED - self.weighed
+        if wanted > 0:
+            sample = items[:wanted]
+            self.weighed += len(sample)
+            nbytes = approx_bytes(sample)
+            if nbytes is not None:
+                self.sizer.note_bytes(len(sample), nbytes)
 
     def _take_stored(self) -> None:
         """Stored items are results at once; the rest wait in ``pending``,

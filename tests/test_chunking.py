@@ -290,3 +290,32 @@ def test_cheap_items_left_over_are_split_evenly_once() -> None:
     # 100,000 items left is far less than 20 ms of work per engine: one
     # chunk for each engine, not 100,000 for one and nothing for the other
     assert sizes(sizer, 2) == [50_000, 50_000]
+
+
+def test_heavy_cheap_items_stay_within_the_byte_budget() -> None:
+    sizer = ChunkSizer(engines=2, total=None, max_bytes=8 * 2**20)
+    sizer.record(1, 2e-6)
+    assert sizer.next_size() == 100_000  # weight unknown: time alone
+    sizer.note_bytes(8, 8 * 1024)  # items of 1 KB
+    assert sizer.next_size() == 8 * 1024
+    sizer.note_bytes(8, 8 * 2**30)  # some weigh a GB: one at a time
+    assert sizer.next_size() == 1
+
+
+def test_a_fixed_chunksize_ignores_the_byte_budget() -> None:
+    sizer = ChunkSizer(engines=2, total=None, chunksize=500, max_bytes=1000)
+    sizer.note_bytes(1, 1000)
+    assert sizer.next_size() == 500
+
+
+def test_items_are_weighed_without_copying_their_arrays() -> None:
+    import threading
+
+    import numpy as np
+
+    from paracell.kernel_backend._chunking import approx_bytes
+
+    arrays = [np.zeros(250_000) for _ in range(4)]  # 2 MB each
+    weight = approx_bytes(arrays)
+    assert weight is not None and 8_000_000 <= weight < 8_010_000
+    assert approx_bytes([threading.Lock()]) is None  # pickle refuses: none

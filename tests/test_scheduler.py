@@ -254,3 +254,13 @@ def test_the_local_pool_runs_chunks_here_in_order():
     ]
     assert seen == list(range(12))
     assert LocalPool().engine_ids() == [LOCAL_ENGINE]
+
+
+def test_a_generator_of_heavy_items_is_sent_in_chunks_within_the_byte_budget(pool):
+    from paracell.kernel_backend._chunking import CHUNK_BYTES
+
+    items = (b"x" * 100_000 for _ in range(3_000))  # 300 MB in all, 0.1 MB each
+    assert run_map(pool, "len(x)", items) == [100_000] * 3_000
+    biggest = max(n for _, _, n in pool.sent)
+    assert biggest * 100_000 <= CHUNK_BYTES
+    assert sum(n for _, _, n in pool.sent) == 3_000
