@@ -806,6 +806,7 @@ class ClusterSession:
         self._idle_timeout = None
         self._threads = None
         self._idle_stopped.clear()
+        self._to_replace.clear()  # a new cluster owes none of these
 
     def _report(self, engines: int, seconds: float) -> StartReport:
         assert self._ownership is not None

@@ -180,6 +180,21 @@ def test_stop_leaves_no_process_and_stopping_twice_is_calm(session: ClusterSessi
     assert session.status().state == "stopped"
 
 
+def test_a_new_cluster_owes_nothing_for_the_last_ones_stuck_engines(
+    session: ClusterSession,
+):
+    session.start(1)
+    (stuck,) = session.engine_ids()
+    session._replace_stuck(stuck)  # what the stale-work probe does to a hung one
+    assert session.engines_expected()
+    session.stop()
+
+    session.start(1)
+    assert not session.engines_expected()
+    assert session.ensure_engines() is None
+    assert session.status().live_engines == 1
+
+
 def test_idle_timeout_stops_engines_and_next_use_restarts_them(
     session: ClusterSession,
 ):
