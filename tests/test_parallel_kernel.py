@@ -135,13 +135,20 @@ def test_no_clobber_failing_job_and_cancel(kernel):
     assert kernel.run("%%parallel --block\n6 * 7").displays[0]["text/plain"] == "42"
 
 
-def test_priority_orders_the_client_side_queue(kernel):
+def test_priority_orders_the_client_side_queue(kernel, tmp_path):
     kernel.run("%cluster scale 1")
-    kernel.run("%%parallel --name blocker\ntime.sleep(1)")
+    # the blocker holds the one engine until every job is queued, however
+    # slowly the machine takes the cells
+    go = tmp_path / "go"
+    kernel.run(
+        f"%%parallel --name blocker\nwhile not os.path.exists({str(go)!r}):"
+        "\n    time.sleep(0.02)"
+    )
     for name, priority in (("p1", 1), ("p9", 9), ("p5", 5)):
         kernel.run(
             f"%%parallel --name {name} --priority {priority}\nstart_{name} = time.time()"
         )
+    go.touch()
     kernel.run("%jobs wait")
     order = kernel.run(
         "print(sorted(['p1', 'p9', 'p5'], key=lambda n: globals()['start_' + n]))"
