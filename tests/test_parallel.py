@@ -74,13 +74,18 @@ def test_cells_that_do_not_read_pending_names_never_wait(ip, shared_cluster, cap
     assert "waiting" not in capsys.readouterr().out
 
 
-def test_a_name_reassigned_meanwhile_is_not_overwritten(ip, shared_cluster, capsys):
-    ok(ip, "import time\nvalue = 'before'")
+def test_a_name_reassigned_meanwhile_is_not_overwritten(
+    ip, shared_cluster, capsys, tmp_path
+):
+    ok(ip, "import os, time\nvalue = 'before'")
+    go = tmp_path / "go"  # the job ends only after the notebook's assignment
     ok(
         ip,
-        "%%parallel --name clobber\ntime.sleep(0.5)\nvalue = 'from the job'\nother = 1",
+        f"%%parallel --name clobber\nwhile not os.path.exists({str(go)!r}):\n"
+        "    time.sleep(0.02)\nvalue = 'from the job'\nother = 1",
     )
     ok(ip, "value = 'mine'")
+    go.touch()
     ok(ip, "%jobs wait clobber")
     assert ip.user_ns["value"] == "mine"
     assert ip.user_ns["other"] == 1

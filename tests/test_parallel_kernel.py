@@ -112,10 +112,15 @@ def test_a_reader_waits_and_interrupting_the_wait_leaves_the_job_running(kernel)
     assert waited.stdout.strip().endswith("finished")
 
 
-def test_no_clobber_failing_job_and_cancel(kernel):
+def test_no_clobber_failing_job_and_cancel(kernel, tmp_path):
     kernel.run("label = 'before'")
-    kernel.run("%%parallel --name slowlabel\ntime.sleep(1)\nlabel = 'job'")
+    go = tmp_path / "go"  # the job ends only after the notebook's assignment
+    kernel.run(
+        f"%%parallel --name slowlabel\nwhile not os.path.exists({str(go)!r}):"
+        "\n    time.sleep(0.02)\nlabel = 'job'"
+    )
     kernel.run("label = 'mine'")
+    go.touch()
     kernel.run("%jobs wait slowlabel")
     kept = kernel.run("print(label)")
     assert kept.stdout.strip() == "mine"
