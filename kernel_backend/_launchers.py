@@ -544,7 +544,31 @@ def configure(cluster: Any, launch: LaunchPlan) -> LaunchPlan:
         before = mpi.get("mpi_args", config.MPILauncher.get("mpi_args", []))
         mpi.mpi_args = [*before, *launch.extra]
     config.merge(launch.config)
+    _patient_engines(config)
     return launch
+
+
+#: Seconds an engine waits for the controller's answer to its registration.
+#: ipengine's own default, 5 s, is short on a loaded machine: an engine whose
+#: answer came later gave up and exited, and the start failed with "only 1 of
+#: 2 engines registered".
+ENGINE_REGISTRATION_TIMEOUT = 30
+
+
+def _patient_engines(config: Any) -> None:
+    """Engines wait longer for their registration, unless the profile or the
+    options pass ipengine arguments of their own."""
+    if "engine_args" in config.EngineLauncher or any(
+        "engine_args" in section
+        for name, section in config.items()
+        if name.endswith("EngineSetLauncher") or name.endswith("EngineLauncher")
+    ):
+        return
+    if "timeout" in config.IPEngine:
+        return
+    config.EngineLauncher.engine_args = [
+        f"--IPEngine.timeout={ENGINE_REGISTRATION_TIMEOUT}"
+    ]
 
 
 def _hosts_from_profile(cluster: Any, launch: LaunchPlan) -> LaunchPlan:

@@ -138,3 +138,23 @@ def test_memory_per_engine_caps_a_local_cluster_and_says_so(no_other_cluster):
         assert f"{per_engine}M each" in str(report)
     finally:
         paracell.stop()
+
+
+def test_engines_wait_for_their_registration_unless_the_profile_says_otherwise():
+    from traitlets.config import Config
+
+    from paracell.kernel_backend._launchers import (
+        ENGINE_REGISTRATION_TIMEOUT,
+        _patient_engines,
+    )
+
+    config = Config()
+    _patient_engines(config)
+    assert config.EngineLauncher.engine_args == [
+        f"--IPEngine.timeout={ENGINE_REGISTRATION_TIMEOUT}"
+    ]
+    for own in ("c.IPEngine.timeout = 2", "c.LocalEngineSetLauncher.engine_args = []"):
+        profile = Config()
+        exec(own, {"c": profile})
+        _patient_engines(profile)
+        assert "engine_args" not in profile.EngineLauncher
