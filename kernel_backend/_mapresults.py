@@ -34,6 +34,12 @@ class MapResults:
         self.parts.append((first, values))
         self.stored += len(values)
 
+    def store_found(self, first: int, values: list[Any]) -> None:
+        """Values taken from the result store (``--cache``): finished, on no
+        engine."""
+        self.store(first, values)
+        self.succeeded += len(values)
+
     def count(self, engine: int, succeeded: int) -> None:
         self.succeeded += succeeded
         self.per_engine[engine] = self.per_engine.get(engine, 0) + succeeded

@@ -23,13 +23,14 @@ from ._comprehension import (
 )
 from ._engine import WRAPPER_FILENAME, TaskSpec
 from ._errors import EnginesDied, InvalidRequest
+from ._mapfeed import sliceable
 from ._mapjob import (
     MapFailed,
     MapJob,
     MapOptions,
     MapProgress,
 )
-from ._maprun import _MapRun, sliceable
+from ._maprun import _MapRun
 from ._names import element_free_names
 from ._pool import LOCAL_ENGINE, LocalPool
 from ._seeding import fresh_entropy
@@ -301,9 +302,17 @@ def _start_remote(
         job = MapJob(total)
         for observer in observers:
             job.subscribe(observer)
-        run = _MapRun(session, spec, items, options, job, star=star, engines=engines)
-        run.cache = cache
-        run.shipment = shipment
+        run = _MapRun(
+            session,
+            spec,
+            items,
+            options,
+            job,
+            star=star,
+            engines=engines,
+            cache=cache,
+            shipment=shipment,
+        )
         job.add_done_callback(session.mapping(engines))
     except BaseException:
         hold.close()
@@ -376,10 +385,16 @@ def _start_local(
     for observer in observers:
         job.subscribe(observer)
     run = _MapRun(
-        LocalPool(), spec, items, options, job, star=star, engines=[LOCAL_ENGINE]
+        LocalPool(),
+        spec,
+        items,
+        options,
+        job,
+        star=star,
+        engines=[LOCAL_ENGINE],
+        cache=cache,
+        base=namespace,
     )
-    run.base = namespace
-    run.cache = cache
     return _launch(job, run, block, contextlib.ExitStack())
 
 
