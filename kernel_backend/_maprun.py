@@ -16,8 +16,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ._chunking import ChunkSizer
-from ._engine import ChunkOutcome, ItemFailure, TaskSpec, UndefinedNames, run_chunk
-from ._errors import InvalidRequest, is_engine_death
+from ._engine import ChunkOutcome, TaskSpec, run_chunk
+from ._mapengines import MapEngines
+from ._mapfaults import as_given, chunk_error, unsendable
 from ._mapfeed import Chunk, ItemFeed
 from ._mapjob import (
     ChunkRecord,
@@ -27,11 +28,9 @@ from ._mapjob import (
     MapJob,
     MapOptions,
     MapProgress,
-    RemoteItemError,
-    _short,
 )
 from ._mapoutput import TaskOutput
-from ._mapresults import SKIPPED, MapResults
+from ._mapresults import MapResults
 from ._pool import LOCAL_ENGINE, SETTLE, EnginePool
 
 __all__ = ["_MapRun"]
@@ -76,9 +75,10 @@ class _MapRun:
         self.options = options
         self.job = job
         self.star = star
-        self.engines = engines
+        self.engines = MapEngines(
+            pool, engines, fixed=options.targets is not None, shipment=shipment
+        )
         self.cache = cache
-        self.shipment = shipment
         self.base = base
         self.sizer = ChunkSizer(
             engines=max(1, len(engines)), total=job.total, chunksize=options.chunksize
@@ -139,10 +139,10 @@ class _MapRun:
     def _await_engines(self) -> None:
         """With items left and none in flight: wait a moment for engines to
         send them to, or fail the map when none will come."""
-        if self._usable_engines():
+        if self.engines.usable():
             time.sleep(_POLL)
             return
-        if self.pool.engines_coming() or self._recovering():
+        if self.pool.engines_coming() or self.engines.recovering():
             # engines queued in a batch system, or freeing themselves from
             # cancelled work: wait for them
             time.sleep(_POLL)
@@ -182,13 +182,6 @@ class _MapRun:
             return 1 << 30
         return max(1, self.job.total - self.results.stored)
 
-    def _recovering(self) -> bool:
-        """Whether an engine of this map is live but still stopping cancelled
-        work (it is freed or replaced within seconds: see ``_stale``)."""
-        stale = self.pool.stale_engines()
-        live = set(self.pool.engine_ids())
-        return any(e in live and e in stale for e in self.engines)
-
     def _check_cluster(self) -> None:
         """Fail the map, keeping its finished results, if its cluster is gone:
         stopped (the session moved on) or a controller that stopped answering.
@@ -210,7 +203,7 @@ class _MapRun:
             )
 
     def _fill(self) -> None:
-        usable = self._usable_engines()
+        usable = self.engines.usable()
         load = {eid: 0 for eid in usable}  # chunks in flight
         queued = {eid: 0 for eid in usable}  # their items
         for chunk, eid in self.in_flight.values():
@@ -255,54 +248,9 @@ class _MapRun:
             )
         except Exception as err:
             self._check_cluster()  # stopped under the map: that is why
-            raise self._unsendable(chunk, err) from None
+            raise unsendable(chunk, err, star=self.star) from None
         self.in_flight[ar] = (chunk, eid)
         self.output.watch(ar, eid)
-
-    def _unsendable(self, chunk: Chunk, err: Exception) -> Exception:
-        """The error for a chunk that could not be pickled: name the item."""
-        from . import _pickling
-
-        for offset, item in enumerate(chunk.items):
-            try:
-                _pickling.dumps(item)
-            except Exception as item_err:
-                given = _short(self._as_given(item))
-                return InvalidRequest(
-                    f"item {chunk.first + offset} (input {given}) cannot be"
-                    f" sent to the engines: {type(item_err).__name__}: {item_err}"
-                )
-        return InvalidRequest(
-            f"items {chunk.first}-{chunk.first + len(chunk.items) - 1} cannot be"
-            f" sent to the engines: {type(err).__name__}: {err}"
-        )
-
-    def _usable_engines(self) -> list[int]:
-        live = set(self.pool.engine_ids())
-        if self.options.targets is None:
-            # engines added while the map runs join in, with its names
-            for eid in sorted(live):
-                if eid not in self.engines:
-                    self._join(eid)
-                    self.engines.append(eid)
-        stale = self.pool.stale_engines()
-        usable = [e for e in self.engines if e in live and e not in stale]
-        # engines busy with a background job would run chunks only after it;
-        # use them only when there is nothing else
-        unreserved = set(self.pool.unreserved_engine_ids())
-        return [e for e in usable if e in unreserved] or usable
-
-    def _join(self, eid: int) -> None:
-        """Send an engine that joins the map the names its chunks need (no
-        wait: the engine runs them before the chunks sent after)."""
-        if self.shipment is not None:
-            self.pool.join(eid, self.shipment)
-
-    def _as_given(self, item: Any) -> Any:
-        """An item as the user gave it (a lone argument, not its 1-tuple)."""
-        if self.star and len(item) == 1:
-            return item[0]
-        return item
 
     # -- results ---------------------------------------------------------
 
@@ -332,10 +280,7 @@ class _MapRun:
         (``.partial``) and, with ``--cache``, in the store.  An interrupted
         chunk's outcome holds the items it finished before the interrupt."""
         self._save(chunk, outcome)
-        values = list(outcome.values)
-        for failure in outcome.failures:
-            values[failure.index - chunk.first] = SKIPPED
-        self.results.store(chunk.first, values)
+        self.results.keep(chunk.first, outcome)
 
     def _absorb(self, outcome: ChunkOutcome, chunk: Chunk, eid: int) -> None:
         """Take a chunk's values and failures into the map's results."""
@@ -348,12 +293,11 @@ class _MapRun:
             # a time-boxed probe: what it did not run is handed out again
             ran = len(outcome.values)
             self.feed.put_back(chunk.first + ran, chunk.items[ran:])
-        if not outcome.failures:
-            # the common case: the chunk's list is kept as it came
-            self.results.store(chunk.first, outcome.values)
-            self.results.count(eid, len(outcome.values))
-            return
-        self.results.store(chunk.first, self._with_failures(outcome, chunk, eid))
+        failure = self.results.take(chunk.first, outcome, eid, self.options.on_error)
+        if failure is not None:  # --on-error raise
+            item = as_given(chunk.items[failure.index - chunk.first], self.star)
+            engine = None if eid == LOCAL_ENGINE else eid
+            raise ItemError(failure, item, engine, self.results.partial())
 
     def _record(self, outcome: ChunkOutcome, chunk: Chunk, eid: int) -> None:
         """A chunk's timing, for the sizer and the job's timeline."""
@@ -369,43 +313,6 @@ class _MapRun:
             )
         )
 
-    def _with_failures(
-        self, outcome: ChunkOutcome, chunk: Chunk, eid: int
-    ) -> list[Any]:
-        """A chunk's values, each failed item's as ``--on-error`` says:
-        ``raise`` raises its :class:`ItemError` (the items before it in the
-        chunk are kept), ``collect`` keeps its exception, ``skip`` drops it."""
-        failures = {f.index: f for f in outcome.failures}
-        values: list[Any] = []
-        for offset, value in enumerate(outcome.values):
-            index = chunk.first + offset
-            failure = failures.get(index)
-            if failure is None:
-                values.append(value)
-                self.results.count(eid, 1)
-                continue
-            self.results.failed += 1
-            if self.options.on_error == "raise":
-                # the items before it in this chunk count as finished
-                self.results.store(chunk.first, values)
-                item = self._as_given(chunk.items[offset])
-                engine = None if eid == LOCAL_ENGINE else eid
-                raise ItemError(failure, item, engine, self.results.partial())
-            values.append(self._failed_value(failure))
-        return values
-
-    def _failed_value(self, failure: ItemFailure) -> Any:
-        """What stands for a failed item in the results (not ``raise``)."""
-        if self.options.on_error == "collect":
-            exc = failure.exception
-            if exc is None:
-                exc = RemoteItemError(failure)
-            with contextlib.suppress(Exception):
-                exc.add_note(failure.traceback)
-            return exc
-        self.results.skipped.add(failure.index)
-        return SKIPPED
-
     def _save(self, chunk: Chunk, outcome: ChunkOutcome) -> None:
         """Into the result store the moment results arrive (``--cache``)."""
         if self.cache is not None:
@@ -413,41 +320,14 @@ class _MapRun:
             self.cache.save(chunk.first, outcome.values, failed)
 
     def _chunk_failed(self, chunk: Chunk, eid: int, err: Exception) -> None:
-        import ipyparallel as ipp
-
-        if not isinstance(err, ipp.error.IPythonError):
-            raise err  # raised here, not reported by an engine (--local)
-        if (
-            isinstance(err, ipp.error.RemoteError)
-            and err.ename == UndefinedNames.__name__
-        ):
-            raise InvalidRequest(err.evalue) from None
-        if not is_engine_death(err):
-            if (
-                isinstance(err, ipp.error.RemoteError)
-                and err.ename == "KeyboardInterrupt"
-            ):
-                raise KeyboardInterrupt()
-            if isinstance(err, ipp.error.RemoteError) and not chunk.check_results:
-                # paracell's wrapper catches the items' own errors: what
-                # failed is the reply, most likely a value that cannot be
-                # pickled; run the chunk again, checking each value
-                chunk.check_results = True
-                self.feed.retry(chunk)
-                return
-            what = (
-                f"{err.ename}: {getattr(err, 'evalue', '')}"
-                if hasattr(err, "ename")
-                else err
-            )
-            raise MapFailed(
-                f"engine {eid} could not run items {chunk.first}-"
-                f"{chunk.first + len(chunk.items) - 1}: {what}",
-                self.results.partial(),
-            )
-        if eid in self.engines:
-            self.engines.remove(eid)
-        self.pool.forget_engines([eid])
+        """Send a failed chunk again where its error allows (see
+        :func:`~._mapfaults.chunk_error`), or fail the map."""
+        if chunk_error(err, chunk, eid, self.results) == "reply failed":
+            # run the chunk again, checking each value
+            chunk.check_results = True
+            self.feed.retry(chunk)
+            return
+        self.engines.died(eid)
         if chunk.attempts > self.options.retries:
             raise MapFailed(
                 f"engine {eid} died while running items {chunk.first}-"
@@ -466,7 +346,7 @@ class _MapRun:
         self.last_emit = now
         lines = self.output.read(final=state != "running")
         warnings: tuple[str, ...] = ()
-        if self.new_warnings or (state != "running" and self.job.warning_summaries()):
+        if self.new_warnings or state != "running":
             warnings = self.job.warning_summaries()
             self.new_warnings = False
         self.job._emit(
