@@ -27,6 +27,7 @@ __all__ = [
     "MapProgress",
     "RemoteItemError",
     "Timeline",
+    "interrupted_error",
 ]
 
 OnError = Literal["raise", "collect", "skip"]
@@ -340,6 +341,32 @@ class MapJob(concurrent.futures.Future):  # type: ignore[type-arg]
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(repr(self))
+
+
+def interrupted_error(partial: dict[int, Any], total: int | None) -> KeyboardInterrupt:
+    """The ``KeyboardInterrupt`` of a map stopped while it was waited for.
+
+    A plain ``KeyboardInterrupt``, not a subclass: ``except
+    KeyboardInterrupt``, the kernel and front ends (whose error reply names
+    the type) all see an interrupt.  It carries ``partial`` (item index ->
+    result of every item that had finished), and IPython shows it as the one
+    line ``KeyboardInterrupt: <message>`` through the ``_render_traceback_``
+    it finds on the instance, instead of paracell's frames.  ``total``:
+    the map's item count, if known.
+    """
+    if partial:
+        of = "" if total is None else f" of {total}"
+        message = (
+            f"pmap stopped: {len(partial)}{of} items had finished;"
+            " their results are kept in sys.last_value.partial"
+        )
+    else:
+        message = "pmap stopped before any item finished"
+    error = KeyboardInterrupt(message)
+    error.partial = partial  # type: ignore[attr-defined]
+    line = f"KeyboardInterrupt: {message}"
+    error._render_traceback_ = lambda: [line]  # type: ignore[attr-defined]
+    return error
 
 
 _ITEM_PREFIX = re.compile(r"\[item (\d+)\] ")

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ._cachedmap import MapCache
@@ -23,13 +23,15 @@ from ._comprehension import (
 )
 from ._engine import WRAPPER_FILENAME, TaskSpec
 from ._errors import EnginesDied, InvalidRequest
+from ._mapfeed import sliceable
 from ._mapjob import (
     MapFailed,
     MapJob,
     MapOptions,
     MapProgress,
+    interrupted_error,
 )
-from ._maprun import _MapRun, sliceable
+from ._maprun import _MapRun
 from ._names import element_free_names
 from ._pool import LOCAL_ENGINE, LocalPool
 from ._seeding import fresh_entropy
@@ -41,6 +43,22 @@ __all__ = ["map_comprehension", "map_function"]
 _FUNC = "__paracell_func__"
 _ITEM = "__paracell_item__"
 _FIRST_ITER = "__paracell_iter0__"
+
+
+@dataclass(frozen=True)
+class _Map:
+    """A map to start: its element run once per item (the item bound to
+    ``arguments``), its items, and how it runs."""
+
+    element: str
+    arguments: tuple[str, ...]
+    items: Iterator[Any] | Sequence[Any]
+    total: int | None
+    options: MapOptions
+    star: bool  # each item is a tuple of arguments
+    cache: MapCache | None
+    observers: Iterable[Callable[[MapProgress], None]]
+    block: bool
 
 
 def map_function(
@@ -69,49 +87,18 @@ def map_function(
     total = known_length(iterable)
     # a range, list or tuple is cut into chunks by slicing
     items = iterable if total is not None and sliceable(iterable) else iter(iterable)
-    element = f"{_FUNC}({_ITEM})"
     options = options.validated()
+    element, arguments, extra = f"{_FUNC}({_ITEM})", (_ITEM,), {_FUNC: func}
     store = MapCache.for_map(
-        cache,
-        element,
-        (_ITEM,),
-        [],
-        {},
-        star=False,
-        seed=options.seed,
-        extra={_FUNC: func},
+        cache, element, arguments, [], {}, star=False, seed=options.seed, extra=extra
+    )
+    plan = _Map(
+        element, arguments, items, total, options, False, store, observers, block
     )
     if local or _all_stored(store, items, options):
-        namespace = {"__builtins__": __builtins__, _FUNC: func}
-        return _start_local(
-            element,
-            (_ITEM,),
-            items,
-            total,
-            options,
-            namespace,
-            block,
-            observers,
-            star=False,
-            cache=store,
-        )
-    shipment = prepare_shipment(
-        [], {}, extra={_FUNC: func}, ship_large=options.ship_large
-    )
-    return _start_remote(
-        session,
-        element,
-        (_ITEM,),
-        shipment,
-        items,
-        total,
-        options,
-        block,
-        observers,
-        star=False,
-        cache=store,
-        announce=announce,
-    )
+        return _start_local(plan, {"__builtins__": __builtins__, **extra})
+    shipment = prepare_shipment([], {}, extra=extra, ship_large=options.ship_large)
+    return _start_remote(session, plan, shipment, announce)
 
 
 def map_comprehension(
@@ -133,44 +120,21 @@ def map_comprehension(
     """
     options = options.validated()
     items, total, star = _comprehension_items(comp, namespace)
-    names = comp.target_names
+    element, arguments = comp.element, comp.target_names
     free = element_free_names(comp)
     store = MapCache.for_map(
-        cache, comp.element, names, free, namespace, star=star, seed=options.seed
+        cache, element, arguments, free, namespace, star=star, seed=options.seed
+    )
+    plan = _Map(
+        element, arguments, items, total, options, star, store, observers, block
     )
     stored = _all_stored(store, items, options)
+    if local and not stored:
+        _require_defined(free, namespace)
     if local or stored:
-        missing = sorted(n for n in free - _builtin_names() if n not in namespace)
-        if missing and not stored:
-            raise InvalidRequest(f"name {missing[0]!r} is not defined")
-        local_ns = dict(namespace)
-        return _start_local(
-            comp.element,
-            names,
-            items,
-            total,
-            options,
-            local_ns,
-            block,
-            observers,
-            star=star,
-            cache=store,
-        )
+        return _start_local(plan, dict(namespace))
     shipment = prepare_shipment(free, namespace, ship_large=options.ship_large)
-    return _start_remote(
-        session,
-        comp.element,
-        names,
-        shipment,
-        items,
-        total,
-        options,
-        block,
-        observers,
-        star=star,
-        cache=store,
-        announce=announce,
-    )
+    return _start_remote(session, plan, shipment, announce)
 
 
 def known_length(iterable: Any) -> int | None:
@@ -188,10 +152,13 @@ def known_length(iterable: Any) -> int | None:
         return None
 
 
-def _builtin_names() -> set[str]:
+def _require_defined(free: Iterable[str], namespace: Mapping[str, Any]) -> None:
+    """A ``--local`` map runs in ``namespace``: each name it reads is there."""
     import builtins
 
-    return set(dir(builtins))
+    missing = sorted(n for n in set(free) - set(dir(builtins)) if n not in namespace)
+    if missing:
+        raise InvalidRequest(f"name {missing[0]!r} is not defined")
 
 
 def _all_stored(
@@ -274,18 +241,9 @@ def _spec(
 
 def _start_remote(
     session: Any,
-    element: str,
-    arguments: tuple[str, ...],
+    plan: _Map,
     shipment: Any,
-    items: Iterator[Any] | Sequence[Any],
-    total: int | None,
-    options: MapOptions,
-    block: bool,
-    observers: Iterable[Callable[[MapProgress], None]],
-    *,
-    star: bool,
-    cache: MapCache | None = None,
-    announce: Callable[[StartReport], None] | None = None,
+    announce: Callable[[StartReport], None] | None,
 ) -> MapJob:
     report = session.ensure_engines()
     if report is not None and announce is not None:
@@ -295,20 +253,32 @@ def _start_remote(
     hold = contextlib.ExitStack()
     hold.enter_context(session.in_use())
     try:
-        engines = _map_engines(session, options, total)
+        engines = _map_engines(session, plan.options, plan.total)
         shipment = _ship(session, session.client, engines, shipment)
-        spec = _spec(shipment.key, element, arguments, options, **shipment.spec_names())
-        job = MapJob(total)
-        for observer in observers:
-            job.subscribe(observer)
-        run = _MapRun(session, spec, items, options, job, star=star, engines=engines)
-        run.cache = cache
-        run.shipment = shipment
+        spec = _spec(
+            shipment.key,
+            plan.element,
+            plan.arguments,
+            plan.options,
+            **shipment.spec_names(),
+        )
+        job = _new_job(plan)
+        run = _MapRun(
+            session,
+            spec,
+            plan.items,
+            plan.options,
+            job,
+            star=plan.star,
+            engines=engines,
+            cache=plan.cache,
+            shipment=shipment,
+        )
         job.add_done_callback(session.mapping(engines))
     except BaseException:
         hold.close()
         raise
-    return _launch(job, run, block, hold)
+    return _launch(job, run, plan.block, hold)
 
 
 def _map_engines(session: Any, options: MapOptions, total: int | None) -> list[int]:
@@ -358,29 +328,31 @@ def _ship(session: Any, client: Any, engines: list[int], shipment: Any) -> Any:
                 ) from None
 
 
-def _start_local(
-    element: str,
-    arguments: tuple[str, ...],
-    items: Iterator[Any] | Sequence[Any],
-    total: int | None,
-    options: MapOptions,
-    namespace: dict[str, Any],
-    block: bool,
-    observers: Iterable[Callable[[MapProgress], None]],
-    *,
-    star: bool,
-    cache: MapCache | None = None,
-) -> MapJob:
-    spec = _spec(f"local-{id(namespace)}", element, arguments, options)
-    job = MapJob(total)
-    for observer in observers:
-        job.subscribe(observer)
+def _start_local(plan: _Map, namespace: dict[str, Any]) -> MapJob:
+    """Run the map here, in ``namespace``, item after item (``--local``,
+    or every result stored)."""
+    spec = _spec(f"local-{id(namespace)}", plan.element, plan.arguments, plan.options)
+    job = _new_job(plan)
     run = _MapRun(
-        LocalPool(), spec, items, options, job, star=star, engines=[LOCAL_ENGINE]
+        LocalPool(),
+        spec,
+        plan.items,
+        plan.options,
+        job,
+        star=plan.star,
+        engines=[LOCAL_ENGINE],
+        cache=plan.cache,
+        base=namespace,
     )
-    run.base = namespace
-    run.cache = cache
-    return _launch(job, run, block, contextlib.ExitStack())
+    return _launch(job, run, plan.block, contextlib.ExitStack())
+
+
+def _new_job(plan: _Map) -> MapJob:
+    """The job the user holds, its observers subscribed."""
+    job = MapJob(plan.total)
+    for observer in plan.observers:
+        job.subscribe(observer)
+    return job
 
 
 def _launch(
@@ -395,7 +367,7 @@ def _launch(
                 result = run.run()
         except KeyboardInterrupt:
             # one line saying what finished, instead of our frames
-            stopped = _interrupted(run, job.total)
+            stopped = interrupted_error(run.results.partial(), job.total)
             if not job.done():
                 job.set_exception(stopped)
             if block:
@@ -416,29 +388,3 @@ def _launch(
         job._thread = threading.Thread(target=target, name="paracell-map", daemon=True)
         job._thread.start()
     return job
-
-
-def _interrupted(run: _MapRun, total: int | None) -> KeyboardInterrupt:
-    """The ``KeyboardInterrupt`` of a map stopped while it was waited for.
-
-    A plain ``KeyboardInterrupt``, not a subclass: ``except
-    KeyboardInterrupt``, the kernel and front ends (whose error reply names
-    the type) all see an interrupt.  It carries ``partial`` (item index ->
-    result of every item that had finished), and IPython shows it as the one
-    line ``KeyboardInterrupt: <message>`` through the ``_render_traceback_``
-    it finds on the instance, instead of paracell's frames.
-    """
-    partial = run.results.partial()
-    if partial:
-        of = "" if total is None else f" of {total}"
-        message = (
-            f"pmap stopped: {len(partial)}{of} items had finished;"
-            " their results are kept in sys.last_value.partial"
-        )
-    else:
-        message = "pmap stopped before any item finished"
-    error = KeyboardInterrupt(message)
-    error.partial = partial  # type: ignore[attr-defined]
-    line = f"KeyboardInterrupt: {message}"
-    error._render_traceback_ = lambda: [line]  # type: ignore[attr-defined]
-    return error
