@@ -184,6 +184,13 @@ class ClusterSession:
         probed; an engine not probed yet counts as remote)."""
         return self._ledger.is_local(engine)
 
+    def process_ids(self) -> list[int]:
+        """Every process of the cluster paracell started here (controller,
+        engines and their children); none for a connected cluster."""
+        with self._lock:
+            started = self._started
+            return [] if started is None else started.owned_pids()
+
     def engine_pids(self) -> dict[int, int]:
         """Engine id -> pid for every engine whose pid is known."""
         return self._ledger.pids()

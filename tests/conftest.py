@@ -106,6 +106,9 @@ def shared_cluster(request: pytest.FixtureRequest) -> Iterator[object]:
         session.start(2)
         request.config._paracell_allowed_pids = set(cluster_processes())  # type: ignore[attr-defined]
     yield session
+    if session.active:
+        # engines that replaced stuck ones belong to the shared cluster too
+        request.config._paracell_allowed_pids = set(session.process_ids())  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session", autouse=True)
