@@ -16,7 +16,7 @@ from ._jobs import JobError
 from ._names import free_names
 from ._pool import OUTPUT_WAIT, SETTLE
 from ._seeding import fresh_entropy
-from ._shipping import prepare_shipment
+from ._shipping import Shipment, prepare_shipment
 from ._stale import STUCK_AFTER
 
 __all__ = ["EngineRun", "run_everywhere"]
@@ -73,11 +73,36 @@ def run_everywhere(
     For imports and per-engine setup: what the cell defines stays on the
     engines.  Blocks; an interrupt stops the cell everywhere.
     """
-    import cloudpickle
-
     compile(source, filename, "exec")  # the user's SyntaxError, here
     _settle_stale(session, targets)
+    chosen = _chosen_engines(session, targets)
+    shipment = _send_names(session, chosen, source, namespace, ship_large)
+    spec = TaskSpec(
+        key=f"everywhere-{time.time()}",
+        **{**shipment.spec_names(), "engine_side": ()},
+        seed=seed,
+        entropy=fresh_entropy(),
+    )
     client = session.client
+    tasks = {
+        client[eid].apply_async(
+            run_cell, spec, source, filename, list(outputs), True
+        ): eid
+        for eid in chosen
+    }
+    try:
+        while not all(ar.done() for ar in tasks):
+            concurrent.futures.wait(list(tasks), timeout=0.1)
+    except BaseException:
+        session.interrupt(tasks)
+        raise
+    runs = [_engine_run(session, ar, eid) for ar, eid in tasks.items()]
+    return sorted(runs, key=lambda r: r.engine)
+
+
+def _chosen_engines(session: Any, targets: Sequence[int] | None) -> list[int]:
+    """The engines the cell runs on: ``targets`` (each must be up), or every
+    engine up now."""
     live = session.engine_ids()
     if targets is None:
         if not live:
@@ -90,20 +115,31 @@ def run_everywhere(
                     else "; add some with %cluster scale N"
                 )
             )
-        targets = live
+        return list(live)
     unknown = [t for t in targets if t not in live]
     if unknown or not targets:
         raise InvalidRequest(
             f"--targets names engine {unknown[0] if unknown else '(none)'},"
             f" which is not running (engines: {', '.join(map(str, live)) or 'none'})"
         )
+    return list(targets)
+
+
+def _send_names(
+    session: Any,
+    engines: list[int],
+    source: str,
+    namespace: Mapping[str, Any],
+    ship_large: bool,
+) -> Shipment:
+    """Send the engines the notebook's names the cell reads."""
     shipment = prepare_shipment(
         free_names(source, "exec"), namespace, ship_large=ship_large
     )
     # names the notebook lacks may be defined by the cell itself on engines
     try:
-        shipment = session.shipper.send(
-            client, targets, shipment, require_engine_side=False
+        sent: Shipment = session.shipper.send(
+            session.client, engines, shipment, require_engine_side=False
         )
     except EnginesDied as err:
         session.forget_engines(err.engines)
@@ -111,59 +147,53 @@ def run_everywhere(
             f"engine {', '.join(map(str, sorted(err.engines)))} died while the"
             " cell's names were sent to it; the cell ran nowhere"
         ) from None
-    spec = TaskSpec(
-        key=f"everywhere-{time.time()}",
-        **{**shipment.spec_names(), "engine_side": ()},
-        seed=seed,
-        entropy=fresh_entropy(),
-    )
-    tasks = {
-        client[eid].apply_async(
-            run_cell, spec, source, filename, list(outputs), True
-        ): eid
-        for eid in targets
-    }
+    return sent
+
+
+def _engine_run(session: Any, ar: Any, eid: int) -> EngineRun:
+    """What the cell did on one engine: output, names, display, error."""
+    with contextlib.suppress(Exception):
+        ar.wait_for_output(OUTPUT_WAIT)  # the result can come before the output
+    stdout, stderr = getattr(ar, "stdout", ""), getattr(ar, "stderr", "")
+    error: JobError | None = None
+    values: dict[str, Any] = {}
+    bundle = None
     try:
-        while not all(ar.done() for ar in tasks):
-            concurrent.futures.wait(list(tasks), timeout=0.1)
-    except BaseException:
-        session.interrupt(tasks)
-        raise
-    runs = []
-    for ar, eid in tasks.items():
-        with contextlib.suppress(Exception):
-            ar.wait_for_output(OUTPUT_WAIT)  # the result can come before the output
-        stdout, stderr = getattr(ar, "stdout", ""), getattr(ar, "stderr", "")
-        error: JobError | None = None
-        values: dict[str, Any] = {}
-        bundle = None
+        outcome: CellOutcome = ar.get(SETTLE)
+    except Exception as err:
+        error = JobError(f"engine {eid} could not run the cell: {err}")
+    else:
+        error, values = _outcome_values(eid, outcome)
+        bundle = outcome.bundle
+    finally:
+        session.purge(ar)
+    return EngineRun(eid, stdout, stderr, values, bundle, error)
+
+
+def _outcome_values(
+    eid: int, outcome: CellOutcome
+) -> tuple[JobError | None, dict[str, Any]]:
+    """The cell's error on ``eid`` (its own, or a name that could not come
+    back) and the names that did."""
+    import cloudpickle
+
+    error: JobError | None = None
+    if outcome.failure is not None:
+        error = JobError(
+            f"engine {eid}: {outcome.failure.type_name}: {outcome.failure.message}",
+            outcome.failure.traceback,
+        )
+    elif outcome.interrupted:
+        error = JobError(f"engine {eid}: interrupted")
+    values: dict[str, Any] = {}
+    for name, data in outcome.values.items():
         try:
-            outcome: CellOutcome = ar.get(SETTLE)
+            values[name] = cloudpickle.loads(data)
         except Exception as err:
-            error = JobError(f"engine {eid} could not run the cell: {err}")
-        else:
-            if outcome.failure is not None:
-                error = JobError(
-                    f"engine {eid}: {outcome.failure.type_name}:"
-                    f" {outcome.failure.message}",
-                    outcome.failure.traceback,
-                )
-            elif outcome.interrupted:
-                error = JobError(f"engine {eid}: interrupted")
-            for name, data in outcome.values.items():
-                try:
-                    values[name] = cloudpickle.loads(data)
-                except Exception as err:
-                    error = error or JobError(
-                        f"engine {eid}: {name!r} could not come back:"
-                        f" {type(err).__name__}: {err}"
-                    )
-            for name, why in outcome.unpicklable.items():
-                error = error or JobError(
-                    f"engine {eid}: {name!r} could not come back: {why}"
-                )
-            bundle = outcome.bundle
-        finally:
-            session.purge(ar)
-        runs.append(EngineRun(eid, stdout, stderr, values, bundle, error))
-    return sorted(runs, key=lambda r: r.engine)
+            error = error or JobError(
+                f"engine {eid}: {name!r} could not come back:"
+                f" {type(err).__name__}: {err}"
+            )
+    for name, why in outcome.unpicklable.items():
+        error = error or JobError(f"engine {eid}: {name!r} could not come back: {why}")
+    return error, values
