@@ -63,6 +63,7 @@ class JobQueue:
         self._awaited: dict[CellJob, int] = {}
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._run_cell: Any = None
 
     # -- the queue (under the lock) ------------------------------------------
 
@@ -273,8 +274,10 @@ class JobQueue:
         try:
             # queued on the engine ahead of the cell: no waiting here
             pool.ship_names([engine], job.shipment, block=False)
+            if self._run_cell is None:
+                self._run_cell = pool.pack(run_cell)  # pickled once, not per job
             task = pool.submit(
-                engine, run_cell, job.spec, job.source, job.filename, job.outputs
+                engine, self._run_cell, job.spec, job.source, job.filename, job.outputs
             )
         except Exception as err:
             job.finish("failed", JobError(f"job '{job.name}' could not be sent: {err}"))

@@ -49,8 +49,25 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is unt
         return super().reducer_override(obj)
 
 
+#: Types the standard pickler writes byte for byte as cloudpickle does
+#: (nothing in them goes by value): most of a task's arguments (its source,
+#: file name, names to send back) and many small results.
+_PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
+
+
+def _is_plain(obj: Any) -> bool:
+    kind = type(obj)
+    if kind in _PLAIN:
+        return True
+    return (kind is list or kind is tuple) and all(type(x) in _PLAIN for x in obj)
+
+
 def dumps(obj: Any, protocol: int | None = None) -> bytes:
     """Pickle ``obj`` as cloudpickle would, code objects with their file names."""
+    if _is_plain(obj):
+        # the same bytes without a cloudpickle pickler's setup, which is
+        # most of the cost of pickling a short string
+        return pickle.dumps(obj, protocol or DEFAULT_PROTOCOL)
     with io.BytesIO() as file:
         _Pickler(file, protocol=protocol or DEFAULT_PROTOCOL).dump(obj)
         return file.getvalue()
