@@ -55,11 +55,31 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is unt
 _PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
 
 
-def _is_plain(obj: Any) -> bool:
+def _is_plain(obj: Any, depth: int = 0) -> bool:
+    """Whether the standard pickler writes ``obj`` as cloudpickle would:
+    plain values, containers of them, and paracell's own records of them
+    (a ``TaskSpec``: engines import paracell, so its classes go by name
+    either way)."""
     kind = type(obj)
     if kind in _PLAIN:
         return True
-    return (kind is list or kind is tuple) and all(type(x) in _PLAIN for x in obj)
+    if depth > 2:
+        return False
+    if kind is list or kind is tuple:
+        return all(type(x) in _PLAIN or _is_plain(x, depth + 1) for x in obj)
+    if kind is dict:
+        return all(
+            type(k) in _PLAIN and (type(v) in _PLAIN or _is_plain(v, depth + 1))
+            for k, v in obj.items()
+        )
+    state = getattr(obj, "__dict__", None)
+    if (
+        state is not None
+        and kind.__module__.startswith("paracell.")
+        and hasattr(kind, "__dataclass_fields__")
+    ):
+        return all(_is_plain(v, depth + 1) for v in state.values())
+    return False
 
 
 def dumps(obj: Any, protocol: int | None = None) -> bytes:
