@@ -53,6 +53,8 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is unt
 #: (nothing in them goes by value): most of a task's arguments (its source,
 #: file name, names to send back) and many small results.
 _PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
+#: Containers longer than this are left to cloudpickle.
+_SMALL = 32
 
 
 def _is_plain(obj: Any, depth: int = 0) -> bool:
@@ -64,6 +66,10 @@ def _is_plain(obj: Any, depth: int = 0) -> bool:
     if kind in _PLAIN:
         return True
     if depth > 2:
+        return False
+    if (kind is list or kind is tuple or kind is dict) and len(obj) > _SMALL:
+        # a large container pickles as fast either way (cloudpickle's hook is
+        # not called for strings and numbers), and looking through it is not
         return False
     if kind is list or kind is tuple:
         return all(type(x) in _PLAIN or _is_plain(x, depth + 1) for x in obj)
