@@ -44,6 +44,9 @@ class IppClient:
     def __init__(self, ledger: EngineLedger, lock: threading.RLock) -> None:
         self.client: ipp.Client | None = None
         self.shipper = NameShipper(self.purge)
+        # one view per engine, made once: ``client[eid]`` builds a new
+        # DirectView (traitlets and all) each time it is asked
+        self._views: dict[int, Any] = {}
         self._ledger = ledger
         self._lock = lock
         self._controller_seen: tuple[float, bool] = (0.0, True)
@@ -52,6 +55,7 @@ class IppClient:
         """Work goes to ``client``'s engines from now on (``shared``: large
         arrays to engines on this machine through shared memory)."""
         self.client = client
+        self._views = {}
         self.shipper.close()
         self.shipper = NameShipper(
             self.purge, shared=shared, is_local=self._ledger.is_local
@@ -64,6 +68,7 @@ class IppClient:
         self.shipper.close()
         self.shipper = NameShipper(self.purge)
         self.client = None
+        self._views = {}
 
     # -- the controller and the engines -----------------------------------------
 
@@ -169,7 +174,14 @@ class IppClient:
 
     def submit(self, engine: int, func: Callable[..., Any], *args: Any) -> Any:
         """Run ``func(*args)`` on ``engine``; returns its ``AsyncResult``."""
-        return self.require()[engine].apply_async(func, *args)
+        client = self.require()
+        view = self._views.get(engine)
+        if view is None or view.client is not client:
+            view = self._views[engine] = client[engine]
+        task = view.apply_async(func, *args)
+        if len(view.history) > 1_000:  # its list of every message sent
+            del view.history[:-100]
+        return task
 
     def purge(self, result: Any, client: ipp.Client | None = None) -> None:
         """Drop a finished task from ipyparallel's client-side caches.

@@ -11,7 +11,6 @@ same name the later-submitted one wins, whatever order they end in.
 from __future__ import annotations
 
 import ast
-import symtable
 import types
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 
 from ._celljob import CellJob
 from ._errors import InvalidRequest
+from ._names import parsed
 
 __all__ = [
     "ABSENT",
@@ -41,14 +41,14 @@ def bound_names(source: str) -> list[str]:
     Assignments, ``for``/``with`` targets, walrus, ``def``, ``class`` and
     imports all count; attribute and item assignments do not.
     """
-    table = symtable.symtable(source, "<cell>", "exec")
+    tree, table = parsed(source, "exec")
     bound = {
         s.get_name()
         for s in table.get_symbols()
         if (s.is_assigned() or s.is_imported()) and not s.get_name().startswith("__")
     }
     first_seen: dict[str, tuple[int, int]] = {}
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(tree):
         name = None
         if isinstance(node, ast.Name):
             name = node.id
@@ -64,7 +64,7 @@ def bound_names(source: str) -> list[str]:
 
 def modules_already_here(source: str, namespace: Mapping[str, Any]) -> set[str]:
     """Names the cell only imports, that are modules in ``namespace`` already."""
-    table = symtable.symtable(source, "<cell>", "exec")
+    _, table = parsed(source, "exec")
     return {
         s.get_name()
         for s in table.get_symbols()

@@ -3,12 +3,18 @@
 Jobs beyond the free engines wait in a client-side queue ordered by
 priority, then submission.  A monitor thread sends queued jobs to free
 engines, watches running ones (completion, engine death, timeouts) and
-says when a job ends.  What a finished task means for its job is
+says when a job ends.  Two shortcuts keep a cell that waits for its job
+(``%%parallel --block``) at ipyparallel's own latency: a job submitted
+while an engine is free is sent from the submitting thread
+(:meth:`JobQueue.dispatch`), and a thread waiting for a job takes its
+outcome itself (:meth:`JobQueue.wait`) — no hand-off to the monitor and
+back on either side.  What a finished task means for its job is
 :mod:`._jobend`'s.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import heapq
 import itertools
 import threading
@@ -53,8 +59,11 @@ class JobQueue:
         self._heap: list[tuple[float, int, CellJob]] = []
         self._order = itertools.count()
         self._running: dict[int, CellJob] = {}  # engine -> job
+        #: jobs a thread waits for in :meth:`wait`: it takes their outcome
+        self._awaited: dict[CellJob, int] = {}
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._run_cell: Any = None
 
     # -- the queue (under the lock) ------------------------------------------
 
@@ -92,6 +101,71 @@ class JobQueue:
     def wake(self) -> None:
         """Look at the jobs now, not at the next tick."""
         self._wake.set()
+
+    def dispatch(self) -> None:
+        """Send queued jobs to free engines now, from this thread.
+
+        A job submitted while an engine is free starts without waiting for
+        the monitor thread to wake (a thread hand-off on the way out).
+        """
+        with self._lock:
+            failed = self._dispatch()
+        for job in failed:
+            job.notify()
+            self._ended(job)
+
+    def wait(self, job: CellJob, timeout: float) -> None:
+        """Wait up to ``timeout`` s for ``job`` to end; if its task finished
+        meanwhile, take the outcome in this thread.
+
+        The monitor is not woken for a task a thread waits on, so the
+        outcome is not handed to the monitor and back (a thread hand-off
+        on the way back); it still looks at the job at its next tick, should
+        this thread stop waiting (interrupted, or a timeout) before.
+        """
+        with self._lock:
+            self._awaited[job] = self._awaited.get(job, 0) + 1
+        try:
+            task = job.task
+            waiting: list[concurrent.futures.Future[Any]] = [job]
+            if isinstance(task, concurrent.futures.Future):
+                waiting.append(task)
+            concurrent.futures.wait(
+                waiting, timeout, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            self._take(job)
+        finally:
+            with self._lock:
+                left = self._awaited.pop(job, 1) - 1
+                if left:
+                    self._awaited[job] = left
+                task = job.task
+                finished = not left and task is not None and task.done()
+            if finished:
+                self._wake.set()  # nobody waits on it now: the monitor takes it
+
+    def _take(self, job: CellJob) -> None:
+        """Take ``job``'s outcome here if its task has finished."""
+        with self._lock:
+            task, engine = job.task, job.engine
+            if task is None or engine is None or self._running.get(engine) is not job:
+                return
+            if not task.done():
+                return
+            del self._running[engine]
+            self._pool.release(engine)
+            ended = self._collect(job, task)
+        if ended:
+            job.notify()
+            self._ended(job)
+        else:  # back in the queue (its engine died): the monitor sends it
+            self._wake.set()
+
+    def _task_ended(self, job: CellJob) -> None:
+        """A job's task ended (ipyparallel's thread): wake the monitor,
+        unless a thread waiting for the job takes it."""
+        if job not in self._awaited:
+            self._wake.set()
 
     def stop(self, job: CellJob, reason: Stop) -> None:
         """Stop a running job's task on its engine, without blocking."""
@@ -200,16 +274,18 @@ class JobQueue:
         try:
             # queued on the engine ahead of the cell: no waiting here
             pool.ship_names([engine], job.shipment, block=False)
+            if self._run_cell is None:
+                self._run_cell = pool.pack(run_cell)  # pickled once, not per job
             task = pool.submit(
-                engine, run_cell, job.spec, job.source, job.filename, job.outputs
+                engine, self._run_cell, job.spec, job.source, job.filename, job.outputs
             )
         except Exception as err:
             job.finish("failed", JobError(f"job '{job.name}' could not be sent: {err}"))
             return False
         job.mark_running(task)
         pool.reserve(engine, job.name)
-        # wake the monitor the moment the task ends, not at the next tick
-        task.add_done_callback(lambda _: self._wake.set())
+        # take the outcome the moment the task ends, not at the next tick
+        task.add_done_callback(lambda _: self._task_ended(job))
         return True
 
     def _collect(self, job: CellJob, task: Any) -> bool:

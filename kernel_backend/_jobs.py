@@ -15,7 +15,6 @@ bringing names back is :mod:`._jobdelivery`'s.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import itertools
 import threading
@@ -242,10 +241,17 @@ class JobManager:
             self._jobs[job.name] = job
             if queue:
                 self._queue.push(job)
+        if queue:
+            # sent now if an engine is free (no hand-off to the monitor, which
+            # is not woken: it would only compete with this thread); if none
+            # is, the monitor sends it when a task ends, or at its next tick
+            self._queue.dispatch()
+            with self._lock:
                 self._queue.want_engines(retry=True)
+        else:
+            self._queue.wake()
         job.subscribe(self._changed)
         self._changed()
-        self._queue.wake()
 
     def _check_name_free(self, name: str) -> None:
         old = self._jobs.get(name)
@@ -277,7 +283,12 @@ class JobManager:
                     raise TimeoutError(f"job {job.name!r} still {job.state}")
                 self.check_startable(job)
                 # short waits keep KeyboardInterrupt responsive
-                concurrent.futures.wait([job], timeout=min(0.1, left or 0.1))
+                self.wait_briefly(job, min(0.1, left or 0.1))
+
+    def wait_briefly(self, job: CellJob, timeout: float) -> None:
+        """Wait up to ``timeout`` s for ``job`` to end (it may not have when
+        this returns); a finished task's outcome is taken in this thread."""
+        self._queue.wait(job, timeout)
 
     def check_startable(self, job: CellJob) -> None:
         """Raise ``InvalidRequest`` saying why, if nothing can start ``job``."""

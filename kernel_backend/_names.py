@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import symtable
 from typing import Any
 
@@ -63,11 +64,10 @@ def free_names(source: str, mode: str = "eval") -> set[str]:
     """
     if mode not in ("eval", "exec"):
         raise ValueError(f"mode must be 'eval' or 'exec', not {mode!r}")
-    tree = ast.parse(source, mode=mode)
+    tree, table = parsed(source, mode)
     order = _TopLevelOrder()
     order.visit(tree)
 
-    table = symtable.symtable(source, "<paracell>", mode)
     read_anywhere = {
         symbol.get_name() for symbol in table.get_symbols() if symbol.is_referenced()
     }
@@ -75,6 +75,15 @@ def free_names(source: str, mode: str = "eval") -> set[str]:
     free = (read_anywhere - order.bound) | order.read_before_bound
     # symtable also lists compiler-made names such as ".0".
     return {name for name in free if name.isidentifier()}
+
+
+@functools.lru_cache(maxsize=8)
+def parsed(source: str, mode: str = "exec") -> tuple[ast.AST, symtable.SymbolTable]:
+    """``source``'s syntax tree and symbol table, made once for the
+    analyses of one piece of code (what it reads, what it binds, what it
+    imports), and for the same cell run again.  Read them, never change
+    them: they are shared.  Raises ``SyntaxError``."""
+    return ast.parse(source, mode=mode), symtable.symtable(source, "<paracell>", mode)
 
 
 def element_free_names(comp: Comprehension) -> set[str]:

@@ -49,8 +49,51 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is unt
         return super().reducer_override(obj)
 
 
+#: Types the standard pickler writes byte for byte as cloudpickle does
+#: (nothing in them goes by value): most of a task's arguments (its source,
+#: file name, names to send back) and many small results.
+_PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
+#: Containers longer than this are left to cloudpickle.
+_SMALL = 32
+
+
+def _is_plain(obj: Any, depth: int = 0) -> bool:
+    """Whether the standard pickler writes ``obj`` as cloudpickle would:
+    plain values, containers of them, and paracell's own records of them
+    (a ``TaskSpec``: engines import paracell, so its classes go by name
+    either way)."""
+    kind = type(obj)
+    if kind in _PLAIN:
+        return True
+    if depth > 2:
+        return False
+    if (kind is list or kind is tuple or kind is dict) and len(obj) > _SMALL:
+        # a large container pickles as fast either way (cloudpickle's hook is
+        # not called for strings and numbers), and looking through it is not
+        return False
+    if kind is list or kind is tuple:
+        return all(type(x) in _PLAIN or _is_plain(x, depth + 1) for x in obj)
+    if kind is dict:
+        return all(
+            type(k) in _PLAIN and (type(v) in _PLAIN or _is_plain(v, depth + 1))
+            for k, v in obj.items()
+        )
+    state = getattr(obj, "__dict__", None)
+    if (
+        state is not None
+        and kind.__module__.startswith("paracell.")
+        and hasattr(kind, "__dataclass_fields__")
+    ):
+        return all(_is_plain(v, depth + 1) for v in state.values())
+    return False
+
+
 def dumps(obj: Any, protocol: int | None = None) -> bytes:
     """Pickle ``obj`` as cloudpickle would, code objects with their file names."""
+    if _is_plain(obj):
+        # the same bytes without a cloudpickle pickler's setup, which is
+        # most of the cost of pickling a short string
+        return pickle.dumps(obj, protocol or DEFAULT_PROTOCOL)
     with io.BytesIO() as file:
         _Pickler(file, protocol=protocol or DEFAULT_PROTOCOL).dump(obj)
         return file.getvalue()

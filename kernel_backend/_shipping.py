@@ -201,14 +201,24 @@ def _is_plain_array(obj: Any) -> bool:
 
 def _import_paths() -> tuple[str, ...]:
     """The notebook's ``sys.path`` as absolute folders (``""`` is its cwd)."""
+    global _last_paths
+    key = (tuple(sys.path), os.getcwd())
+    last = _last_paths
+    if last is not None and last[0] == key:  # asked by every cell and map
+        return last[1]
     paths = []
-    for entry in sys.path:
+    for entry in key[0]:
         if not isinstance(entry, str):
             continue
-        path = os.path.abspath(entry or os.getcwd())
+        path = os.path.abspath(entry or key[1])
         if path not in paths:
             paths.append(path)
+    _last_paths = (key, tuple(paths))
     return tuple(paths)
+
+
+#: the last ``(sys.path, cwd)`` seen, and the folders made of it
+_last_paths: tuple[tuple[tuple[Any, ...], str], tuple[str, ...]] | None = None
 
 
 def _notebook_sources(objects: Iterable[Any]) -> dict[str, list[str]]:

@@ -67,12 +67,33 @@ class _UserErrors:
         return False
 
 
+#: (parser, option text) -> what it parsed to: a notebook repeats a few
+#: option lines (``--block``), and parsing one is a tenth of a millisecond
+_PARSED: dict[tuple[Any, str], argparse.Namespace] = {}
+_PARSED_KEPT = 64
+
+
 def parse_options(magic: Callable[..., Any], text: str) -> argparse.Namespace:
     """``parse_argstring`` that also turns unbalanced quotes into a ``UsageError``.
 
     IPython splits the options like a shell does; an unclosed quote (``--seed
     "1``) or a trailing backslash makes that split raise ``ValueError``.
+    The options' types are pure functions of the text, so a line parsed
+    before is not parsed again; each call gets its own namespace.
     """
+    key = (getattr(magic, "parser", None), text)
+    parsed = _PARSED.get(key)
+    if parsed is None:
+        parsed = _parse(magic, text)
+        if len(_PARSED) >= _PARSED_KEPT:
+            _PARSED.clear()
+        _PARSED[key] = parsed
+    return argparse.Namespace(
+        **{k: list(v) if isinstance(v, list) else v for k, v in vars(parsed).items()}
+    )
+
+
+def _parse(magic: Callable[..., Any], text: str) -> argparse.Namespace:
     try:
         args: argparse.Namespace = parse_argstring(magic, text)
         return args

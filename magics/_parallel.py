@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import math
 import sys
 import traceback
@@ -195,12 +194,13 @@ class ParallelMagics(Magics):
                     out.flush()
                     printed[i] = len(text)
 
+        manager = default_jobs()
         try:
             while not job.done():
-                concurrent.futures.wait([job], timeout=0.01)
+                manager.wait_briefly(job, 0.01)
                 stream()
                 with user_errors():
-                    default_jobs().check_startable(job)
+                    manager.check_startable(job)
         except KeyboardInterrupt:
             job.cancel()
             raise

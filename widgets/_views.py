@@ -197,8 +197,8 @@ def register_formatters(shell: Any) -> None:
     ``Timeline`` its chart.  (``kernel_backend`` knows nothing of display.)
     """
     formatter = getattr(shell, "display_formatter", None)
-    if formatter is None:
-        return
+    if formatter is None or _registered(formatter):
+        return  # asked by every cell that starts a job; once is enough
     formatter.mimebundle_formatter.for_type(MapJob, _map_job_bundle)
     formatter.mimebundle_formatter.for_type(CellJob, _cell_job_bundle)
     formatter.formatters["text/html"].for_type(Timeline, timeline_html)
@@ -215,6 +215,18 @@ def register_formatters(shell: Any) -> None:
     formatter.formatters["text/plain"].for_type(
         TaskPlan, lambda plan, p, cycle: p.text(repr(TaskPlanView(plan)))
     )
+
+
+def _registered(formatter: Any) -> bool:
+    """Whether :func:`register_formatters` did its work on ``formatter`` (the
+    first and the last type it registers are there)."""
+    try:
+        return (
+            formatter.mimebundle_formatter.type_printers.get(MapJob) is _map_job_bundle
+            and TaskPlan in formatter.formatters["text/plain"].type_printers
+        )
+    except (AttributeError, KeyError, TypeError):
+        return False
 
 
 def unregister_formatters(shell: Any) -> None:
