@@ -83,23 +83,12 @@ def parallel(
             plan=plan,
         )
     _display_hooks()
-    session = default_session()
     if targets is not None:
         if cache:
             raise InvalidRequest(
                 "cache keeps a background cell's outcome; it does not go with targets"
             )
-        _announce(session.ensure_engines())
-        chosen = None if targets == "all" else [int(t) for t in targets]
-        return run_everywhere(
-            session,
-            code,
-            ns,
-            targets=chosen,
-            outputs=out or (),
-            seed=seed,
-            ship_large=ship_large,
-        )
+        return _everywhere(code, ns, targets, out, seed, ship_large)
     job = default_jobs().submit(
         code,
         ns,
@@ -118,6 +107,29 @@ def parallel(
         return job
     wait(job)
     return job.result()
+
+
+def _everywhere(
+    code: str,
+    ns: dict[str, Any],
+    targets: Sequence[int] | str,
+    out: Sequence[str] | None,
+    seed: int | None,
+    ship_large: bool,
+) -> Any:
+    """``parallel(code, targets=...)``: the cell on each of those engines."""
+    session = default_session()
+    _announce(session.ensure_engines())
+    chosen = None if targets == "all" else [int(t) for t in targets]
+    return run_everywhere(
+        session,
+        code,
+        ns,
+        targets=chosen,
+        outputs=out or (),
+        seed=seed,
+        ship_large=ship_large,
+    )
 
 
 def _parallel_tasks(

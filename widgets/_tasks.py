@@ -124,33 +124,7 @@ def task_timeline_html(timeline: TaskTimeline) -> str:
             f'<text x="{_LEFT - 6}" y="{r * row + row / 2 + 4}" text-anchor="end">'
             f"engine {engine}</text>"
         )
-    for p in timeline.planned:
-        y = rows[p.engine] * row + 2
-        parts.append(
-            _bar(
-                timeline,
-                p.index,
-                _LEFT + p.start * scale,
-                y,
-                (p.end - p.start) * scale,
-                "#cfd8e3",
-                "planned",
-            )
-        )
-    for b in timeline.actual:
-        y = rows[b.engine] * row + 4 + _LANE
-        color = _STATE_COLOR.get(b.state, _PALETTE[b.index % len(_PALETTE)])
-        parts.append(
-            _bar(
-                timeline,
-                b.index,
-                _LEFT + b.start * scale,
-                y,
-                b.seconds * scale,
-                color,
-                f"{b.state}, {b.seconds:.3f} s from {b.start:.3f} s",
-            )
-        )
+    parts += _lanes(timeline, rows, row, scale)
     unit = " s" if timeline.measured or timeline.actual else ""
     parts.append(_axis(timeline.span, row * len(engines) + 2, scale, unit))
     parts.append("</svg>")
@@ -161,6 +135,25 @@ def task_timeline_html(timeline: TaskTimeline) -> str:
     return (
         f'<div class="paracell-task-timeline">{summary}{"".join(parts)}{legend}</div>'
     )
+
+
+def _lanes(
+    timeline: TaskTimeline, rows: dict[int, int], row: int, scale: float
+) -> list[str]:
+    """Each engine's bars: the planned ones above, the actual ones below."""
+    bars = []
+    for p in timeline.planned:
+        y = rows[p.engine] * row + 2
+        width = (p.end - p.start) * scale
+        x = _LEFT + p.start * scale
+        bars.append(_bar(timeline, p.index, x, y, width, "#cfd8e3", "planned"))
+    for b in timeline.actual:
+        y = rows[b.engine] * row + 4 + _LANE
+        color = _STATE_COLOR.get(b.state, _PALETTE[b.index % len(_PALETTE)])
+        title = f"{b.state}, {b.seconds:.3f} s from {b.start:.3f} s"
+        x = _LEFT + b.start * scale
+        bars.append(_bar(timeline, b.index, x, y, b.seconds * scale, color, title))
+    return bars
 
 
 def _bar(
