@@ -115,7 +115,7 @@ def _into(array: np.ndarray) -> None:
 
 
 def _read(segment: Any) -> float:
-    from paracell.kernel_backend._engine import _map_segment
+    from paracell.kernel_backend._enginenames import _map_segment
 
     return float(_map_segment(segment)[::ITEMS].sum())
 

@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._engine import CellOutcome, TaskSpec, run_cell
+from ._engine import TaskSpec
+from ._enginecell import CellOutcome, run_cell
 from ._errors import EnginesDied, InvalidRequest
 from ._jobs import JobError
 from ._names import free_names

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._celljob import CellJob, JobError, JobState, Stop
-from ._engine import CellOutcome
+from ._enginecell import CellOutcome
 from ._errors import is_engine_death
 
 __all__ = ["Verdict", "stop_text", "verdict_of_error", "verdict_of_outcome"]

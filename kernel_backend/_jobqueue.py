@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._celljob import CellJob, JobError, Stop
-from ._engine import run_cell
+from ._enginecell import run_cell
 from ._errors import is_engine_death
 from ._jobend import stopped_verdict, verdict_of_error, verdict_of_outcome
 from ._pool import SETTLE, JobPool

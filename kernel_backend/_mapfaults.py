@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from ._engine import UndefinedNames
+from ._enginenames import UndefinedNames
 from ._errors import InvalidRequest, is_engine_death
 from ._mapfeed import Chunk
 from ._mapjob import MapFailed, _short

@@ -7,7 +7,8 @@ import contextlib
 from operator import itemgetter
 from typing import Any
 
-from ._engine import ChunkOutcome, ItemFailure
+from ._engine import ItemFailure
+from ._enginemap import ChunkOutcome
 from ._mapjob import OnError, RemoteItemError
 
 __all__ = ["SKIPPED", "MapResults"]

@@ -16,7 +16,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ._chunking import ChunkSizer
-from ._engine import ChunkOutcome, TaskSpec, run_chunk
+from ._engine import TaskSpec
+from ._enginemap import ChunkOutcome, run_chunk
 from ._mapengines import MapEngines
 from ._mapfaults import as_given, chunk_error, unsendable
 from ._mapfeed import Chunk, ItemFeed

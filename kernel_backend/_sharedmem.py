@@ -3,7 +3,7 @@
 An array of more than :data:`SHARED_MIN_BYTES` that engines on the kernel's
 own machine need is written once into a file in ``/dev/shm`` (a *segment*);
 each local engine maps that file read-only (see
-:func:`._engine.install_names`), so 2 or 32 engines cost one copy, made at
+:func:`._enginenames.install_names`), so 2 or 32 engines cost one copy, made at
 memory speed instead of sent through the controller once per engine.
 
 Plain files, not :mod:`multiprocessing.shared_memory`: that maps segments

@@ -27,7 +27,7 @@ import cloudpickle
 import numpy as np
 
 from . import _pickling
-from ._engine import install_names, missing_names, unimportable
+from ._enginenames import install_names, missing_names, unimportable
 from ._errors import EnginesDied, InvalidRequest, is_engine_death
 from ._plan import ShippingPlan, check_shippable, plan_shipping
 from ._sharedmem import SHARED_MIN_BYTES, SharedArrays

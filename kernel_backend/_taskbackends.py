@@ -24,10 +24,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._engine import (
+from ._engine import TaskSpec
+from ._enginetasks import (
     _TASK_NS,
     StatementOutcome,
-    TaskSpec,
     _pack_values,
     forget_task_job,
     run_statement,

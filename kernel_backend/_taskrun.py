@@ -4,7 +4,7 @@ As statements finish, the ready statement with the highest bottom level goes
 to the engine where it can start earliest, counting where its inputs live
 (:func:`._taskplan.earliest_engine`).  A value stays in the namespace of the
 engine that made it; another engine that needs it fetches it from there
-directly when both are on one host (:func:`._engine.run_statement`), else
+directly when both are on one host (:func:`._enginetasks.run_statement`), else
 through the notebook.  Names the cell assigns come to the notebook at the end.
 
 The scheduler knows which version of each name every engine holds: the
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._engine import StatementOutcome
+from ._enginetasks import StatementOutcome
 from ._taskbackends import EngineLost, StatementCall, StatementEngines
 from ._taskdata import Holdings
 from ._taskgraph import TaskGraph

@@ -24,7 +24,7 @@ from typing import Any
 
 import ipyparallel as ipp
 
-from paracell.kernel_backend import _engine
+from paracell.kernel_backend import _enginenames
 
 _here = threading.local()  # which fake engine the current thread is
 
@@ -252,7 +252,7 @@ class FakePool:
                 entries[payload.digest] = (payload.kind, payload.payload)
         with self._lock:
             self.shipped.extend(engines)
-        _engine.install_names(entries, (), shipment.sources, *arrays)
+        _enginenames.install_names(entries, (), shipment.sources, *arrays)
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         self._stop_callbacks.append(callback)

@@ -164,7 +164,7 @@ def test_a_failing_job_shows_the_cells_traceback(ip, shared_cluster):
     assert "job 'broken' failed on engine" in str(err)
     assert 'File "<broken>", line 4' in err.remote_traceback
     assert "raise ValueError('nope')" in err.remote_traceback
-    assert "_engine.py" not in err.remote_traceback
+    assert "kernel_backend" not in err.remote_traceback
 
 
 def test_a_reader_of_a_failed_jobs_name_fails_with_its_error(ip, shared_cluster):

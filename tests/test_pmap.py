@@ -193,7 +193,7 @@ def test_an_item_error_names_the_item_and_engine_and_keeps_results(ip, shared_cl
     # the user's code, not paracell's, in the remote traceback
     assert "raise ValueError(f'bad input {x}')" in err.remote_traceback
     assert "in fragile" in err.remote_traceback
-    assert "_engine.py" not in err.remote_traceback
+    assert "kernel_backend" not in err.remote_traceback
     assert "_mapjob.py" not in "".join(err._render_traceback_())
     assert all(err.partial[i] == i for i in err.partial)
     assert {10, 11, 12} <= set(err.partial)  # its own chunk, up to the failure
@@ -504,7 +504,8 @@ def test_a_time_boxed_probe_of_slow_items_stops_and_loses_nothing(ip, shared_clu
 
 
 def test_a_chunk_runs_items_in_order_and_names_the_failed_one():
-    from paracell.kernel_backend._engine import TaskSpec, run_chunk
+    from paracell.kernel_backend._engine import TaskSpec
+    from paracell.kernel_backend._enginemap import run_chunk
 
     base = {"__builtins__": __builtins__}
     spec = TaskSpec(key="unit-ok", element="x * 2", arguments=("x",))
@@ -532,7 +533,8 @@ def test_a_chunk_runs_items_in_order_and_names_the_failed_one():
 
 @pytest.mark.parametrize("timeout", [None, 5.0])
 def test_a_chunk_with_a_budget_stops_starting_items(timeout):
-    from paracell.kernel_backend._engine import TaskSpec, run_chunk
+    from paracell.kernel_backend._engine import TaskSpec
+    from paracell.kernel_backend._enginemap import run_chunk
 
     spec = TaskSpec(
         key=f"unit-budget-{timeout}",

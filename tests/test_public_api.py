@@ -92,3 +92,25 @@ def test_the_backend_does_not_import_display_magics_or_widgets():
             else:
                 continue
             assert not any(word in module for word in forbidden), (path.name, module)
+
+
+def test_the_engine_side_imports_nothing_of_the_kernel_side():
+    """Engines import these modules by name: they stay cheap to import."""
+    import ast
+    import pathlib
+
+    from paracell.kernel_backend._engine import ENGINE_MODULES
+
+    backend = pathlib.Path(paracell.kernel_backend.__file__).parent
+    assert sorted(p.stem for p in backend.glob("_engine*.py")) == sorted(ENGINE_MODULES)
+    allowed = {*ENGINE_MODULES, "_pickling", "_plan", "_seeding"}
+    for name in ENGINE_MODULES:
+        tree = ast.parse((backend / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                modules = [node.module] if node.module else [a.name for a in node.names]
+                assert set(modules) <= allowed, (name, modules)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                module = getattr(node, "module", None) or node.names[0].name
+                assert not module.startswith(("ipyparallel.client", "ipywidgets"))
+                assert module not in ("IPython.display", "paracell"), (name, module)

@@ -1,0 +1,367 @@
+"""Runs on the engines: the chunks of a map (``%pmap``, ``paracell.pmap``).
+
+:func:`run_chunk` runs a chunk's items, each under its seed and timer, with
+what they print marked with their item and their warnings recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _pickling
+from ._engine import (
+    ItemFailure,
+    ItemTimeout,
+    TaskSpec,
+    engine_identity,
+    item_failure,
+    reporting,
+)
+from ._enginenames import build_callable
+from ._seeding import item_seed_sequence, seed_item
+
+__all__ = ["ChunkOutcome", "run_chunk"]
+
+#: A chunk's warnings: (item index, category, message, file, line).
+_Warnings = list[tuple[int, str, str, str, int]]
+
+
+@dataclass
+class ChunkOutcome:
+    """What a chunk returns: values by position, failures, and timings."""
+
+    first: int
+    values: list[Any]
+    failures: list[ItemFailure]
+    started: float
+    seconds: float
+    host: str
+    pid: int
+    interrupted: bool = False
+    # ran out of its time budget: the items after ``values`` were not run
+    stopped: bool = False
+    #: warnings the items raised: (item index, category, message, file, line)
+    warnings: _Warnings = field(default_factory=list)
+
+
+def run_chunk(
+    spec: TaskSpec,
+    first: int,
+    items: Sequence[Any],
+    star: bool = True,
+    base: dict[str, Any] | None = None,
+    budget: float | None = None,
+    check_results: bool = False,
+) -> ChunkOutcome:
+    """Run ``items`` (indices ``first``, ``first + 1``, ...) with the spec's code.
+
+    ``items`` is any sequence: a list, a tuple, or a ``range`` (a slice of a
+    ``range`` input travels as one).  Values come back in order; a failed
+    item leaves a ``None`` placeholder and an :class:`ItemFailure`.  With
+    ``spec.stop_on_error`` the chunk stops at the first failure.
+    KeyboardInterrupt stops the chunk and returns what was done (marked
+    ``interrupted``).  With a ``budget`` (seconds) no item starts after the
+    items have run that long (at least one runs); the outcome is then marked
+    ``stopped`` and the items after its values were not run.
+    ``check_results`` pickles each value here first: a value that cannot
+    travel back becomes its item's failure (the chunk was sent again with it
+    after its reply could not be sent).
+    """
+    _pickling.install()
+    func = build_callable(spec, base)
+    if spec.seed is None:
+        # Unseeded: one independent stream per chunk is enough (and cheap);
+        # no two chunks, hence no two engines, share a state.
+        seed_item(item_seed_sequence(None, first, entropy=spec.entropy))
+    outcome = _run_items(spec, func, first, items, star, budget)
+    if check_results:
+        _check_results(spec, first, outcome.values, outcome.failures)
+    outcome.host, outcome.pid = engine_identity()
+    return outcome
+
+
+def _run_items(
+    spec: TaskSpec,
+    func: Callable[..., Any],
+    first: int,
+    items: Sequence[Any],
+    star: bool,
+    budget: float | None,
+) -> ChunkOutcome:
+    """The outcome of running the items (the engine it ran on is left blank),
+    with what they print marked with their item and their warnings kept."""
+    values: list[Any] = []
+    failures: list[ItemFailure] = []
+    caught: _Warnings = []
+    with reporting():
+        started = time.time()
+        with _items_output(lambda: first + len(values), caught):
+            seconds, interrupted, stopped = _runner(spec)(
+                spec, func, first, items, star, values, failures, budget
+            )
+    return ChunkOutcome(
+        first=first,
+        values=values,
+        failures=failures,
+        started=started,
+        seconds=seconds,
+        host="",
+        pid=0,
+        interrupted=interrupted,
+        stopped=stopped,
+        warnings=caught,
+    )
+
+
+class _ItemStream:
+    """A text stream that starts each line with the item that wrote it.
+
+    The item is read when a line starts (``index()``), so the loop over the
+    items pays nothing for it: items that print nothing cost nothing.
+    """
+
+    def __init__(self, stream: Any, index: Callable[[], int]) -> None:
+        self._stream = stream
+        self._index = index
+        self._at_line_start = True
+
+    def write(self, text: str) -> int:
+        if not text:
+            return 0
+        prefix = f"[item {self._index()}] "
+        out = []
+        for line in text.splitlines(keepends=True):
+            if self._at_line_start:
+                out.append(prefix)
+            out.append(line)
+            self._at_line_start = line.endswith("\n")
+        self._stream.write("".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _items_output(index: Callable[[], int], caught: _Warnings) -> Iterator[None]:
+    """While items run: their printed lines name the item, and their warnings
+    are recorded (every one, with its item) instead of printed, so the
+    notebook can show each warning once with the number of items it came
+    from — as one process's default warning filter would."""
+    import warnings
+
+    def record(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        caught.append((index(), category.__name__, str(message), filename, lineno))
+
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ItemStream(out, index), _ItemStream(err, index)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            yield
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _check_results(
+    spec: TaskSpec, first: int, values: list[Any], failures: list[ItemFailure]
+) -> None:
+    """Turn values that cannot be pickled into their items' failures."""
+    failed = {f.index for f in failures}
+    for offset, value in enumerate(values):
+        if first + offset in failed:
+            continue
+        try:
+            _pickling.dumps(value)
+        except Exception as err:
+            failures.append(
+                ItemFailure(
+                    index=first + offset,
+                    type_name=type(err).__name__,
+                    message=(
+                        f"its result, a {type(value).__name__}, cannot be sent"
+                        f" back to the notebook: {err}"
+                    ),
+                    traceback="",
+                    exception=None,
+                )
+            )
+            values[offset] = None
+            if spec.stop_on_error:
+                del values[offset + 1 :]
+                break
+    failures.sort(key=lambda f: f.index)
+
+
+# -- the loop over a chunk's items -------------------------------------------
+
+
+def _runner(spec: TaskSpec) -> Callable[..., tuple[float, bool, bool]]:
+    """The loop for the spec's items: one by one when each needs its seed or
+    timer, else the loop in C."""
+    if spec.seed is not None or spec.timeout is not None or not _EXTEND_KEEPS_PARTIAL:
+        return _run_each
+    return _run_all
+
+
+def _run_all(
+    spec: TaskSpec,
+    func: Callable[..., Any],
+    first: int,
+    items: Sequence[Any],
+    star: bool,
+    values: list[Any],
+    failures: list[ItemFailure],
+    budget: float | None,
+) -> tuple[float, bool, bool]:
+    """The items of a chunk without per-item work around them (no timeout,
+    no per-item seed): ``list.extend`` over ``map`` runs the loop in C.
+
+    ``values`` holds one entry per item tried, so after an exception its
+    length is the failed item's position.  With a budget the items run in
+    batches of 1, 2, 4, ... with the clock read between batches.  Returns
+    the seconds spent in the items themselves (chunk sizes are derived from
+    them), whether the chunk was interrupted, and whether it stopped at its
+    budget.
+    """
+    it = iter(items)
+    mapper = itertools.starmap if star else map
+    seconds = 0.0
+    batch = 1
+    while True:
+        tic = time.perf_counter()
+        try:
+            if budget is None:
+                values.extend(mapper(func, it))
+                return seconds + time.perf_counter() - tic, False, False
+            while True:
+                before = len(values)
+                values.extend(mapper(func, itertools.islice(it, batch)))
+                if len(values) - before < batch:  # all run
+                    return seconds + time.perf_counter() - tic, False, False
+                if seconds + time.perf_counter() - tic >= budget:
+                    stopped = len(values) < len(items)
+                    return seconds + time.perf_counter() - tic, False, stopped
+                batch *= 2
+        except KeyboardInterrupt:
+            return seconds + time.perf_counter() - tic, True, False
+        except BaseException as err:
+            seconds += time.perf_counter() - tic
+            failures.append(item_failure(first + len(values), err))
+            values.append(None)
+            if spec.stop_on_error:
+                return seconds, False, False
+
+
+def _run_each(
+    spec: TaskSpec,
+    func: Callable[..., Any],
+    first: int,
+    items: Sequence[Any],
+    star: bool,
+    values: list[Any],
+    failures: list[ItemFailure],
+    budget: float | None,
+) -> tuple[float, bool, bool]:
+    """The items of a chunk one by one: seeded per item, each under the timer."""
+    interrupted = stopped = False
+    per_item_seed = spec.seed is not None
+    # the items' own time (chunk sizes are derived from it), not set-up's
+    tic = time.perf_counter()
+    position = 0
+    n = len(items)
+    with _item_timer(spec.timeout) as arm:
+        while position < n:
+            try:
+                for position in range(position, n):  # noqa: B020
+                    if (
+                        budget is not None
+                        and position
+                        and time.perf_counter() - tic >= budget
+                    ):
+                        stopped = True
+                        break
+                    if per_item_seed:
+                        seed_item(item_seed_sequence(spec.seed, first + position))
+                    item = items[position]
+                    arm(True)
+                    values.append(func(*item) if star else func(item))
+                    arm(False)
+                else:
+                    position = n
+                if stopped:
+                    break
+            except KeyboardInterrupt:
+                arm(False)
+                interrupted = True
+                break
+            except BaseException as err:
+                arm(False)
+                failures.append(item_failure(first + position, err))
+                values.append(None)
+                position += 1
+                if spec.stop_on_error:
+                    break
+    return time.perf_counter() - tic, interrupted, stopped
+
+
+def _extend_keeps_partial() -> bool:
+    """Whether ``list.extend`` keeps the items it got before its iterator
+    raised (CPython's does); :func:`_run_all` relies on it to find the
+    failed item."""
+
+    def numbers() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise ValueError
+
+    kept: list[int] = []
+    with contextlib.suppress(ValueError):
+        kept.extend(numbers())
+    return kept == [1, 2]
+
+
+_EXTEND_KEEPS_PARTIAL = _extend_keeps_partial()
+
+
+@contextlib.contextmanager
+def _item_timer(timeout: float | None) -> Iterator[Callable[[bool], None]]:
+    """Yield ``arm(on)``: while armed, ItemTimeout fires after ``timeout`` s.
+
+    Uses SIGALRM, so it works where items run: the process's main thread.
+    """
+    if timeout is None or threading.current_thread() is not threading.main_thread():
+        yield lambda on: None
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise ItemTimeout(f"item ran past its timeout of {timeout:g} s")
+
+    def arm(on: bool) -> None:
+        signal.setitimer(signal.ITIMER_REAL, timeout if on else 0)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    try:
+        yield arm
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
