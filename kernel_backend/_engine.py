@@ -144,11 +144,14 @@ def item_failure(index: int, err: BaseException) -> ItemFailure:
 
 def _user_frames(tb: Any) -> Any:
     """Drop paracell's own frames from the front of a traceback."""
-    while (
-        tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) in _OWN_FILES
-    ):
+    while tb is not None and _is_own(tb.tb_frame.f_code.co_filename):
         tb = tb.tb_next
     return tb
+
+
+def _is_own(filename: str) -> bool:
+    # "<paracell>" (the wrapper's code) is a name, not a path to resolve
+    return filename in _OWN_FILES or os.path.abspath(filename) in _OWN_FILES
 
 
 # -- progress from inside an item ------------------------------------------

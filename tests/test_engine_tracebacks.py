@@ -60,3 +60,23 @@ def test_a_failed_statements_traceback_starts_at_the_statement():
         assert out.skipped
     finally:
         forget_task_job("tb-job")
+
+
+@pytest.mark.parametrize("options", [{}, {"seed": 3}], ids=["in-C", "seeded"])
+def test_a_mapped_functions_traceback_starts_in_the_function(options):
+    from paracell.kernel_backend._engine import WRAPPER_FILENAME
+
+    ns = user_namespace()
+    ns["__paracell_func__"] = ns["fragile"]
+    spec = TaskSpec(
+        key=f"tb-func-{options}",
+        element="__paracell_func__(__paracell_item__)",
+        arguments=("__paracell_item__",),
+        filename=WRAPPER_FILENAME,
+        **options,
+    )
+    out = run_chunk(spec, 0, range(2), False, ns)
+    (failure,) = out.failures
+    assert 'File "<user>", line 2, in fragile' in failure.traceback
+    assert WRAPPER_FILENAME not in failure.traceback
+    assert "kernel_backend" not in failure.traceback
