@@ -31,7 +31,7 @@ from ._engine import install_names, missing_names, unimportable
 from ._errors import EnginesDied, InvalidRequest, is_engine_death
 from ._plan import ShippingPlan, check_shippable, plan_shipping
 from ._sharedmem import SHARED_MIN_BYTES, SharedArrays
-from ._store import digest
+from ._storevalues import digest
 
 __all__ = ["NameShipper", "Shipment", "prepare_shipment"]
 
