@@ -46,7 +46,7 @@ from ._seeding import rng
 from ._session import LAUNCHERS, ClusterSession, default_session
 from ._sizes import format_size
 from ._status import ClusterStatus, EngineRow, StartReport, StopReport
-from ._store import StoreInfo
+from ._storeupkeep import StoreInfo
 from ._taskgraph import TaskGraph, analyze_cell
 from ._taskjob import TaskJob, plan_tasks, submit_tasks
 from ._taskplan import TaskPlan, TaskTimeline

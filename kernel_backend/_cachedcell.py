@@ -19,7 +19,8 @@ from ._cachedmap import open_store, store_name
 from ._errors import ParacellWarning
 from ._fingerprint import Unfingerprintable, code_digest, names_fingerprint
 from ._names import free_names
-from ._store import ResultStore, StoreUnavailable
+from ._store import ResultStore
+from ._storeindex import StoreUnavailable
 
 __all__ = ["CellCache"]
 

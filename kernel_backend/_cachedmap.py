@@ -25,12 +25,12 @@ from ._sizes import format_size, parse_size
 from ._store import (
     DEFAULT_STORE,
     ResultStore,
-    StoreInfo,
-    StoreUnavailable,
     cache_folder,
     set_cache_folder,
     validate_store_name,
 )
+from ._storeindex import StoreUnavailable
+from ._storeupkeep import StoreInfo
 
 __all__ = [
     "CacheReport",

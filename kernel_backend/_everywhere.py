@@ -17,7 +17,7 @@ from ._jobs import JobError
 from ._names import free_names
 from ._pool import OUTPUT_WAIT, SETTLE
 from ._seeding import fresh_entropy
-from ._shipping import Shipment, prepare_shipment
+from ._shipment import Shipment, prepare_shipment
 from ._stale import STUCK_AFTER
 
 __all__ = ["EngineRun", "run_everywhere"]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import ipyparallel as ipp
 
-from ._processes import _queue_status
+from ._ippstate import _queue_status
 
 __all__ = ["IdleReaper"]
 

@@ -24,8 +24,9 @@ import ipyparallel as ipp
 from ._clock import ClockOffset, measure_offsets
 from ._engine import engine_identity
 from ._errors import NoCluster
+from ._ippstate import _queue_status
 from ._ledger import EngineLedger
-from ._processes import _pid_alive, _queue_status
+from ._reaping import _pid_alive
 from ._sharedmem import SharedArrays
 from ._shipping import NameShipper
 

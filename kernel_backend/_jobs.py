@@ -39,7 +39,7 @@ from ._jobqueue import JobQueue
 from ._names import free_names
 from ._pool import JobPool, require_engines, send_to_free_engines, why_no_engines
 from ._seeding import fresh_entropy
-from ._shipping import Shipment, prepare_shipment
+from ._shipment import Shipment, prepare_shipment
 from ._signal import Signal
 
 __all__ = [

@@ -45,7 +45,7 @@ class MapOptions:
     timeout: float | None = None
     on_error: OnError = "raise"
     targets: tuple[int, ...] | None = None
-    #: ship names larger than the limit (see ``_shipping.ship_limit``)
+    #: ship names larger than the limit (see ``_shipment.ship_limit``)
     ship_large: bool = False
 
     def validated(self) -> MapOptions:

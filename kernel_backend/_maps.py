@@ -35,7 +35,7 @@ from ._maprun import _MapRun
 from ._names import element_free_names
 from ._pool import LOCAL_ENGINE, LocalPool
 from ._seeding import fresh_entropy
-from ._shipping import prepare_shipment
+from ._shipment import prepare_shipment
 from ._status import StartReport
 
 __all__ = ["map_comprehension", "map_function"]

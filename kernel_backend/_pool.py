@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ._errors import EnginesDied, InvalidRequest
 
 if TYPE_CHECKING:
-    from ._shipping import Shipment
+    from ._shipment import Shipment
 
 __all__ = [
     "LOCAL_ENGINE",

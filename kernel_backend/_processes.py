@@ -1,6 +1,7 @@
 """The processes and files of a cluster paracell starts with ipyparallel:
-making the ``Cluster``, finding connection files, what its launchers say,
-and stopping every process it started (the session decides when)."""
+making the ``Cluster``, finding connection files, and stopping every process
+it started (the session decides when).  Finding and reaping processes is
+:mod:`._reaping`; what ipyparallel's hub and launchers say, :mod:`._ippstate`."""
 
 from __future__ import annotations
 
@@ -11,15 +12,20 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import ipyparallel as ipp
 import psutil
 from traitlets.config import Config
 
-from ._errors import ClusterStartError, InvalidRequest
+from ._errors import InvalidRequest
 from ._launchers import LaunchPlan
+from ._reaping import (
+    CLUSTER_MARK,
+    _kill_processes,
+    _marked_processes,
+    _reap_processes,
+)
 from ._sharedmem import SharedArrays, shared_memory_dir
 
 #: Engine launchers ``start`` accepts (ipyparallel's names for them).
@@ -31,40 +37,8 @@ LAUNCHERS = ("local", "mpi", "ssh", "slurm", "pbs", "sge", "lsf", "htcondor")
 # missed beats (3 s) before an engine counts as dead keeps busy machines safe.
 _HEARTBEAT_MS = 100
 _HEARTBEAT_MISSES = 30
-_MARK = "PARACELL_CLUSTER_ID"
 
 _log = logging.getLogger("paracell.cluster")
-
-
-def _queue_status(
-    client: ipp.Client, targets: list[int] | None, timeout: float
-) -> dict[Any, Any] | None:
-    """The hub's queue counts per engine, or None if it does not answer in time.
-
-    ``Client.queue_status`` waits for the reply without limit, so a dead
-    controller would hang its caller forever; this sends the same request
-    through the client's IO thread and waits ``timeout`` seconds at most.
-    """
-    try:
-        future = client._send(
-            client._query_stream,
-            "queue_request",
-            content={"targets": targets, "verbose": False},
-        )
-        reply = future.result(timeout=timeout)
-    except Exception:  # timed out, closed, or an older ipyparallel: no answer
-        return None
-    content = dict(reply["content"])
-    if content.pop("status", None) != "ok":
-        return None
-    return {int(k) if str(k).isdigit() else k: v for k, v in content.items()}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
 
 
 def _count(n: int) -> str:
@@ -115,7 +89,7 @@ def _make_cluster(
     # Every process the launchers start carries the cluster's id, so teardown
     # can find all of them, even children a dying controller left behind.
     cluster_id = f"{int(time.time())}-{secrets.token_hex(2)}"
-    config.BaseLauncher.environment = {**(env or {}), _MARK: cluster_id}
+    config.BaseLauncher.environment = {**(env or {}), CLUSTER_MARK: cluster_id}
     # (ssh hosts from the profile: configure() sets the address later)
     kwargs: dict[str, Any] = {"controller_ip": launch.controller_ip}
     if launch.local:
@@ -209,94 +183,6 @@ def _running_cluster_ids(security: str) -> list[str]:
     return sorted(ids)
 
 
-def _check_engines_configured(cluster: ipp.Cluster) -> None:
-    # ipyparallel's ssh launcher takes its hosts from configuration and quietly
-    # starts nothing without them; say so instead of waiting for the timeout.
-    for es in cluster.engines.values():
-        if hasattr(es, "engines") and not es.engines:
-            raise ClusterStartError(
-                f"{type(es).__name__} has no hosts: set"
-                f" c.{type(es).__name__}.engines in the profile's ipcluster_config.py"
-            )
-
-
-def _cancel_waiting(cluster: ipp.Cluster, count: int) -> None:
-    """Cancel up to ``count`` engines still waiting in a batch queue."""
-    for engine_set in reversed(list(cluster.engines.values())):
-        cancel = getattr(engine_set, "cancel_waiting", None)
-        if count > 0 and cancel is not None:
-            count -= cancel(count)
-
-
-def _engine_set_exited(engine_set: Any) -> bool:
-    """Whether every process of an engine set has exited.
-
-    ipyparallel notices a launcher's exit only when its event loop polls;
-    ``mpiexec`` refusing its options exits before that, so ask the process.
-    """
-    if engine_set.state == "after":
-        return True
-    procs = [getattr(el, "process", None) for el in _launchers_of(engine_set)]
-    if not procs or any(p is None for p in procs):
-        return False
-    return all(_process_exited(p) for p in procs)
-
-
-def _process_exited(proc: Any) -> bool:
-    poll = getattr(proc, "poll", None)  # a Popen: also reaps it
-    if poll is not None:
-        return poll() is not None
-    try:
-        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return True
-
-
-def _launchers_of(engine_set: Any) -> list[Any]:
-    launchers = getattr(engine_set, "launchers", None)
-    if isinstance(launchers, dict) and launchers:
-        return list(launchers.values())
-    return [engine_set]
-
-
-def _engine_output(cluster: ipp.Cluster) -> str:
-    chunks = []
-    for es in cluster.engines.values():
-        for el in _launchers_of(es):
-            with contextlib.suppress(Exception):
-                chunks.append(el.get_output() or "")
-    return "\n".join(c for c in chunks if c)
-
-
-def _launcher_failure(cluster: ipp.Cluster, err: BaseException | None) -> str:
-    launcher = getattr(cluster.engine_launcher_class, "__name__", "launcher")
-    text = str(err) if err is not None else _engine_output(cluster)
-    if err is None:
-        output = _tail(text) or "(no output)"
-        return f"engines exited before registering ({launcher}): {output}"
-    return f"{launcher} failed to start: {_tail(text) or type(err).__name__}"
-
-
-def _tail(text: str, lines: int = 3) -> str:
-    kept = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return " | ".join(kept[-lines:])
-
-
-def _cluster_pids(cluster: ipp.Cluster, engines_only: bool = False) -> list[int]:
-    """Pids of the processes the cluster's launchers started, children too."""
-    return _with_descendants(_launcher_pids(cluster, engines_only))
-
-
-def _launcher_pids(cluster: ipp.Cluster, engines_only: bool = False) -> list[int]:
-    """Pids of the processes the cluster's launchers started themselves."""
-    pids: list[Any] = []
-    if not engines_only and cluster.controller is not None:
-        pids.append(getattr(cluster.controller, "pid", None))
-    for es in cluster.engines.values():
-        pids.extend(getattr(el, "pid", None) for el in _launchers_of(es))
-    return [p for p in pids if isinstance(p, int) and p > 0]
-
-
 def _teardown(cluster: ipp.Cluster, pids: list[int], *, local: bool) -> None:
     """Stop the cluster, then make sure nothing is left.
 
@@ -321,49 +207,12 @@ def _teardown(cluster: ipp.Cluster, pids: list[int], *, local: bool) -> None:
     _reap_processes(_marked_processes(cluster.cluster_id))
 
 
-def _kill_processes(pids: list[int], timeout: float = 3.0) -> None:
-    """SIGKILL ``pids`` all at once and wait until they have exited."""
-    procs = []
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(pid)
-            proc.kill()
-            procs.append(proc)
-    _wait_exited(procs, timeout)
-
-
 def _remove_connection_files(cluster: ipp.Cluster) -> None:
     security = os.path.join(cluster.profile_dir, "security")
     for name in ("client", "engine"):
         path = os.path.join(security, f"ipcontroller-{cluster.cluster_id}-{name}.json")
         with contextlib.suppress(OSError):
             os.remove(path)
-
-
-def _marked_processes(cluster_id: str) -> list[int]:
-    """Local processes started for the cluster ``cluster_id`` (by environment).
-
-    Only processes started since the cluster was (its id begins with that
-    time) have their environment read: reading every process's is what
-    made this slow on a busy machine.
-    """
-    started = _cluster_started(cluster_id)
-    found = []
-    for proc in psutil.process_iter(["pid", "create_time"]):
-        with contextlib.suppress(psutil.Error):
-            created = proc.info["create_time"]
-            if started is not None and created is not None and created < started:
-                continue
-            if proc.environ().get(_MARK) == cluster_id:
-                found.append(proc.info["pid"])
-    return found
-
-
-def _cluster_started(cluster_id: str) -> float | None:
-    """When the cluster ``cluster_id`` was made (its id starts with the time
-    in whole seconds; a second's slack for clock rounding), if it says."""
-    head = cluster_id.partition("-")[0]
-    return float(head) - 1.0 if head.isdigit() else None
 
 
 def _shared_arrays(cluster_id: str | None) -> SharedArrays | None:
@@ -374,74 +223,3 @@ def _shared_arrays(cluster_id: str | None) -> SharedArrays | None:
         return None
     tag = "".join(c for c in str(cluster_id or "") if c.isalnum() or c == "-")
     return SharedArrays(folder, tag or secrets.token_hex(4))
-
-
-def _wait_for(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def _with_descendants(pids: Iterable[int]) -> list[int]:
-    """The pids and their children's (an engine's nanny process among them).
-
-    One pass over the process table for all of them (``children()`` reads
-    the whole table once per process asked about).
-    """
-    children: dict[int, list[int]] = {}
-    for proc in psutil.process_iter(["pid", "ppid"]):
-        children.setdefault(proc.info["ppid"], []).append(proc.info["pid"])
-    found: set[int] = set()
-    todo = [pid for pid in pids if psutil.pid_exists(pid)]
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, ()))
-    return sorted(found)
-
-
-def _reap_processes(pids: list[int], grace: float = 0.3) -> None:
-    """Wait for processes to exit; terminate, then kill, what is left.
-
-    Once its engine is gone, an engine's nanny only lingers (it polls its
-    parent every few seconds), so a short grace before SIGTERM is enough.
-    """
-    procs = []
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            procs.append(psutil.Process(pid))
-    alive = _wait_exited(procs, grace)
-    for sig in ("terminate", "kill"):
-        for proc in alive:
-            with contextlib.suppress(psutil.Error):
-                getattr(proc, sig)()
-        alive = _wait_exited(alive, 3.0)
-
-
-def _wait_exited(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Wait until ``procs`` have exited; returns those still running.
-
-    An exited process whose parent is gone stays a zombie until the init
-    process reaps it, which some containers' init does late or never:
-    ``psutil.wait_procs`` waits for the reaping, so a stop would wait out
-    its whole timeout for processes that ended in milliseconds.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = [proc for proc in procs if _running(proc)]
-        if not alive or time.monotonic() >= deadline:
-            return alive
-        time.sleep(0.01)
-
-
-def _running(proc: psutil.Process) -> bool:
-    try:
-        return bool(proc.status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:
-        return True

@@ -32,6 +32,7 @@ from ._demand import Demand
 from ._errors import InvalidRequest, NoCluster
 from ._idle import IdleReaper
 from ._ippclient import IppClient
+from ._ippstate import _cluster_pids, _queue_status
 from ._launchers import LauncherOptions
 from ._ledger import EngineLedger
 from ._limits import check_engine_count
@@ -39,17 +40,14 @@ from ._ondemand import OnDemand
 from ._processes import (
     LAUNCHERS,
     _check_count,
-    _cluster_pids,
     _find_connection_file,
     _make_cluster,
-    _queue_status,
-    _reap_processes,
     _shared_arrays,
     _teardown,
     _thread_env,
-    _with_descendants,
 )
 from ._profiles import check_profile_name
+from ._reaping import _reap_processes, _with_descendants
 from ._shipping import NameShipper
 from ._signal import Signal
 from ._started import DEFAULT_START_TIMEOUT, StartedCluster

@@ -18,6 +18,17 @@ import ipyparallel as ipp
 
 from ._errors import ClusterStartError, InvalidRequest
 from ._ippclient import IppClient
+from ._ippstate import (
+    _cancel_waiting,
+    _check_engines_configured,
+    _engine_output,
+    _engine_set_exited,
+    _launcher_failure,
+    _launcher_pids,
+    _queue_status,
+    _tail,
+    _wait_for,
+)
 from ._launchers import (
     LaunchPlan,
     Waiting,
@@ -27,19 +38,7 @@ from ._launchers import (
     waiting_engines,
 )
 from ._ledger import EngineLedger
-from ._processes import (
-    _cancel_waiting,
-    _check_engines_configured,
-    _engine_output,
-    _engine_set_exited,
-    _launcher_failure,
-    _launcher_pids,
-    _queue_status,
-    _reap_processes,
-    _tail,
-    _wait_for,
-    _with_descendants,
-)
+from ._reaping import _reap_processes, _with_descendants
 
 __all__ = ["DEFAULT_START_TIMEOUT", "StartedCluster"]
 

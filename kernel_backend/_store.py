@@ -15,45 +15,41 @@ stored*: the caller computes the item again (damage is never an error, and
 never a wrong value).  Several kernels may share one folder: SQLite's WAL
 mode lets readers and one writer work at once, and a busy timeout queues
 writers.
+
+Here: where the stores live and the store's reading and writing.  The index
+is :mod:`._storeindex`, how a value lies on disk :mod:`._storevalues`, and
+listing, clearing and the size limit :mod:`._storeupkeep`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import re
 import sqlite3
-import tempfile
-import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import xxhash
-
+from . import _storeupkeep
 from ._errors import InvalidRequest
+from ._storeindex import BATCH, StoreIndex, StoreUnavailable, marks
+from ._storeupkeep import StoreInfo
+from ._storevalues import Unpicklable, decode_value, encode_value, is_whole
 
 __all__ = [
     "DEFAULT_STORE",
     "Damage",
     "ResultStore",
-    "StoreInfo",
     "cache_folder",
-    "digest",
     "set_cache_folder",
     "validate_store_name",
 ]
 
 #: The store ``--cache`` without a name uses.
 DEFAULT_STORE = "default"
-
-#: Values whose bytes are smaller than this live in the index itself: one
-#: SQLite row is far cheaper to write and read than a file.
-INLINE_LIMIT = 64 * 1024
 
 #: Seconds a connection waits for another kernel's write before it gives up
 #: (and the item is computed again, or its result not stored).  Writes are
@@ -62,41 +58,11 @@ INLINE_LIMIT = 64 * 1024
 BUSY_TIMEOUT = 30.0
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_INDEX = "index.sqlite"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    store TEXT NOT NULL,
-    key TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    digest TEXT NOT NULL,
-    data BLOB,
-    created REAL NOT NULL,
-    used REAL NOT NULL,
-    PRIMARY KEY (store, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS stores (name TEXT PRIMARY KEY, used REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-# Keys per query: well under SQLite's limit on bound parameters.
-_BATCH = 500
 
 #: An entry's "last used" time is rewritten only when older than this: the
 #: LRU order needs no finer grain, and rewriting 10,000 rows on every re-run
 #: would cost more than the re-run itself.
 TOUCH_GRAIN = 600.0
-
-
-def digest(*parts: bytes | memoryview) -> str:
-    """Fast content digest (XXH3, 128 bits) as 32 hex digits.
-
-    Not cryptographic: it tells versions of the user's own data apart, and
-    runs near memory speed (a 200 MB array in about 20 ms).
-    """
-    h = xxhash.xxh3_128()
-    for part in parts:
-        h.update(part)
-    return h.hexdigest()
 
 
 # -- where the store lives -----------------------------------------------
@@ -143,26 +109,11 @@ def validate_store_name(name: Any) -> str:
 
 
 @dataclass(frozen=True)
-class StoreInfo:
-    """One named store: its entries, their bytes, when last used, where."""
-
-    name: str
-    entries: int
-    size: int
-    last_used: float | None
-    folder: str
-
-
-@dataclass(frozen=True)
 class Damage:
     """An entry that could not be read back (it is dropped from the index)."""
 
     key: str
     reason: str
-
-
-class StoreUnavailable(Exception):
-    """The index could not be opened or was locked for too long."""
 
 
 # -- the store -----------------------------------------------------------
@@ -182,59 +133,12 @@ class ResultStore:
     def __init__(self, folder: Path, *, busy_timeout: float | None = None) -> None:
         self.folder = Path(folder)
         self.busy_timeout = BUSY_TIMEOUT if busy_timeout is None else busy_timeout
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
+        self._index = StoreIndex(self.folder, self.busy_timeout)
         # store -> when this process last noted its use in the index
         self._noted: dict[str, float] = {}
 
-    # -- connection ------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None:
-            try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(
-                    self.folder / _INDEX,
-                    timeout=self.busy_timeout,
-                    check_same_thread=False,  # guarded by self._lock
-                    isolation_level=None,  # transactions are explicit
-                )
-                conn.execute("PRAGMA journal_mode=WAL")
-                # WAL with synchronous=NORMAL survives a killed kernel; only
-                # a power cut may lose the last commits (which are recomputed)
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.executescript(_SCHEMA)
-            except (sqlite3.Error, OSError) as err:
-                raise StoreUnavailable(str(err)) from err
-            self._conn = conn
-        return self._conn
-
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                conn = self._connect()
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as err:
-                raise StoreUnavailable(str(err)) from err
-            try:
-                yield conn
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as err:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise StoreUnavailable(str(err)) from err
+        self._index.close()
 
     # -- reading ---------------------------------------------------------
 
@@ -246,37 +150,21 @@ class ResultStore:
         wanted = sorted(set(keys))
         if not wanted:
             return True
-        if not (self.folder / _INDEX).exists():
+        if not self._index.exists():
             return False
-        with self._lock:
-            try:
-                conn = self._connect()
-                for start in range(0, len(wanted), _BATCH):
-                    batch = wanted[start : start + _BATCH]
-                    marks = ",".join("?" * len(batch))
-                    rows = conn.execute(
-                        "SELECT key, kind, size FROM entries"
-                        f" WHERE store = ? AND key IN ({marks})",
-                        (store, *batch),
-                    ).fetchall()
-                    if len(rows) < len(batch):
-                        return False
-                    if not all(self._whole(store, *row) for row in rows):
-                        return False
-            except sqlite3.Error as err:
-                raise StoreUnavailable(str(err)) from err
+        with self._index.reading() as conn:
+            for start in range(0, len(wanted), BATCH):
+                batch = wanted[start : start + BATCH]
+                rows = conn.execute(
+                    "SELECT key, kind, size FROM entries"
+                    f" WHERE store = ? AND key IN ({marks(batch)})",
+                    (store, *batch),
+                ).fetchall()
+                if len(rows) < len(batch):
+                    return False
+                if not all(is_whole(self.folder, store, *row) for row in rows):
+                    return False
         return True
-
-    def _whole(self, store: str, key: str, kind: str, size: int) -> bool:
-        """An entry's file is there and not shorter than what was written
-        (a ``.npy`` file is its array's bytes and a header)."""
-        if kind == "inline":
-            return True
-        try:
-            length = self._path(store, key, kind).stat().st_size
-        except OSError:
-            return False
-        return length >= size if kind == "npy" else length == size
 
     def get_many(
         self, store: str, keys: Sequence[str]
@@ -285,27 +173,13 @@ class ResultStore:
         entries found damaged.  Raises :class:`StoreUnavailable`."""
         found: dict[str, Any] = {}
         damaged: list[Damage] = []
-        if not keys or not (self.folder / _INDEX).exists():
+        if not keys or not self._index.exists():
             return found, damaged
-        rows: list[tuple[str, str, str, bytes | None, float]] = []
-        with self._lock:
-            try:
-                conn = self._connect()
-                for start in range(0, len(keys), _BATCH):
-                    batch = keys[start : start + _BATCH]
-                    marks = ",".join("?" * len(batch))
-                    rows += conn.execute(
-                        "SELECT key, kind, digest, data, used FROM entries"
-                        f" WHERE store = ? AND key IN ({marks})",
-                        (store, *batch),
-                    ).fetchall()
-            except sqlite3.Error as err:
-                raise StoreUnavailable(str(err)) from err
         stale = time.time() - TOUCH_GRAIN
         touch = []
-        for key, kind, expected, data, used in rows:
+        for key, kind, expected, data, used in self._entries(store, keys):
             try:
-                found[key] = self._load(store, key, kind, expected, data)
+                found[key] = decode_value(self.folder, store, key, kind, expected, data)
             except Exception as err:  # any failure to read means: not stored
                 damaged.append(Damage(key, f"{type(err).__name__}: {err}"))
                 continue
@@ -317,24 +191,20 @@ class ResultStore:
             self._forget(store, [d.key for d in damaged])
         return found, damaged
 
-    def _load(
-        self, store: str, key: str, kind: str, expected: str, data: bytes | None
-    ) -> Any:
-        if kind == "inline":
-            assert data is not None
-            if digest(data) != expected:
-                raise ValueError("digest mismatch")
-            return pickle.loads(data)
-        path = self._path(store, key, kind)
-        if kind == "npy":
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-            if _array_digest(array) != expected:
-                raise ValueError("digest mismatch")
-            return array
-        blob = path.read_bytes()
-        if digest(blob) != expected:
-            raise ValueError("digest mismatch")
-        return pickle.loads(blob)
+    def _entries(
+        self, store: str, keys: Sequence[str]
+    ) -> list[tuple[str, str, str, bytes | None, float]]:
+        """The index rows of ``keys`` in ``store``: key, kind, digest, data, used."""
+        rows: list[tuple[str, str, str, bytes | None, float]] = []
+        with self._index.reading() as conn:
+            for start in range(0, len(keys), BATCH):
+                batch = keys[start : start + BATCH]
+                rows += conn.execute(
+                    "SELECT key, kind, digest, data, used FROM entries"
+                    f" WHERE store = ? AND key IN ({marks(batch)})",
+                    (store, *batch),
+                ).fetchall()
+        return rows
 
     def _touch(self, store: str, keys: list[str]) -> None:
         # "last used" feeds the LRU eviction; losing an update to a busy
@@ -345,21 +215,21 @@ class ResultStore:
         self._noted[store] = now
         with (
             contextlib.suppress(StoreUnavailable, sqlite3.Error),
-            self._transaction() as conn,
+            self._index.transaction() as conn,
         ):
             conn.execute("INSERT OR REPLACE INTO stores VALUES (?, ?)", (store, now))
-            for start in range(0, len(keys), _BATCH):
-                batch = keys[start : start + _BATCH]
-                marks = ",".join("?" * len(batch))
+            for start in range(0, len(keys), BATCH):
+                batch = keys[start : start + BATCH]
                 conn.execute(
-                    f"UPDATE entries SET used = ? WHERE store = ? AND key IN ({marks})",
+                    "UPDATE entries SET used = ?"
+                    f" WHERE store = ? AND key IN ({marks(batch)})",
                     (now, store, *batch),
                 )
 
     def _forget(self, store: str, keys: list[str]) -> None:
         with (
             contextlib.suppress(StoreUnavailable, sqlite3.Error),
-            self._transaction() as conn,
+            self._index.transaction() as conn,
         ):
             conn.executemany(
                 "DELETE FROM entries WHERE store = ? AND key = ?",
@@ -376,15 +246,17 @@ class ResultStore:
         now = time.time()
         for key, value in values:
             try:
-                kind, size, value_digest, data = self._encode(store, key, value)
-            except _Unpicklable:
+                kind, size, value_digest, data = encode_value(
+                    self.folder, store, key, value
+                )
+            except Unpicklable:
                 unpicklable.append(key)
                 continue
             rows.append((store, key, kind, size, value_digest, data, now, now))
         self._noted[store] = now
         if rows:
             try:
-                with self._transaction() as conn:
+                with self._index.transaction() as conn:
                     conn.execute(
                         "INSERT OR REPLACE INTO stores VALUES (?, ?)", (store, now)
                     )
@@ -396,171 +268,25 @@ class ResultStore:
                     )
             except sqlite3.Error as err:
                 raise StoreUnavailable(str(err)) from err
-            self._enforce_limit()
+            _storeupkeep.enforce_limit(self._index)
         return unpicklable
 
-    def _encode(
-        self, store: str, key: str, value: Any
-    ) -> tuple[str, int, str, bytes | None]:
-        if (
-            isinstance(value, np.ndarray)
-            and not value.dtype.hasobject
-            and value.nbytes >= INLINE_LIMIT
-        ):
-            array = np.ascontiguousarray(value)
-            value_digest = _array_digest(array)
-            self._write(self._path(store, key, "npy"), lambda f: np.save(f, array))
-            return "npy", array.nbytes, value_digest, None
-        blob = _pickle(value)
-        if len(blob) < INLINE_LIMIT:
-            return "inline", len(blob), digest(blob), blob
-        self._write(self._path(store, key, "pkl"), lambda f: f.write(blob))
-        return "pkl", len(blob), digest(blob), None
-
-    def _path(self, store: str, key: str, kind: str) -> Path:
-        return self.folder / "values" / store / f"{key}.{kind}"
-
-    @staticmethod
-    def _write(path: Path, write: Any) -> None:
-        """Write a file atomically: a reader sees no file or all of it."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-    # -- housekeeping ----------------------------------------------------
+    # -- upkeep (:mod:`._storeupkeep`) -----------------------------------
 
     def info(self) -> list[StoreInfo]:
         """One :class:`StoreInfo` per named store in this folder."""
-        if not (self.folder / _INDEX).exists():
-            return []
-        with self._lock:
-            try:
-                rows = (
-                    self._connect()
-                    .execute(
-                        "SELECT store, COUNT(*), SUM(size),"
-                        " MAX(MAX(used), COALESCE((SELECT used FROM stores"
-                        " WHERE name = store), 0)) FROM entries"
-                        " GROUP BY store ORDER BY store"
-                    )
-                    .fetchall()
-                )
-            except sqlite3.Error as err:
-                raise StoreUnavailable(str(err)) from err
-        return [
-            StoreInfo(name, count, int(size or 0), used, str(self.folder))
-            for name, count, size, used in rows
-        ]
+        return _storeupkeep.store_info(self._index)
 
     def clear(self, store: str | None = None) -> int:
         """Remove every entry of ``store`` (all stores: ``None``); returns
         how many entries were removed."""
-        if not (self.folder / _INDEX).exists():
-            return 0
-        where, params = ("WHERE store = ?", (store,)) if store else ("", ())
-        with self._transaction() as conn:
-            removed = conn.execute(f"DELETE FROM entries {where}", params).rowcount
-            conn.execute(f"DELETE FROM stores {where.replace('store', 'name')}", params)
-        values = self.folder / "values"
-        folders = [values / store] if store else list(_children(values))
-        for folder in folders:
-            _remove_tree(folder)
-        return int(removed)
+        return _storeupkeep.clear(self._index, store)
 
     def limit(self) -> int | None:
         """The size limit in bytes over all stores here, or ``None``."""
-        if not (self.folder / _INDEX).exists():
-            return None
-        with self._lock:
-            try:
-                row = (
-                    self._connect()
-                    .execute("SELECT value FROM settings WHERE name = 'limit'")
-                    .fetchone()
-                )
-            except sqlite3.Error as err:
-                raise StoreUnavailable(str(err)) from err
-        return None if row is None else int(row[0])
+        return _storeupkeep.read_limit(self._index)
 
     def set_limit(self, nbytes: int | None) -> int:
         """Keep at most ``nbytes`` over all stores here, evicting the least
         recently used entries; returns how many entries were evicted."""
-        with self._transaction() as conn:
-            if nbytes is None:
-                conn.execute("DELETE FROM settings WHERE name = 'limit'")
-            else:
-                conn.execute(
-                    "INSERT OR REPLACE INTO settings VALUES ('limit', ?)",
-                    (str(int(nbytes)),),
-                )
-        return self._enforce_limit()
-
-    def _enforce_limit(self) -> int:
-        limit = self.limit()
-        if limit is None:
-            return 0
-        with self._transaction() as conn:
-            (total,) = conn.execute(
-                "SELECT COALESCE(SUM(size), 0) FROM entries"
-            ).fetchone()
-            if total <= limit:
-                return 0
-            evicted = []
-            for store, key, kind, size in conn.execute(
-                "SELECT store, key, kind, size FROM entries ORDER BY used, created"
-            ):
-                if total <= limit:
-                    break
-                evicted.append((store, key, kind))
-                total -= size
-            conn.executemany(
-                "DELETE FROM entries WHERE store = ? AND key = ?",
-                [(s, k) for s, k, _ in evicted],
-            )
-        for store, key, kind in evicted:
-            if kind != "inline":
-                with contextlib.suppress(OSError):
-                    self._path(store, key, kind).unlink()
-        return len(evicted)
-
-
-class _Unpicklable(Exception):
-    pass
-
-
-def _pickle(value: Any) -> bytes:
-    try:
-        return pickle.dumps(value, protocol=5)
-    except Exception:
-        pass
-    try:
-        import cloudpickle
-
-        # a lambda or a notebook class in the result
-        return bytes(cloudpickle.dumps(value, protocol=5))
-    except Exception as err:
-        raise _Unpicklable(str(err)) from err
-
-
-def _array_digest(array: np.ndarray[Any, Any]) -> str:
-    # dtype and shape as well as the raw bytes: a reshaped array is another value
-    header = f"{array.dtype.str}{array.shape}".encode()
-    return digest(header, array.data.cast("B"))
-
-
-def _children(folder: Path) -> Iterator[Path]:
-    with contextlib.suppress(OSError):
-        yield from folder.iterdir()
-
-
-def _remove_tree(folder: Path) -> None:
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
+        return _storeupkeep.set_limit(self._index, nbytes)

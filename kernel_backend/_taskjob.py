@@ -25,7 +25,7 @@ from ._jobdelivery import snapshot, wanted_names
 from ._jobs import JobManager
 from ._names import free_names
 from ._seeding import fresh_entropy
-from ._shipping import Shipment, prepare_shipment
+from ._shipment import Shipment, prepare_shipment
 from ._taskbackends import ClusterEngines, StatementEngines
 from ._taskgraph import TaskGraph, analyze_cell
 from ._taskplan import (

@@ -32,11 +32,8 @@ from paracell.kernel_backend._fingerprint import (
     map_fingerprint,
 )
 from paracell.kernel_backend._sizes import parse_size
-from paracell.kernel_backend._store import (
-    ResultStore,
-    StoreUnavailable,
-    validate_store_name,
-)
+from paracell.kernel_backend._store import ResultStore, validate_store_name
+from paracell.kernel_backend._storeindex import StoreUnavailable
 
 
 @pytest.fixture

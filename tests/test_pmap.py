@@ -425,7 +425,9 @@ def test_modules_on_the_notebooks_path_import_on_the_engines(
     assert [type(b) for b in boxes] == [notebook_helpers.Box] * 2
     assert paracell.pmap(lambda b: b.v * 10, boxes, progress=False) == [10, 20]
     for eid in shared_cluster.engine_ids():
-        assert "notebook_helpers" not in shared_cluster.shipper._unimportable[eid]
+        assert (
+            "notebook_helpers" not in shared_cluster.shipper._imports._unimportable[eid]
+        )
 
 
 def test_functions_of_modules_the_engines_cannot_import_travel_by_value(
@@ -453,7 +455,7 @@ def test_functions_of_modules_the_engines_cannot_import_travel_by_value(
     assert "vanished_helpers" not in cloudpickle.list_registry_pickle_by_value()
     # the engines are not asked again: what they could not import is known
     for eid in shared_cluster.engine_ids():
-        assert "vanished_helpers" in shared_cluster.shipper._unimportable[eid]
+        assert "vanished_helpers" in shared_cluster.shipper._imports._unimportable[eid]
     assert paracell.pmap(vanished_helpers.scaled_root, [16], progress=False) == [12.0]
 
 

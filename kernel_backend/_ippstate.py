@@ -1,0 +1,136 @@
+"""What ipyparallel says about a cluster paracell started: the hub's queue
+counts, its engine sets' launchers (their pids, whether they exited, their
+output), engines waiting in a batch queue."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import ipyparallel as ipp
+import psutil
+
+from ._errors import ClusterStartError
+from ._reaping import _with_descendants
+
+
+def _queue_status(
+    client: ipp.Client, targets: list[int] | None, timeout: float
+) -> dict[Any, Any] | None:
+    """The hub's queue counts per engine, or None if it does not answer in time.
+
+    ``Client.queue_status`` waits for the reply without limit, so a dead
+    controller would hang its caller forever; this sends the same request
+    through the client's IO thread and waits ``timeout`` seconds at most.
+    """
+    try:
+        future = client._send(
+            client._query_stream,
+            "queue_request",
+            content={"targets": targets, "verbose": False},
+        )
+        reply = future.result(timeout=timeout)
+    except Exception:  # timed out, closed, or an older ipyparallel: no answer
+        return None
+    content = dict(reply["content"])
+    if content.pop("status", None) != "ok":
+        return None
+    return {int(k) if str(k).isdigit() else k: v for k, v in content.items()}
+
+
+def _check_engines_configured(cluster: ipp.Cluster) -> None:
+    # ipyparallel's ssh launcher takes its hosts from configuration and quietly
+    # starts nothing without them; say so instead of waiting for the timeout.
+    for es in cluster.engines.values():
+        if hasattr(es, "engines") and not es.engines:
+            raise ClusterStartError(
+                f"{type(es).__name__} has no hosts: set"
+                f" c.{type(es).__name__}.engines in the profile's ipcluster_config.py"
+            )
+
+
+def _cancel_waiting(cluster: ipp.Cluster, count: int) -> None:
+    """Cancel up to ``count`` engines still waiting in a batch queue."""
+    for engine_set in reversed(list(cluster.engines.values())):
+        cancel = getattr(engine_set, "cancel_waiting", None)
+        if count > 0 and cancel is not None:
+            count -= cancel(count)
+
+
+def _engine_set_exited(engine_set: Any) -> bool:
+    """Whether every process of an engine set has exited.
+
+    ipyparallel notices a launcher's exit only when its event loop polls;
+    ``mpiexec`` refusing its options exits before that, so ask the process.
+    """
+    if engine_set.state == "after":
+        return True
+    procs = [getattr(el, "process", None) for el in _launchers_of(engine_set)]
+    if not procs or any(p is None for p in procs):
+        return False
+    return all(_process_exited(p) for p in procs)
+
+
+def _process_exited(proc: Any) -> bool:
+    poll = getattr(proc, "poll", None)  # a Popen: also reaps it
+    if poll is not None:
+        return poll() is not None
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def _launchers_of(engine_set: Any) -> list[Any]:
+    launchers = getattr(engine_set, "launchers", None)
+    if isinstance(launchers, dict) and launchers:
+        return list(launchers.values())
+    return [engine_set]
+
+
+def _engine_output(cluster: ipp.Cluster) -> str:
+    chunks = []
+    for es in cluster.engines.values():
+        for el in _launchers_of(es):
+            with contextlib.suppress(Exception):
+                chunks.append(el.get_output() or "")
+    return "\n".join(c for c in chunks if c)
+
+
+def _launcher_failure(cluster: ipp.Cluster, err: BaseException | None) -> str:
+    launcher = getattr(cluster.engine_launcher_class, "__name__", "launcher")
+    text = str(err) if err is not None else _engine_output(cluster)
+    if err is None:
+        output = _tail(text) or "(no output)"
+        return f"engines exited before registering ({launcher}): {output}"
+    return f"{launcher} failed to start: {_tail(text) or type(err).__name__}"
+
+
+def _tail(text: str, lines: int = 3) -> str:
+    kept = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return " | ".join(kept[-lines:])
+
+
+def _cluster_pids(cluster: ipp.Cluster, engines_only: bool = False) -> list[int]:
+    """Pids of the processes the cluster's launchers started, children too."""
+    return _with_descendants(_launcher_pids(cluster, engines_only))
+
+
+def _launcher_pids(cluster: ipp.Cluster, engines_only: bool = False) -> list[int]:
+    """Pids of the processes the cluster's launchers started themselves."""
+    pids: list[Any] = []
+    if not engines_only and cluster.controller is not None:
+        pids.append(getattr(cluster.controller, "pid", None))
+    for es in cluster.engines.values():
+        pids.extend(getattr(el, "pid", None) for el in _launchers_of(es))
+    return [p for p in pids if isinstance(p, int) and p > 0]
+
+
+def _wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
