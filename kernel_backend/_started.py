@@ -16,16 +16,10 @@ from typing import Any
 
 import ipyparallel as ipp
 
+from ._batch import Waiting, waiting_engines
 from ._errors import ClusterStartError, InvalidRequest
 from ._ippclient import IppClient
-from ._launchers import (
-    LaunchPlan,
-    Waiting,
-    configure,
-    place_engines,
-    ssh_engines_running,
-    waiting_engines,
-)
+from ._launchers import LaunchPlan, configure
 from ._ledger import EngineLedger
 from ._processes import (
     _cancel_waiting,
@@ -40,6 +34,7 @@ from ._processes import (
     _wait_for,
     _with_descendants,
 )
+from ._sshhosts import place_engines, ssh_engines_running
 
 __all__ = ["DEFAULT_START_TIMEOUT", "StartedCluster"]
 
