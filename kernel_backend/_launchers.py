@@ -155,7 +155,7 @@ def _check_options(launcher: str, options: LauncherOptions) -> None:
             raise InvalidRequest(f"--extra {options.extra!r}: {err}") from None
 
 
-# -- the plan ----------------------------------------------------------------
+# -- the plan -----------------------------------------------------------------
 
 
 def plan(
@@ -168,68 +168,92 @@ def plan(
     round-robin instead of being refused.
     """
     _check_options(launcher, options)
-    config = Config()
-    extra = shlex.split(options.extra) if options.extra else []
-    hosts: tuple[Host, ...] = ()
     count = (os.cpu_count() or 1) if n is None else n
-    engine_class: Any = launcher
-    ip = options.ip
     if launcher == "local":
-        note = None
-        if options.mem_per_engine is not None:
-            count, note = capped_by_memory(
-                count, options.mem_per_engine, explicit=n is not None
-            )
-        return LaunchPlan(
-            launcher, count, launcher, "127.0.0.1", "127.0.0.1", note=note
-        )
+        return _local_plan(count, options, explicit=n is not None)
+    extra = tuple(shlex.split(options.extra)) if options.extra else ()
     if launcher == "ssh":
-        engine_class = CheckedSSHEngineSetLauncher
-        if extra:
-            config.CheckedSSHEngineSetLauncher.extra_ssh_args = extra
-        if not options.hosts:
-            # the profile's c.SSHEngineSetLauncher.engines, or a mistake:
-            # configure() tells once the profile is read
-            return LaunchPlan(
-                launcher,
-                count,
-                engine_class,
-                ip or "",
-                ip or "",
-                config,
-                extra=tuple(extra),
-                n_given=n is not None,
-                force=force,
-            )
-        hosts = parse_hosts(options.hosts)
-        per_host, count = engines_per_host(hosts, n, force=force)
-        config.SSHEngineSetLauncher.engines = per_host
-        ip = ip or address_towards(hosts[0].name)
-    elif launcher == "mpi":
-        engine_class = MPIEngineSetLauncher
-    elif launcher == "slurm":
-        engine_class = SlurmArrayEngineSetLauncher
+        return _ssh_plan(n, count, options, extra, force=force)
+    return _queue_plan(launcher, count, options, extra, force=force)
+
+
+def _local_plan(count: int, options: LauncherOptions, *, explicit: bool) -> LaunchPlan:
+    """Engines on this machine; with ``--mem-per-engine``, as many as fit."""
+    note = None
+    if options.mem_per_engine is not None:
+        count, note = capped_by_memory(count, options.mem_per_engine, explicit)
+    return LaunchPlan("local", count, "local", "127.0.0.1", "127.0.0.1", note=note)
+
+
+def _ssh_plan(
+    n: int | None,
+    count: int,
+    options: LauncherOptions,
+    extra: tuple[str, ...],
+    *,
+    force: bool,
+) -> LaunchPlan:
+    """Engines over ssh on ``--hosts``, shared by their counts; the controller
+    listens where the first host reaches this machine, unless ``--ip`` says."""
+    config = Config()
+    if extra:
+        config.CheckedSSHEngineSetLauncher.extra_ssh_args = list(extra)
+    ip = options.ip
+    if not options.hosts:
+        # the profile's c.SSHEngineSetLauncher.engines, or a mistake:
+        # configure() tells once the profile is read
+        return LaunchPlan(
+            "ssh",
+            count,
+            CheckedSSHEngineSetLauncher,
+            ip or "",
+            ip or "",
+            config,
+            extra=extra,
+            n_given=n is not None,
+            force=force,
+        )
+    hosts = parse_hosts(options.hosts)
+    per_host, count = engines_per_host(hosts, n, force=force)
+    config.SSHEngineSetLauncher.engines = per_host
+    ip = ip or address_towards(hosts[0].name)
+    engine_class = CheckedSSHEngineSetLauncher
+    return LaunchPlan(
+        "ssh", count, engine_class, ip, _where(ip), config, hosts, extra, force=force
+    )
+
+
+def _queue_plan(
+    launcher: str,
+    count: int,
+    options: LauncherOptions,
+    extra: tuple[str, ...],
+    *,
+    force: bool,
+) -> LaunchPlan:
+    """Engines started by ``mpiexec`` or a batch queue (Slurm, PBS, ...)."""
+    engine_class: Any = launcher
+    if launcher == "mpi":
+        engine_class, config = MPIEngineSetLauncher, Config()
+    else:
+        if launcher == "slurm":
+            engine_class = SlurmArrayEngineSetLauncher
         config = batch_config(launcher, options, extra)
-    elif options.queue:
-        config = batch_config(launcher, options, extra)
+    ip = options.ip
     if ip is None:
         # MPI starts engines on this machine unless told otherwise (--ip with
         # a hostfile in --extra); batch jobs may run anywhere the queue says.
         ip = "127.0.0.1" if launcher == "mpi" else "*"
-    location = ip
-    if ip in ("*", "0.0.0.0"):
-        location = f"all interfaces of {socket.gethostname()}"
     return LaunchPlan(
-        launcher,
-        count,
-        engine_class,
-        ip,
-        location,
-        config,
-        hosts,
-        tuple(extra),
-        force=force,
+        launcher, count, engine_class, ip, _where(ip), config, (), extra, force=force
     )
+
+
+def _where(ip: str) -> str:
+    """How the start report names the address the controller listens on."""
+    if ip in ("*", "0.0.0.0"):
+        return f"all interfaces of {socket.gethostname()}"
+    return ip
 
 
 # -- the configuration --------------------------------------------------------
