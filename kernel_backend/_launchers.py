@@ -1,18 +1,13 @@
-"""How engines get started beyond this machine: MPI, SSH and batch queues.
+"""How engines get started: a launcher's options checked, planned, configured.
 
 ``ClusterSession`` stays launcher-agnostic: it asks :func:`plan` for a
 :class:`LaunchPlan` (validated options, the ipyparallel launcher class to use,
-where the controller listens) and lets the plan configure the ``Cluster``.
-The launchers themselves are ipyparallel's, with three small subclasses:
-
-- :class:`SlurmArrayEngineSetLauncher` submits one Slurm *job array* per
-  engine set, one engine per array task, so a cancelled task costs one
-  engine (its work is retried elsewhere), not all of them, and engines that
-  wait in the queue can be counted and cancelled one by one.
-- :class:`CheckedSSHEngineSetLauncher` tries each host once before starting
-  anything, so a host that refuses the connection is a one-line error
-  instead of a wait for the start timeout.
-- MPI needs none: ``mpiexec`` takes ``--extra`` as its own options.
+where the controller listens) and lets :func:`configure` give the plan to the
+``Cluster``.  The launchers themselves are ipyparallel's, with small
+subclasses where paracell needs them: SSH hosts and their launcher are in
+``_sshhosts``, batch queues (Slurm's job arrays, the engines still queued) in
+``_batch``, how many engines memory holds in ``_limits``.  MPI needs none:
+``mpiexec`` takes ``--extra`` as its own options.
 
 Settings from a profile's ``ipcluster_config.py`` still apply; the options
 given here override them (they go on the command line, or into the direct
@@ -21,50 +16,41 @@ configuration, which ipyparallel merges over the profile's).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import shlex
 import socket
-import subprocess
 import sys
-import time
-from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import psutil
-from ipyparallel.cluster.launcher import (
-    LauncherError,
-    MPIEngineSetLauncher,
-    SlurmEngineSetLauncher,
-    SSHEngineLauncher,
-    SSHEngineSetLauncher,
-)
-from traitlets import List, Unicode
+from ipyparallel.cluster.launcher import MPIEngineSetLauncher
 from traitlets.config import Config
 
+from ._batch import (
+    BATCH_LAUNCHERS,
+    SlurmArrayEngineSetLauncher,
+    batch_config,
+    is_memory,
+    is_slurm_time,
+)
 from ._errors import InvalidRequest
-from ._sizes import parse_size
+from ._limits import capped_by_memory
+from ._sshhosts import (
+    CheckedSSHEngineSetLauncher,
+    Host,
+    address_towards,
+    engines_per_host,
+    parse_hosts,
+)
 
 __all__ = [
-    "BATCH_LAUNCHERS",
-    "CheckedSSHEngineSetLauncher",
-    "Host",
+    "ENGINE_REGISTRATION_TIMEOUT",
     "LaunchPlan",
     "LauncherOptions",
-    "SlurmArrayEngineSetLauncher",
-    "Waiting",
     "accepted_options",
-    "parse_hosts",
-    "place_engines",
+    "configure",
     "plan",
-    "ssh_engines_running",
-    "waiting_engines",
 ]
-
-#: Launchers whose engines wait in a batch queue before they run.
-BATCH_LAUNCHERS = ("slurm", "pbs", "sge", "lsf", "htcondor")
 
 # Which options each launcher uses.  Anything else given to it is a mistake
 # the user should hear about, not a setting silently dropped.
@@ -78,20 +64,6 @@ _ACCEPTS: dict[str, frozenset[str]] = {
     "lsf": frozenset({"queue", "ip"}),
     "htcondor": frozenset({"ip"}),
 }
-
-# Slurm's time formats (sbatch(1)): minutes, minutes:seconds,
-# hours:minutes:seconds, days-hours, days-hours:minutes,
-# days-hours:minutes:seconds; "UNLIMITED" too.
-_TIME = re.compile(
-    r"^(?:\d+(?::\d+){0,2}|\d+-\d+(?::\d+){0,2}|unlimited|infinite)$", re.I
-)
-#: an amount of memory as sbatch takes it (whole numbers: 500M, 4G)
-_MEM = re.compile(r"^(\d+)\s*([KMGT])?(?:I?B)?$", re.I)
-_HOST_NAME = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+$")
-# how long a stop waits for Slurm to see its engines gone
-_SLURM_STOP_WAIT = 30.0
-# ssh gives up on a host that does not answer after this many seconds
-_SSH_CONNECT_TIMEOUT = 10
 
 
 @dataclass(frozen=True)
@@ -114,20 +86,6 @@ class LauncherOptions:
     def given(self) -> list[str]:
         """Names of the options that were given."""
         return [name for name, value in vars(self).items() if value is not None]
-
-
-@dataclass(frozen=True)
-class Host:
-    """One ``--hosts`` entry: ``[user@]name[:count]``."""
-
-    name: str
-    user: str | None = None
-    count: int | None = None
-
-    @property
-    def location(self) -> str:
-        """``user@name`` or ``name``: what ssh is given."""
-        return f"{self.user}@{self.name}" if self.user else self.name
 
 
 @dataclass(frozen=True)
@@ -157,139 +115,7 @@ class LaunchPlan:
         return self.launcher in BATCH_LAUNCHERS
 
 
-@dataclass(frozen=True)
-class Waiting:
-    """Engines asked for but not registered yet, and why (for the status line)."""
-
-    count: int
-    reason: str = ""  # e.g. "queued in Slurm, job 1234"
-
-    def __str__(self) -> str:
-        return f"{self.count} waiting" + (f" ({self.reason})" if self.reason else "")
-
-
-# -- options -----------------------------------------------------------------
-
-
-def parse_hosts(text: str) -> tuple[Host, ...]:
-    """``alice@node1,node2:4`` -> hosts; raises ``InvalidRequest`` when malformed."""
-    hosts = []
-    for raw in text.split(","):
-        entry = raw.strip()
-        user, _, rest = entry.rpartition("@") if "@" in entry else ("", "", entry)
-        name, sep, count_text = rest.partition(":")
-        if not name or (user == "" and "@" in entry):
-            raise InvalidRequest(
-                f"--hosts has an empty host name in {text!r};"
-                " write [user@]host[:count],... e.g. alice@node1,node2:4"
-            )
-        if not _HOST_NAME.match(name):
-            raise InvalidRequest(f"--hosts: {name!r} is not a host name")
-        count = None
-        if sep:
-            if not count_text.isdigit() or int(count_text) < 1:
-                raise InvalidRequest(
-                    f"--hosts: the engine count after {name}: must be a whole"
-                    f" number >= 1, not {count_text!r}"
-                )
-            count = int(count_text)
-        hosts.append(Host(name, user or None, count))
-    return tuple(hosts)
-
-
-def engines_per_host(
-    hosts: Sequence[Host], n: int | None, *, force: bool = False
-) -> tuple[dict[str, int], int]:
-    """Share ``n`` engines among ``hosts``; returns ``{location: count}`` and n.
-
-    Hosts with a ``:count`` get that many; the others share what is left
-    (one each when ``n`` is not given).  With every host counted, more
-    engines than the counts' sum are refused, unless ``force``: then the
-    rest go round-robin (see :func:`place_engines`).
-    """
-    fixed = sum(h.count or 0 for h in hosts)
-    free = [h for h in hosts if h.count is None]
-    if n is None:
-        n = fixed + len(free)
-    if force and not free and n > fixed:
-        return place_engines(hosts, {}, n, force=True), n
-    if n < fixed or (n > fixed and not free) or (free and n - fixed < len(free)):
-        given = ", ".join(f"{h.location}:{h.count or '?'}" for h in hosts)
-        raise InvalidRequest(
-            f"-n {n} does not fit --hosts {given}: give -n equal to the counts'"
-            " sum, or leave some hosts without a count to take the rest"
-        )
-    share, extra = divmod(n - fixed, len(free)) if free else (0, 0)
-    counts: dict[str, int] = {}
-    for h in hosts:
-        if h.count is not None:
-            add = h.count
-        else:
-            add = share + (1 if extra > 0 else 0)
-            extra -= 1
-        counts[h.location] = counts.get(h.location, 0) + add
-    return counts, n
-
-
-def place_engines(
-    hosts: Sequence[Host], running: dict[str, int], count: int, *, force: bool = False
-) -> dict[str, int]:
-    """Where ``count`` more engines go, with ``running`` ({location: engines})
-    already up: ``{location: new engines}``.
-
-    A host's ``:count`` is the most engines it takes, as at the start: free
-    places on counted hosts are filled first, in the order given, then hosts
-    without a count take the rest, the least loaded first.  With no place
-    left, ``force`` places the rest round-robin over every host (the least
-    loaded first); without it the request is refused (``InvalidRequest``),
-    before anything starts.
-    """
-    load = {h.location: running.get(h.location, 0) for h in hosts}
-    placed: dict[str, int] = {}
-
-    def put(location: str) -> None:
-        load[location] += 1
-        placed[location] = placed.get(location, 0) + 1
-
-    for _ in range(count):
-        open_ = [h for h in hosts if h.count is not None and load[h.location] < h.count]
-        if open_:
-            put(open_[0].location)
-            continue
-        candidates = [h for h in hosts if h.count is None] or (
-            list(hosts) if force else []
-        )
-        if not candidates:
-            room = sum(h.count or 0 for h in hosts)
-            given = ",".join(f"{h.location}:{h.count}" for h in hosts)
-            up = sum(running.get(h.location, 0) for h in hosts)
-            raise InvalidRequest(
-                f"{up + count} engines do not fit --hosts {given} (room for"
-                f" {room}); list more hosts, leave one without a :count, or use"
-                " --force to place the rest round-robin"
-            )
-        # the least loaded; among equals, the first listed
-        put(min(candidates, key=lambda h: load[h.location]).location)
-    return placed
-
-
-def ssh_engines_running(cluster: Any, pids: Collection[int]) -> dict[str, int]:
-    """{location: engines up there} over ``cluster``'s SSH engine sets, for
-    the engines whose pids are ``pids`` (those registered and not removed).
-
-    ipyparallel starts each engine in the background on its host and learns
-    of its end only when a poll over ssh, seconds later, runs on an event
-    loop; the registered engines are the truth.
-    """
-    running: dict[str, int] = {}
-    for engine_set in list(getattr(cluster, "engines", {}).values()):
-        if not isinstance(engine_set, SSHEngineSetLauncher):
-            continue
-        for key, launcher in list(engine_set.launchers.items()):
-            if getattr(launcher, "pid", None) in pids:
-                location = str(key).rpartition("/")[0]
-                running[location] = running.get(location, 0) + 1
-    return running
+# -- options ------------------------------------------------------------------
 
 
 def accepted_options(launcher: str) -> frozenset[str]:
@@ -298,6 +124,8 @@ def accepted_options(launcher: str) -> frozenset[str]:
 
 
 def _check_options(launcher: str, options: LauncherOptions) -> None:
+    """Refuse options ``launcher`` does not use, then malformed values, in
+    this order: with several mistakes, the first found is the one told."""
     accepted = _ACCEPTS.get(launcher, frozenset())
     for name in options.given():
         if name not in accepted:
@@ -305,14 +133,14 @@ def _check_options(launcher: str, options: LauncherOptions) -> None:
             where = f"only {', '.join(users)} use it" if users else "none uses it"
             flag = name.replace("_", "-")
             raise InvalidRequest(f"the {launcher} launcher ignores --{flag} ({where})")
-    if options.time is not None and not _TIME.match(options.time.strip()):
+    if options.time is not None and not is_slurm_time(options.time):
         raise InvalidRequest(
             f"--time {options.time!r} is not a Slurm time limit; write minutes,"
             " hours:minutes:seconds or days-hours[:minutes], e.g. 1:00:00"
         )
     memory = (("--mem", options.mem), ("--mem-per-engine", options.mem_per_engine))
     for flag, value in memory:
-        if value is not None and not _MEM.match(value.strip()):
+        if value is not None and not is_memory(value):
             raise InvalidRequest(
                 f"{flag} {value!r} is not an amount of memory; write e.g. 500M or 4G"
             )
@@ -327,93 +155,7 @@ def _check_options(launcher: str, options: LauncherOptions) -> None:
             raise InvalidRequest(f"--extra {options.extra!r}: {err}") from None
 
 
-def memory_bytes(text: str) -> int:
-    """``500MB``, ``4G``, ``2GiB`` -> bytes (K, M, G, T are powers of 1024)."""
-    return parse_size(text, binary=True, what="an amount of memory", example="500M")
-
-
-def _capped_by_memory(
-    n: int, per_engine: str, explicit: bool
-) -> tuple[int, str | None]:
-    """At most as many engines as available memory holds, ``per_engine`` each.
-
-    Returns the count and, when it capped, the sentence that says so.
-    """
-    need = memory_bytes(per_engine)
-    available = int(psutil.virtual_memory().available)
-    fits = available // max(1, need)
-    gib = available / 1024**3
-    if fits < 1:
-        raise InvalidRequest(
-            f"not enough memory for one engine of {per_engine}"
-            f" ({gib:.1f} GiB available)"
-        )
-    if n <= fits:
-        return n, None
-    asked = f"-n {n}" if explicit else f"one per CPU: {n}"
-    return fits, (
-        f"capped at {fits} engine{'' if fits == 1 else 's'} ({asked}):"
-        f" {gib:.1f} GiB available, {per_engine.strip()} each"
-    )
-
-
-def _slurm_memory(text: str) -> str:
-    """``4G``, ``500MB``, ``4 GiB`` -> what sbatch understands (``4G``, ``500M``)."""
-    match = _MEM.match(text.strip())
-    assert match is not None
-    number, unit = match.groups()
-    return number + (unit or "M").upper()
-
-
-# -- where the controller listens ---------------------------------------------
-
-
-def address_towards(host: str) -> str:
-    """This machine's address on the interface that routes to ``host``.
-
-    A UDP socket's ``connect`` picks the route without sending anything.
-    """
-    try:
-        target = socket.getaddrinfo(
-            _ssh_hostname(host), 22, socket.AF_INET, socket.SOCK_DGRAM
-        )[0][4]
-    except OSError as err:
-        raise InvalidRequest(
-            f"--hosts: cannot resolve {host!r} ({err}); give --ip ADDR, the"
-            " address engines there reach this machine at"
-        ) from None
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(target)
-        except OSError as err:
-            raise InvalidRequest(f"--hosts: no route to {host!r} ({err})") from None
-        return str(probe.getsockname()[0])
-
-
-def _ssh_hostname(host: str) -> str:
-    """The name ssh connects to for ``host`` (an alias in ~/.ssh/config too).
-
-    ``ssh -G`` only reads the configuration; it connects nowhere.
-    """
-    try:
-        out = subprocess.run(
-            ["ssh", "-G", host],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return host
-    for line in out.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "hostname" and value.strip():
-            return value.strip()
-    return host
-
-
-# -- the plan ----------------------------------------------------------------
+# -- the plan -----------------------------------------------------------------
 
 
 def plan(
@@ -426,85 +168,95 @@ def plan(
     round-robin instead of being refused.
     """
     _check_options(launcher, options)
-    config = Config()
-    extra = shlex.split(options.extra) if options.extra else []
-    hosts: tuple[Host, ...] = ()
     count = (os.cpu_count() or 1) if n is None else n
-    engine_class: Any = launcher
-    ip = options.ip
     if launcher == "local":
-        note = None
-        if options.mem_per_engine is not None:
-            count, note = _capped_by_memory(
-                count, options.mem_per_engine, explicit=n is not None
-            )
-        return LaunchPlan(
-            launcher, count, launcher, "127.0.0.1", "127.0.0.1", note=note
-        )
+        return _local_plan(count, options, explicit=n is not None)
+    extra = tuple(shlex.split(options.extra)) if options.extra else ()
     if launcher == "ssh":
-        engine_class = CheckedSSHEngineSetLauncher
-        if extra:
-            config.CheckedSSHEngineSetLauncher.extra_ssh_args = extra
-        if not options.hosts:
-            # the profile's c.SSHEngineSetLauncher.engines, or a mistake:
-            # configure() tells once the profile is read
-            return LaunchPlan(
-                launcher,
-                count,
-                engine_class,
-                ip or "",
-                ip or "",
-                config,
-                extra=tuple(extra),
-                n_given=n is not None,
-                force=force,
-            )
-        hosts = parse_hosts(options.hosts)
-        per_host, count = engines_per_host(hosts, n, force=force)
-        config.SSHEngineSetLauncher.engines = per_host
-        ip = ip or address_towards(hosts[0].name)
-    elif launcher == "mpi":
-        engine_class = MPIEngineSetLauncher
-    elif launcher == "slurm":
-        engine_class = SlurmArrayEngineSetLauncher
-        sbatch = []
-        if options.queue:
-            sbatch.append(f"--partition={options.queue}")
-        if options.time:
-            sbatch.append(f"--time={options.time.strip()}")
-        if options.account:
-            sbatch.append(f"--account={options.account}")
-        if options.mem:
-            sbatch.append(f"--mem={_slurm_memory(options.mem)}")
-        config.SlurmArrayEngineSetLauncher.sbatch_options = sbatch + extra
-    elif options.queue:
-        config[_BATCH_CLASSES[launcher]].queue = options.queue
+        return _ssh_plan(n, count, options, extra, force=force)
+    return _queue_plan(launcher, count, options, extra, force=force)
+
+
+def _local_plan(count: int, options: LauncherOptions, *, explicit: bool) -> LaunchPlan:
+    """Engines on this machine; with ``--mem-per-engine``, as many as fit."""
+    note = None
+    if options.mem_per_engine is not None:
+        count, note = capped_by_memory(count, options.mem_per_engine, explicit)
+    return LaunchPlan("local", count, "local", "127.0.0.1", "127.0.0.1", note=note)
+
+
+def _ssh_plan(
+    n: int | None,
+    count: int,
+    options: LauncherOptions,
+    extra: tuple[str, ...],
+    *,
+    force: bool,
+) -> LaunchPlan:
+    """Engines over ssh on ``--hosts``, shared by their counts; the controller
+    listens where the first host reaches this machine, unless ``--ip`` says."""
+    config = Config()
+    if extra:
+        config.CheckedSSHEngineSetLauncher.extra_ssh_args = list(extra)
+    ip = options.ip
+    if not options.hosts:
+        # the profile's c.SSHEngineSetLauncher.engines, or a mistake:
+        # configure() tells once the profile is read
+        return LaunchPlan(
+            "ssh",
+            count,
+            CheckedSSHEngineSetLauncher,
+            ip or "",
+            ip or "",
+            config,
+            extra=extra,
+            n_given=n is not None,
+            force=force,
+        )
+    hosts = parse_hosts(options.hosts)
+    per_host, count = engines_per_host(hosts, n, force=force)
+    config.SSHEngineSetLauncher.engines = per_host
+    ip = ip or address_towards(hosts[0].name)
+    engine_class = CheckedSSHEngineSetLauncher
+    return LaunchPlan(
+        "ssh", count, engine_class, ip, _where(ip), config, hosts, extra, force=force
+    )
+
+
+def _queue_plan(
+    launcher: str,
+    count: int,
+    options: LauncherOptions,
+    extra: tuple[str, ...],
+    *,
+    force: bool,
+) -> LaunchPlan:
+    """Engines started by ``mpiexec`` or a batch queue (Slurm, PBS, ...)."""
+    engine_class: Any = launcher
+    if launcher == "mpi":
+        engine_class, config = MPIEngineSetLauncher, Config()
+    else:
+        if launcher == "slurm":
+            engine_class = SlurmArrayEngineSetLauncher
+        config = batch_config(launcher, options, extra)
+    ip = options.ip
     if ip is None:
         # MPI starts engines on this machine unless told otherwise (--ip with
         # a hostfile in --extra); batch jobs may run anywhere the queue says.
         ip = "127.0.0.1" if launcher == "mpi" else "*"
-    location = ip
-    if ip in ("*", "0.0.0.0"):
-        location = f"all interfaces of {socket.gethostname()}"
     return LaunchPlan(
-        launcher,
-        count,
-        engine_class,
-        ip,
-        location,
-        config,
-        hosts,
-        tuple(extra),
-        force=force,
+        launcher, count, engine_class, ip, _where(ip), config, (), extra, force=force
     )
 
 
-_BATCH_CLASSES = {
-    "pbs": "PBSEngineSetLauncher",
-    "sge": "SGEEngineSetLauncher",
-    "lsf": "LSFEngineSetLauncher",
-    "htcondor": "HTCondorEngineSetLauncher",
-}
+def _where(ip: str) -> str:
+    """How the start report names the address the controller listens on."""
+    if ip in ("*", "0.0.0.0"):
+        return f"all interfaces of {socket.gethostname()}"
+    return ip
+
+
+# -- the configuration --------------------------------------------------------
 
 
 def configure(cluster: Any, launch: LaunchPlan) -> LaunchPlan:
@@ -588,203 +340,3 @@ def _hosts_from_profile(cluster: Any, launch: LaunchPlan) -> LaunchPlan:
     # the profile's counts hold as --hosts counts do
     hosts = tuple(Host(str(h), count=c) for h, c in zip(engines, counts, strict=True))
     return replace(launch, n=n, controller_ip=ip, location=ip, hosts=hosts)
-
-
-# -- launchers ---------------------------------------------------------------
-
-
-class SlurmArrayEngineSetLauncher(SlurmEngineSetLauncher):  # type: ignore[misc]
-    """Engines as one Slurm job array: array task *i* runs engine *i*.
-
-    A task cancelled (``scancel 1234_3``), preempted or out of time takes one
-    engine with it; the others keep running.  Options in ``sbatch_options``
-    go on ``sbatch``'s command line, so they override the script's
-    ``#SBATCH`` lines (a profile's template included).
-    """
-
-    default_template = Unicode(
-        """#!/bin/sh
-#SBATCH --export=ALL
-#SBATCH --job-name=ipengine-{cluster_id}
-#SBATCH --ntasks=1
-#SBATCH --array=1-{n}
-#SBATCH --open-mode=append
-exec {program_and_args}
-"""
-    )
-    sbatch_options = List(
-        Unicode(), config=True, help="More sbatch options (override the script's)"
-    )
-
-    def find_args(self) -> list[str]:
-        return [*self.submit_command, *self.sbatch_options, self.batch_file]
-
-    def stop(self) -> str:
-        # scancel of a finished job fails; stopping what has ended is no error
-        try:
-            output = str(super().stop())
-        except (subprocess.CalledProcessError, OSError) as err:
-            self.notify_stop({"job_id": self.job_id, "output": str(err)})
-            return ""
-        # stopped means gone from the queue, not "completing": a cluster
-        # stopped and started again must not find its old engines running
-        deadline = time.monotonic() + _SLURM_STOP_WAIT
-        while self.tasks() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return output
-
-    def tasks(self) -> list[tuple[str, str]]:
-        """(task id, state) of each array task still in the queue."""
-        if not self.job_id:
-            return []
-        try:
-            out = subprocess.run(
-                ["squeue", "-h", "-r", "-j", self.job_id, "-o", "%i %T"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
-            return []
-        found = []
-        for line in out.splitlines():
-            task, _, state = line.strip().partition(" ")
-            if task:
-                found.append((task, state))
-        return found
-
-    def cancel_waiting(self, count: int) -> int:
-        """Cancel up to ``count`` tasks still pending, newest first."""
-        pending = [t for t, state in self.tasks() if state == "PENDING"]
-        chosen = pending[::-1][:count]
-        if chosen:
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                subprocess.run(
-                    ["scancel", *chosen], capture_output=True, timeout=10, check=False
-                )
-        return len(chosen)
-
-
-class _SSHEngineLauncher(SSHEngineLauncher):  # type: ignore[misc]
-    """One engine over ssh; stopped on purpose, its log is not fetched.
-
-    Fetching a remote log takes three ssh round trips per engine; the log
-    only matters when an engine fails on its own (then it is fetched).
-    """
-
-    _stopping = False
-
-    async def stop(self) -> Any:
-        self._stopping = True
-        return await super().stop()
-
-    def get_output(self, remove: bool = False) -> str:
-        if self._stopping:
-            return ""
-        return str(super().get_output(remove=remove))
-
-
-class CheckedSSHEngineSetLauncher(SSHEngineSetLauncher):  # type: ignore[misc]
-    """ipyparallel's SSH engines, after checking that every host answers.
-
-    ssh runs non-interactively (``BatchMode``): a host that wants a password
-    fails at once instead of waiting for one nobody types.
-    """
-
-    launcher_class = _SSHEngineLauncher
-    extra_ssh_args = List(Unicode(), config=True, help="More ssh options")
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        # ssh takes the first value given for an option: the profile's own
-        # ssh_args come first and win over these defaults
-        defaults = [
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            f"ConnectTimeout={_SSH_CONNECT_TIMEOUT}",
-        ]
-        extra = list(self.extra_ssh_args)
-        # (traits set in ipyparallel's untyped classes: mypy sees no type)
-        ssh_args: list[str] = list(self.ssh_args)  # type: ignore[has-type]
-        scp_args: list[str] = list(self.scp_args)  # type: ignore[has-type]
-        self.ssh_args = [*ssh_args, *extra, *defaults]
-        # scp (fetching a failed engine's log) shares ssh's -F, -i and -o;
-        # its other letters mean other things (-p, -P)
-        self.scp_args = [*scp_args, *_scp_compatible(extra), *defaults]
-
-    def start(self, n: int) -> Any:
-        for location in self.engines:
-            self._check_host(location)
-        return super().start(n)
-
-    def _check_host(self, location: str) -> None:
-        command = [*self.ssh_cmd, *self.ssh_args, location, "true"]
-        try:
-            done = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                stdin=subprocess.DEVNULL,
-                timeout=_SSH_CONNECT_TIMEOUT + 5,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise LauncherError(f"ssh {location}: no answer") from None
-        except OSError as err:
-            raise LauncherError(f"ssh {location}: {err}") from None
-        if done.returncode != 0:
-            lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
-            why = lines[-1] if lines else f"exit code {done.returncode}"
-            raise LauncherError(f"ssh {location}: {why}")
-
-
-def _scp_compatible(ssh_args: Sequence[str]) -> list[str]:
-    """The options among ``ssh_args`` that scp takes too, with their values."""
-    kept: list[str] = []
-    args = iter(ssh_args)
-    for arg in args:
-        if arg in ("-F", "-i", "-o"):
-            kept += [arg, next(args, "")]
-        elif arg[:2] in ("-F", "-i", "-o"):
-            kept.append(arg)
-    return kept
-
-
-# -- queue state ---------------------------------------------------------------
-
-
-def waiting_engines(cluster: Any, target: int, registered: int) -> Waiting | None:
-    """Engines asked for that have not registered, and where they wait.
-
-    For Slurm the queue decides: engines whose tasks were cancelled or ended
-    are not coming, whatever the target says.
-    """
-    missing = target - registered
-    slurm = [
-        es
-        for es in list(getattr(cluster, "engines", {}).values())
-        if isinstance(es, SlurmArrayEngineSetLauncher)
-    ]
-    if slurm:
-        jobs, queued, in_queue = [], 0, 0
-        for engine_set in slurm:
-            states = [state for _, state in engine_set.tasks()]
-            if states:
-                jobs.append(engine_set.job_id)
-                queued += states.count("PENDING")
-                in_queue += sum(1 for s in states if s in _SLURM_ALIVE)
-        missing = min(missing, in_queue - registered)
-        if missing <= 0:
-            return None
-        label = "job" if len(jobs) == 1 else "jobs"
-        where = "queued in Slurm" if queued else "starting in Slurm"
-        return Waiting(missing, f"{where}, {label} {', '.join(jobs)}")
-    if missing <= 0:
-        return None
-    return Waiting(missing, "starting")
-
-
-# Slurm job states of tasks whose engine is still to come or running
-_SLURM_ALIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "RESIZING"})

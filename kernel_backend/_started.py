@@ -16,6 +16,7 @@ from typing import Any
 
 import ipyparallel as ipp
 
+from ._batch import Waiting, waiting_engines
 from ._errors import ClusterStartError, InvalidRequest
 from ._ippclient import IppClient
 from ._ippstate import (
@@ -29,16 +30,10 @@ from ._ippstate import (
     _tail,
     _wait_for,
 )
-from ._launchers import (
-    LaunchPlan,
-    Waiting,
-    configure,
-    place_engines,
-    ssh_engines_running,
-    waiting_engines,
-)
+from ._launchers import LaunchPlan, configure
 from ._ledger import EngineLedger
 from ._reaping import _reap_processes, _with_descendants
+from ._sshhosts import place_engines, ssh_engines_running
 
 __all__ = ["DEFAULT_START_TIMEOUT", "StartedCluster"]
 

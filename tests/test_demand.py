@@ -11,8 +11,8 @@ from IPython.core.error import UsageError
 import paracell
 from paracell.kernel_backend import InvalidRequest, default_session
 from paracell.kernel_backend._demand import Demand, check_demand
-from paracell.kernel_backend._launchers import engines_per_host, parse_hosts
-from paracell.kernel_backend._launchers import place_engines as place
+from paracell.kernel_backend._sshhosts import engines_per_host, parse_hosts
+from paracell.kernel_backend._sshhosts import place_engines as place
 from paracell.widgets._panel import ClusterPanel
 
 from conftest import wait_until

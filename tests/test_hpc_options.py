@@ -12,13 +12,9 @@ from IPython.core.error import UsageError
 
 import paracell
 from paracell.kernel_backend import InvalidRequest, LauncherOptions, default_session
-from paracell.kernel_backend._launchers import (
-    Host,
-    engines_per_host,
-    memory_bytes,
-    parse_hosts,
-    plan,
-)
+from paracell.kernel_backend._launchers import plan
+from paracell.kernel_backend._limits import memory_bytes
+from paracell.kernel_backend._sshhosts import Host, engines_per_host, parse_hosts
 
 pytestmark = pytest.mark.hpc
 
