@@ -291,7 +291,9 @@ class MapJob(concurrent.futures.Future):  # type: ignore[type-arg]
             out.append(f"{category}: {message} ({where})")
         return tuple(out)
 
-    def _add_lines(self, engine: int | None, text: str) -> list[str]:
+    # -- what the map's loop reports (``_maprun``) --------------------------
+
+    def add_lines(self, engine: int | None, text: str) -> list[str]:
         """Take printed text from ``engine``; returns the new lines as shown."""
         added = []
         for raw in text.splitlines():
@@ -302,7 +304,7 @@ class MapJob(concurrent.futures.Future):  # type: ignore[type-arg]
             added.append(shown)
         return added
 
-    def _add_warnings(self, caught: Sequence[tuple[int, str, str, str, int]]) -> bool:
+    def add_warnings(self, caught: Sequence[tuple[int, str, str, str, int]]) -> bool:
         """Count warnings by kind; True if one was seen for the first time."""
         new = False
         for item, category, message, filename, lineno in caught:
@@ -326,9 +328,19 @@ class MapJob(concurrent.futures.Future):  # type: ignore[type-arg]
         returns a function that unsubscribes."""
         return self._updates.subscribe(observer)
 
-    def _emit(self, event: MapProgress) -> None:
+    def emit(self, event: MapProgress) -> None:
+        """Make ``event`` the map's progress and tell the observers."""
         self._progress = event
         self._updates.emit(event)
+
+    def set_running(self, running: bool) -> None:
+        """Whether the map's loop is running it now."""
+        self._running = running
+
+    def run_in_thread(self, target: Callable[[], None]) -> None:
+        """Run the map's loop in a thread of its own (``--async``)."""
+        self._thread = threading.Thread(target=target, name="paracell-map", daemon=True)
+        self._thread.start()
 
     def running(self) -> bool:
         return self._running and not self.done()

@@ -18,7 +18,7 @@ class TaskOutput:
     """The printed output of a map's tasks, taken as whole lines.
 
     ``add_lines(engine, text)`` keeps a task's new text and returns the lines
-    to show (see :meth:`._mapjob.MapJob._add_lines`).  A task is dropped from
+    to show (see :meth:`._mapjob.MapJob.add_lines`).  A task is dropped from
     ``pool``'s caches once its output has been read to the end.
     """
 

@@ -92,7 +92,7 @@ class _MapRun:
             results=self.results,
             cache=cache,
         )
-        self.output = TaskOutput(pool, job._add_lines)
+        self.output = TaskOutput(pool, job.add_lines)
         self.in_flight: dict[Any, tuple[Chunk, int]] = {}
         self.started = time.perf_counter()
         self.last_emit = 0.0
@@ -106,7 +106,7 @@ class _MapRun:
     def run(self) -> list[Any]:
         """Run the map to its end; its results (in input order when
         ``ordered``)."""
-        self.job._running = True
+        self.job.set_running(True)
         try:
             self._emit("running", force=True)
             while self._step():
@@ -116,7 +116,7 @@ class _MapRun:
             self._emit(_state_of_exit(), force=True)
             raise
         finally:
-            self.job._running = False
+            self.job.set_running(False)
         self._emit("done", force=True)
         return self.results.in_order(self.options.ordered)
 
@@ -263,7 +263,7 @@ class _MapRun:
         except Exception as err:
             self._chunk_failed(chunk, eid, err)
             return
-        if outcome.warnings and self.job._add_warnings(outcome.warnings):
+        if outcome.warnings and self.job.add_warnings(outcome.warnings):
             self.new_warnings = True
         self._absorb(outcome, chunk, eid)
 
@@ -350,7 +350,7 @@ class _MapRun:
         if self.new_warnings or state != "running":
             warnings = self.job.warning_summaries()
             self.new_warnings = False
-        self.job._emit(
+        self.job.emit(
             MapProgress(
                 state=state,
                 done=self.results.done,

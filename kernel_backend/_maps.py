@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -385,6 +384,5 @@ def _launch(
     if block:
         target()
     else:
-        job._thread = threading.Thread(target=target, name="paracell-map", daemon=True)
-        job._thread.start()
+        job.run_in_thread(target)
     return job

@@ -173,6 +173,16 @@ class TaskJob(CellJob):
 
     # -- the run -------------------------------------------------------------
 
+    def start_run(self, engines: StatementEngines) -> None:
+        """Run the graph on ``engines`` in a thread of its own."""
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(engines,),
+            name=f"paracell-tasks-{self.name}",
+            daemon=True,
+        )
+        self._thread.start()
+
     def _run(self, engines: StatementEngines) -> None:
         runner = self.runner
         assert runner is not None
@@ -385,10 +395,7 @@ def _start(
     job.state = "running"
     job.started = time.time()
     job.notify()
-    job._thread = threading.Thread(
-        target=job._run, args=(engines,), name=f"paracell-tasks-{job.name}", daemon=True
-    )
-    job._thread.start()
+    job.start_run(engines)
 
 
 def _arm_timeout(job: TaskJob) -> None:
