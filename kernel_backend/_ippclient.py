@@ -33,6 +33,8 @@ from ._shipping import NameShipper
 __all__ = ["IppClient"]
 
 _PROBE_TIMEOUT = 10.0
+#: Seconds between the interrupts sent to a task that has not stopped yet.
+_RESIGNAL = 0.25
 
 
 class IppClient:
@@ -217,9 +219,23 @@ class IppClient:
         msg_ids = [m for ar in tasks for m in ar.msg_ids]
         with contextlib.suppress(Exception):
             client.abort(jobs=msg_ids, targets=engines, block=False)
-        with contextlib.suppress(Exception):
-            client.send_signal(signal.SIGINT, targets=engines, block=False)
-        concurrent.futures.wait(list(tasks), timeout=grace)
+        # An engine ignores SIGINT between tasks, so a signal that lands
+        # before a just-sent task starts is lost: it is sent again, to the
+        # engines whose tasks still run, until they end or the grace is up.
+        deadline = time.monotonic() + grace
+        running = dict(tasks)
+        while running:
+            with contextlib.suppress(Exception):
+                client.send_signal(
+                    signal.SIGINT, targets=sorted(set(running.values())), block=False
+                )
+            wait = min(_RESIGNAL, deadline - time.monotonic())
+            if wait <= 0:
+                break
+            concurrent.futures.wait(list(running), timeout=wait)
+            running = {ar: e for ar, e in running.items() if not ar.done()}
+            if time.monotonic() >= deadline:
+                break
         left = []
         for ar, engine in tasks.items():
             if ar.done():
