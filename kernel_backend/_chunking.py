@@ -19,12 +19,19 @@ from typing import Any, Literal
 
 from ._errors import InvalidRequest
 
-__all__ = ["ChunkSizer", "approx_bytes", "validate_chunksize"]
+__all__ = ["UNBOXED_SHARE", "ChunkSizer", "approx_bytes", "validate_chunksize"]
 
 # Chunks outstanding per engine: one computing, one queued behind it so the
 # engine never waits for a round trip, one spare for jitter. More would only
 # pull items out of the user's generator early.
 _IN_FLIGHT_PER_ENGINE = 3
+
+# An engine's share of a map up to this many items goes out whole, not as
+# a time-boxed probe: a probe of slow items stops after one and sends the
+# rest back to be sent again, a second round trip per engine (32 engines of
+# 2 items each: a second wave of 32 sends), while two chunks in flight per
+# engine commit that many items to it anyway.
+UNBOXED_SHARE = 2
 
 # Bytes an automatic chunk's items may weigh: what the kernel holds per chunk
 # in flight (two per engine) and an engine unpacks at once.  Time alone

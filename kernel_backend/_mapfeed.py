@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeGuard
 
-from ._chunking import ChunkSizer, approx_bytes
+from ._chunking import UNBOXED_SHARE, ChunkSizer, approx_bytes
 from ._mapresults import MapResults
 
 __all__ = ["Chunk", "ItemFeed", "sliceable"]
@@ -136,7 +136,8 @@ class ItemFeed:
             return None
         if type(self._source) is not range:
             self._weigh(items)
-        budget = self._sizer.probe_seconds if timeboxed and len(items) > 1 else None
+        boxed = timeboxed and len(items) > UNBOXED_SHARE
+        budget = self._sizer.probe_seconds if boxed else None
         chunk = Chunk(self._next_index, items, budget)
         self._next_index += len(items)
         return chunk

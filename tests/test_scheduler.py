@@ -264,3 +264,25 @@ def test_a_generator_of_heavy_items_is_sent_in_chunks_within_the_byte_budget(poo
     biggest = max(n for _, _, n in pool.sent)
     assert biggest * 100_000 <= CHUNK_BYTES
     assert sum(n for _, _, n in pool.sent) == 3_000
+
+
+def test_a_small_share_of_a_range_goes_out_whole_and_a_large_one_time_boxed(pool):
+    budgets: list[tuple[int, int, float | None]] = []
+    submit = pool.submit
+
+    def recording(engine: int, func: Any, *args: Any) -> Any:
+        if func.__name__ == "run_chunk":
+            budgets.append((args[1], len(args[2]), args[5]))
+        return submit(engine, func, *args)
+
+    pool.submit = recording
+    # 2 items per engine: one chunk each, run whole (no second round trip
+    # for the item a time-boxed probe of slow items would give back)
+    assert run_map(pool, "x + 1", range(6)) == list(range(1, 7))
+    assert sorted(budgets) == [(0, 2, None), (2, 2, None), (4, 2, None)]
+    budgets.clear()
+    # 10 items per engine: time-boxed probes, each an engine's even share
+    assert run_map(pool, "x + 1", range(30)) == list(range(1, 31))
+    probes = sorted(budgets)[:3]
+    assert [(first, n) for first, n, _ in probes] == [(0, 10), (10, 10), (20, 10)]
+    assert all(budget is not None and budget > 0 for _, _, budget in probes)
