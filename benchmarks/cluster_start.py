@@ -58,7 +58,11 @@ def left_running() -> list[int]:
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         with contextlib.suppress(psutil.Error):
-            if not any("ipyparallel" in a for a in proc.info["cmdline"] or ()):
+            # paracell's forked engines and their parent run paracell's code
+            args = proc.info["cmdline"] or ()
+            if not any(
+                "ipyparallel" in a or "paracell.kernel_backend" in a for a in args
+            ):
                 continue
             if proc.status() == psutil.STATUS_ZOMBIE:
                 continue

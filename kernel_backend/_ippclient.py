@@ -109,11 +109,17 @@ class IppClient:
         return ids
 
     def probe(
-        self, ids: list[int], wait: float | None, client: ipp.Client | None = None
+        self,
+        ids: list[int],
+        wait: float | None,
+        client: ipp.Client | None = None,
+        *,
+        same_clock: bool = False,
     ) -> None:
         """Learn host, pid and clock offset of engines not seen before
         (a few tiny tasks each; ``wait``: how long for their answers, None
-        for the default)."""
+        for the default).  ``same_clock``: the engines run on this machine,
+        so their clock is the kernel's and needs no measuring."""
         client = client or self.client
         if client is None:
             return
@@ -142,7 +148,10 @@ class IppClient:
             for eid in ids
             if (rec := self._ledger.record(eid)).pid is not None and rec.clock is None
         ]
-        if answering:
+        if answering and same_clock:
+            for eid in answering:
+                self._ledger.record(eid).clock = ClockOffset(0.0, 0.0)
+        elif answering:
             self._measure_clocks(client, answering)
 
     def _measure_clocks(self, client: ipp.Client, ids: list[int]) -> None:

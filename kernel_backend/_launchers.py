@@ -34,7 +34,9 @@ from ._batch import (
     is_slurm_time,
 )
 from ._errors import InvalidRequest
+from ._forkengines import ForkingEngineSetLauncher, can_fork_engines
 from ._limits import capped_by_memory
+from ._quickcontroller import command as controller_command
 from ._sshhosts import (
     CheckedSSHEngineSetLauncher,
     Host,
@@ -297,6 +299,13 @@ def configure(cluster: Any, launch: LaunchPlan) -> LaunchPlan:
         mpi.mpi_args = [*before, *launch.extra]
     config.merge(launch.config)
     _patient_engines(config)
+    if launch.local and can_fork_engines(config):
+        cluster.engine_launcher_class = ForkingEngineSetLauncher
+    controller = getattr(cluster.controller_launcher_class, "__name__", "")
+    if controller == "LocalControllerLauncher":
+        cmd = controller_command(config)
+        if cmd is not None:
+            config.LocalControllerLauncher.controller_cmd = cmd
     return launch
 
 

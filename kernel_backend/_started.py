@@ -131,7 +131,7 @@ class StartedCluster:
                 )
             time.sleep(0.02)
         new = [eid for eid in client.ids if eid not in before]
-        self._engines.probe(new, None, client)
+        self._engines.probe(new, None, client, same_clock=self.local)
 
     def _check_launchers(self) -> None:
         """Raise ``ClusterStartError`` if the controller or every engine

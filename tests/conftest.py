@@ -26,13 +26,34 @@ os.environ.setdefault("JUPYTER_PLATFORM_DIRS", "1")
 ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "test-artifacts")
 
 
+# Local engines are forked (kernel_backend/_forkengines.py): their command
+# line is their parent's, their process name says what they are.
+_FORKED_ROLES = {
+    "ipengine": "ipyparallel.engine",
+    "ipengine-nanny": "ipyparallel.engine.nanny",
+    "ipengine-fork": "paracell.forkengines",
+}
+
+
+def _role(proc: psutil.Process) -> str | None:
+    """What a cluster process is, as the module ipyparallel runs it as."""
+    role = _FORKED_ROLES.get(proc.info["name"] or "")
+    if role is not None:
+        return role
+    for arg in proc.info["cmdline"] or []:
+        if arg.startswith("ipyparallel."):
+            return arg
+        if "from ipyparallel.controller import app" in arg:
+            return "ipyparallel.controller"  # kernel_backend/_quickcontroller.py
+    return None
+
+
 def cluster_processes() -> dict[int, str]:
     """ipyparallel processes started under this test run's IPYTHONDIR."""
     found = {}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        modules = [a for a in cmdline if a.startswith("ipyparallel.")]
-        if not modules:
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        role = _role(proc)
+        if role is None:
             continue
         try:
             if proc.environ().get("IPYTHONDIR") != IPYTHONDIR:
@@ -41,7 +62,7 @@ def cluster_processes() -> dict[int, str]:
                 continue
         except psutil.Error:
             continue
-        found[proc.info["pid"]] = modules[0]
+        found[proc.info["pid"]] = role
     return found
 
 

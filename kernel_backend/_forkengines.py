@@ -1,0 +1,316 @@
+"""Local engines forked from one process that imported them once.
+
+ipyparallel starts each local engine as a fresh Python that imports
+ipyparallel, IPython and ipykernel (0.6-0.8 s of CPU), and each engine then
+starts its nanny, another fresh Python importing ipyparallel again, and
+waits for it before it registers.  Two engines on two cores cost four such
+imports beside the controller's, and 32 engines cost 64.
+
+:class:`ForkingEngineSetLauncher` starts one process instead,
+``python -c PROGRAM N -- ARGS`` (``PROGRAM`` runs :func:`main`): it imports the
+engine, its nanny and paracell's engine side once, then forks N engines,
+each running ipengine's own ``main`` with ARGS.  An engine asks this parent
+for its nanny over a socket pair; the parent forks the nanny, which runs
+ipyparallel's ``KernelNanny`` as ``python -m ipyparallel.engine.nanny``
+would, and writes its address into a pipe the engine passed along.  Only
+the parent forks: it has no threads and no ZMQ context, so every child
+starts clean.
+
+The parent forwards SIGINT, SIGTERM and SIGHUP to its engines, reaps its
+children, and exits once its engines have (with the first failure's exit
+status).  Every child inherits the cluster's mark in its environment, so
+paracell's teardown finds them as it finds any engine.
+
+A profile that configures how local engines start (``engine_cmd``, or any
+setting of ``LocalEngineSetLauncher`` / ``LocalEngineLauncher``) keeps
+ipyparallel's own launcher; ``PARACELL_FORK_ENGINES=0`` does too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import select
+import signal
+import socket
+import sys
+from typing import Any
+
+from ipyparallel.cluster.launcher import EngineLauncher, LocalProcessLauncher
+
+__all__ = [
+    "PROCESS_NAMES",
+    "ForkingEngineSetLauncher",
+    "can_fork_engines",
+    "main",
+]
+
+#: Set to ``0`` to start every local engine as its own process.
+FORK_ENV = "PARACELL_FORK_ENGINES"
+
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_MAX_REQUEST = 1 << 16
+_PROGRAM = (
+    "import sys; from paracell.kernel_backend._forkengines import main;"
+    " sys.exit(main())"
+)
+_ALSO_IMPORTED = ("ipykernel.ipkernel", "ipykernel.debugger", "numpy.random")
+
+
+def can_fork_engines(config: Any) -> bool:
+    """Whether local engines may be forked under ``config`` (the profile's
+    settings and paracell's): not where the profile says how they start."""
+    if os.environ.get(FORK_ENV, "1").strip() == "0" or not hasattr(os, "fork"):
+        return False
+    for name in ("LocalEngineSetLauncher", "LocalEngineLauncher"):
+        own = set(config[name]) if name in config else set()
+        if own - {"delay"}:
+            return False
+    return not any(
+        "engine_cmd" in section
+        for name, section in config.items()
+        if name.endswith("EngineLauncher") or name.endswith("EngineSetLauncher")
+    )
+
+
+class ForkingEngineSetLauncher(LocalProcessLauncher, EngineLauncher):  # type: ignore[misc]
+    """``n`` local engines forked from one process (see the module)."""
+
+    def find_args(self) -> list[str]:
+        return [
+            sys.executable,
+            "-c",
+            # not -m: the package imports this module before runpy would
+            _PROGRAM,
+            str(self.n),
+            "--",
+            *self.cluster_args,
+            *self.engine_args,
+        ]
+
+    def start(self, n: int) -> Any:  # type: ignore[override]
+        self.n = n
+        return super().start()
+
+
+# -- the forking process ---------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Import the engine once, fork ``N`` engines, wait for them."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 2 or args[1] != "--" or not args[0].isdigit():
+        print(f"usage: python -c {_PROGRAM!r} N -- ARGS", file=sys.stderr)
+        return 2
+    count, engine_args = int(args[0]), args[2:]
+    _set_name("parent")
+    _import_once()
+    parent = _Parent()
+    for _ in range(count):
+        parent.fork_engine(engine_args)
+    return parent.wait()
+
+
+#: What ``ps`` and ``top`` call the processes (``/proc/PID/comm``): a forked
+#: child would otherwise show its parent's command line.
+PROCESS_NAMES = {
+    "parent": "ipengine-fork",
+    "engine": "ipengine",
+    "nanny": "ipengine-nanny",
+}
+
+
+def _set_name(role: str) -> None:
+    """Name this process for ``ps`` (Linux; elsewhere nothing happens)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        name = PROCESS_NAMES[role].encode()
+        ctypes.CDLL(None).prctl(15, name, 0, 0, 0)  # PR_SET_NAME
+
+
+def _import_once() -> None:
+    """What every engine imports, imported here before any fork."""
+    import gc
+    import importlib
+
+    import ipyparallel.engine.app
+    import ipyparallel.engine.nanny  # noqa: F401
+
+    from . import _enginecell, _enginemap, _enginenames, _enginetasks  # noqa: F401
+
+    # what an engine's kernel imports as it starts (its debugger pulls in
+    # debugpy), and numpy's generators (reseeded in every engine)
+    for name in _ALSO_IMPORTED:
+        # an optional part missing: the engine copes without it
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+
+    # pages of what was imported stay shared with every engine: a collection
+    # would touch (and so copy) them in each
+    gc.freeze()
+
+
+class _Parent:
+    """The forking process: its engines, their nannies, signals passed on."""
+
+    def __init__(self) -> None:
+        self.engines: dict[int, socket.socket] = {}  # pid -> its socket
+        self.nannies: set[int] = set()
+        self.status = 0
+        for sig in _FORWARDED:
+            signal.signal(sig, self._forward)
+
+    def _forward(self, sig: int, _frame: Any) -> None:
+        for pid in list(self.engines):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def fork_engine(self, engine_args: list[str]) -> None:
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            self._in_child()
+            _run_engine(engine_args, theirs)  # never returns
+        theirs.close()
+        self.engines[pid] = ours
+
+    def _in_child(self) -> None:
+        for sock in self.engines.values():
+            sock.close()
+        for sig in _FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def wait(self) -> int:
+        """Serve nanny requests and reap children until no engine is left."""
+        while self.engines:
+            self._reap()
+            socks = [s for s in self.engines.values() if s.fileno() >= 0]
+            try:
+                readable, _, _ = select.select(socks, [], [], 0.2)
+            except InterruptedError:
+                continue
+            for sock in readable:
+                self._serve(sock)
+        self._reap()
+        return self.status
+
+    def _serve(self, sock: socket.socket) -> None:
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, _MAX_REQUEST, 1)
+        except OSError:
+            data, fds = b"", []
+        if not data or not fds:
+            for fd in fds:
+                os.close(fd)
+            sock.close()  # the engine exited or closed its end
+            return
+        pid = os.fork()
+        if pid == 0:
+            self._in_child()
+            _run_nanny(pickle.loads(data), fds[0])  # never returns
+        os.close(fds[0])
+        self.nannies.add(pid)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.engines.clear()
+                return
+            if pid == 0:
+                return
+            self.nannies.discard(pid)
+            sock = self.engines.pop(pid, None)
+            if sock is not None:
+                sock.close()
+                code = os.waitstatus_to_exitcode(status)
+                if code and not self.status:
+                    self.status = code if code > 0 else 128 - code
+
+
+def _exit(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _run_engine(engine_args: list[str], sock: socket.socket) -> None:
+    """In a forked child: run ipengine with ``engine_args``; never returns."""
+    code = 0
+    try:
+        _set_name("engine")
+        _reseed()
+        from ipyparallel.engine import app
+
+        def start_nanny(**kwargs: Any) -> tuple[str, Any]:
+            return _nanny_from_parent(sock, **kwargs)
+
+        # the engine looks its nanny starter up in its module's namespace
+        app.start_nanny = start_nanny
+        sys.argv = ["ipengine", *engine_args]
+        app.main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (stop.code is not None)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    _exit(code)
+
+
+def _reseed() -> None:
+    """A forked engine must not draw the same random numbers as its
+    siblings: ``random`` reseeds itself after a fork, numpy's global
+    generator does not."""
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np.random.seed()
+
+
+def _nanny_from_parent(sock: socket.socket, **kwargs: Any) -> tuple[str, Any]:
+    """ipyparallel's ``start_nanny``, served by the forking parent: returns
+    the nanny's address and the pipe it watches (kept open while the engine
+    lives; its closing tells the nanny the engine is gone)."""
+    kwargs["pid"] = os.getpid()
+    read_end, write_end = os.pipe()
+    try:
+        socket.send_fds(sock, [pickle.dumps(kwargs)], [write_end])
+    finally:
+        os.close(write_end)
+    pipe = os.fdopen(read_end, "rb")
+    url = pipe.readline().decode("utf8").strip()
+    if not url:
+        pipe.close()
+        raise RuntimeError("nanny failed")
+    return url, pipe
+
+
+def _run_nanny(kwargs: dict[str, Any], write_end: int) -> None:
+    """In a forked child: be the engine's nanny; never returns."""
+    code = 0
+    try:
+        os.setsid()  # signals for the engine's group are not the nanny's
+        _set_name("nanny")
+        from ipyparallel.engine.nanny import KernelNanny
+
+        kwargs["pipe"] = os.fdopen(write_end, "w", buffering=1)
+        KernelNanny.main(**kwargs)
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 0
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    _exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
