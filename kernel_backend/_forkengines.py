@@ -89,7 +89,7 @@ class ForkingEngineSetLauncher(LocalProcessLauncher, EngineLauncher):  # type: i
             *self.engine_args,
         ]
 
-    def start(self, n: int) -> Any:  # type: ignore[override]
+    def start(self, n: int) -> Any:
         self.n = n
         return super().start()
 
