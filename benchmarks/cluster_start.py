@@ -5,7 +5,14 @@ no process of the cluster is left running (checked in the process table
 after each stop).  Both are run side by side in one process, alternating,
 and the ratios are printed.
 
-    .venv/bin/python benchmarks/cluster_start.py [--rounds 3] [-n 2]
+``--kernel`` also times the first map in a fresh Jupyter kernel with no
+cluster, from the cell's request to its reply: ``%pmap f(x) for x in
+range(100)`` (the default cluster starts on demand) against
+``ipp.Cluster(n=2).start_and_connect_sync()`` and ``rc[:].map_sync(f,
+range(100))`` in one cell.  A first cell, not timed, loads the extension
+(or imports ipyparallel) and defines ``f``.
+
+    .venv/bin/python benchmarks/cluster_start.py [--rounds 3] [-n 2] [--kernel]
 """
 
 from __future__ import annotations
@@ -52,6 +59,52 @@ def time_paracell(n: int) -> tuple[float, float]:
     return elapsed, time.perf_counter() - tic
 
 
+_FIRST_MAP = {
+    "paracell": (
+        "%load_ext paracell\ndef f(x):\n    return x * x",
+        "r = %pmap --no-progress f(x) for x in range(100)\nassert r[-1] == 99 * 99",
+        "%cluster stop",
+    ),
+    "ipyparallel": (
+        "import ipyparallel as ipp\ndef f(x):\n    return x * x",
+        "cluster = ipp.Cluster(n={n}, log_level=40)\n"
+        "rc = cluster.start_and_connect_sync()\n"
+        "r = rc[:].map_sync(f, range(100))\nassert r[-1] == 99 * 99",
+        "rc.close(); cluster.stop_cluster_sync()",
+    ),
+}
+
+
+def time_first_map(who: str, n: int) -> float:
+    """Seconds from the request of a fresh kernel's first map to its reply."""
+    from jupyter_client.manager import KernelManager
+
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+
+        def run(code: str) -> None:
+            reply = client.execute_interactive(
+                code, timeout=120, output_hook=lambda msg: None
+            )
+            if reply["content"]["status"] != "ok":
+                raise RuntimeError(f"{who}: {code!r} failed: {reply['content']}")
+
+        setup, first_map, stop = (c.format(n=n) for c in _FIRST_MAP[who])
+        run(setup)
+        tic = time.perf_counter()
+        run(first_map)
+        elapsed = time.perf_counter() - tic
+        run(stop)
+        return elapsed
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+
 def left_running() -> list[int]:
     """Processes of this benchmark's clusters still running (not zombies)."""
     mine = os.environ["IPYTHONDIR"]
@@ -75,6 +128,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("-n", type=int, default=2)
+    parser.add_argument(
+        "--kernel", action="store_true", help="also time a fresh kernel's first map"
+    )
     args = parser.parse_args()
     ours, theirs = [], []
     left: dict[str, set[int]] = {"ipyparallel": set(), "paracell": set()}
@@ -99,6 +155,22 @@ def main() -> None:
             + ", ".join(f"{t[k]:.2f}" for t in ours)
         )
         print(f"  ratio paracell / ipyparallel{med_ours / med_theirs:23.2f}")
+    if args.kernel:
+        firsts: dict[str, list[float]] = {"ipyparallel": [], "paracell": []}
+        for _ in range(args.rounds):
+            for who, runs in firsts.items():
+                runs.append(time_first_map(who, args.n))
+                left[who].update(set(left_running()) - left["ipyparallel"])
+        print("first map in a fresh kernel, request to reply")
+        for who, runs in firsts.items():
+            print(
+                f"  {who:45}{statistics.median(runs):6.2f}   runs: "
+                + ", ".join(f"{t:.2f}" for t in runs)
+            )
+        ratio = statistics.median(firsts["paracell"]) / statistics.median(
+            firsts["ipyparallel"]
+        )
+        print(f"  ratio paracell / ipyparallel{ratio:23.2f}")
     for who, pids in left.items():
         print(f"{who}: processes still running right after its stop(): {len(pids)}")
 

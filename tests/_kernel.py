@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
+import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +40,15 @@ class Kernel:
         self.client = self.manager.client()
         self.client.start_channels()
         self.client.wait_for_ready(timeout=60)
+        # a kernel that stops answering dumps its threads' stacks into the
+        # test's captured stderr (see run): what it was stuck on
+        self.client.execute_interactive(
+            "import faulthandler, signal\n"
+            "faulthandler.register(signal.SIGUSR1, all_threads=True)",
+            silent=True,
+            store_history=False,
+            timeout=60,
+        )
 
     @property
     def pid(self) -> int:
@@ -48,6 +61,7 @@ class Kernel:
             try:
                 msg = self.client.get_iopub_msg(timeout=timeout)
             except queue.Empty:
+                self._dump_stacks()
                 raise TimeoutError(
                     f"no idle status after {timeout} s for {code!r}"
                 ) from None
@@ -77,6 +91,11 @@ class Kernel:
             reply = self.client.get_shell_msg(timeout=timeout)
             if reply["parent_header"].get("msg_id") == msg_id:
                 return reply["content"]  # type: ignore[no-any-return]
+
+    def _dump_stacks(self) -> None:
+        with contextlib.suppress(Exception):
+            os.kill(self.pid, signal.SIGUSR1)
+            time.sleep(1.0)
 
     def interrupt(self, msg_id: str, timeout: float = 30) -> dict[str, Any]:
         """Interrupt the kernel and return the reply to ``msg_id``."""
