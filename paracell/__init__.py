@@ -6,45 +6,92 @@ functions below, the twins of the magics (``start`` is ``%cluster start``, ...).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from ._api import (
-    cache_dir,
-    cache_info,
-    cache_limit,
-    cancel,
-    clear_cache,
-    clear_jobs,
-    connect,
-    jobs,
-    jobs_panel,
-    panel,
-    parallel,
-    pmap,
-    pmap_comprehension,
-    restart,
-    scale,
-    start,
-    status,
-    stop,
-    wait,
-)
-from .kernel_backend import (
-    CellJob,
-    ItemError,
-    JobError,
-    MapFailed,
-    MapJob,
-    TaskJob,
-    TaskPlan,
-    TaskTimeline,
-    Timeline,
-    progress,
-    rng,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
+
+    from ._api import (
+        cache_dir,
+        cache_info,
+        cache_limit,
+        cancel,
+        clear_cache,
+        clear_jobs,
+        connect,
+        jobs,
+        jobs_panel,
+        panel,
+        parallel,
+        pmap,
+        pmap_comprehension,
+        restart,
+        scale,
+        start,
+        status,
+        stop,
+        wait,
+    )
+    from .kernel_backend import (
+        CellJob,
+        ItemError,
+        JobError,
+        MapFailed,
+        MapJob,
+        TaskJob,
+        TaskPlan,
+        TaskTimeline,
+        Timeline,
+        progress,
+        rng,
+    )
+
+# Names are imported on first use (PEP 562): ``import paracell`` stays cheap,
+# and an engine importing paracell's engine modules runs this file without
+# importing the kernel's side.
+_WHERE = {
+    "cache_dir": "._api",
+    "cache_info": "._api",
+    "cache_limit": "._api",
+    "cancel": "._api",
+    "clear_cache": "._api",
+    "clear_jobs": "._api",
+    "connect": "._api",
+    "jobs": "._api",
+    "jobs_panel": "._api",
+    "panel": "._api",
+    "parallel": "._api",
+    "pmap": "._api",
+    "pmap_comprehension": "._api",
+    "restart": "._api",
+    "scale": "._api",
+    "start": "._api",
+    "status": "._api",
+    "stop": "._api",
+    "wait": "._api",
+    "CellJob": ".kernel_backend",
+    "ItemError": ".kernel_backend",
+    "JobError": ".kernel_backend",
+    "MapFailed": ".kernel_backend",
+    "MapJob": ".kernel_backend",
+    "TaskJob": ".kernel_backend",
+    "TaskPlan": ".kernel_backend",
+    "TaskTimeline": ".kernel_backend",
+    "Timeline": ".kernel_backend",
+    "progress": ".kernel_backend",
+    "rng": ".kernel_backend",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 
