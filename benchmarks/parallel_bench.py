@@ -53,7 +53,7 @@ def main() -> None:
         cells = {
             "%%parallel --block  x = 1": "%%parallel --block\nx = 1",
             "%%px --targets 0    x = 1": "%%px --targets 0\nx = 1",
-            "view.execute in a cell": 'view.execute("x = 1", block=True);',
+            "view.execute in a cell": '_r = view.execute("x = 1", block=True)',
         }
         for code in cells.values():
             timed(ip, code, 10)  # warm up

@@ -6,8 +6,9 @@ plain records (:class:`ClusterStatus`, :class:`StartReport`, ...).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import names_on_first_use
 
 if TYPE_CHECKING:
     from ._cachedmap import (
@@ -110,13 +111,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = names_on_first_use(__name__, _WHERE, globals())
 
 
 def __dir__() -> list[str]:

@@ -6,8 +6,9 @@ functions below, the twins of the magics (``start`` is ``%cluster start``, ...).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .kernel_backend._lazy import names_on_first_use
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -84,13 +85,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = names_on_first_use(__name__, _WHERE, globals())
 
 
 __version__ = "0.1.0"
