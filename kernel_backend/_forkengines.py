@@ -23,7 +23,8 @@ paracell's teardown finds them as it finds any engine.
 
 A profile that configures how local engines start (``engine_cmd``, or any
 setting of ``LocalEngineSetLauncher`` / ``LocalEngineLauncher``) keeps
-ipyparallel's own launcher; ``PARACELL_FORK_ENGINES=0`` does too.
+ipyparallel's own launcher; ``PARACELL_FORK_ENGINES=0`` does too, and so
+does any system but Linux.
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ _ALSO_IMPORTED = ("ipykernel.ipkernel", "ipykernel.debugger", "numpy.random")
 def can_fork_engines(config: Any) -> bool:
     """Whether local engines may be forked under ``config`` (the profile's
     settings and paracell's): not where the profile says how they start."""
-    if os.environ.get(FORK_ENV, "1").strip() == "0" or not hasattr(os, "fork"):
+    if os.environ.get(FORK_ENV, "1").strip() == "0":
+        return False
+    # Linux only: macOS's system libraries are not safe to use in a forked
+    # child (why multiprocessing spawns there), and Windows has no fork
+    if not sys.platform.startswith("linux"):
         return False
     for name in ("LocalEngineSetLauncher", "LocalEngineLauncher"):
         own = set(config[name]) if name in config else set()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import psutil
@@ -178,3 +179,11 @@ def test_with_forking_off_engines_start_as_their_own_processes(
     finally:
         session.stop()
     assert wait_until(lambda: not cluster_processes(), 10)
+
+
+def test_engines_are_forked_only_on_linux(monkeypatch):
+    monkeypatch.delenv(FORK_ENV, raising=False)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert not can_fork_engines(Config())
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert can_fork_engines(Config())
