@@ -140,6 +140,9 @@ def _import_once() -> None:
     import gc
     import importlib
 
+    # as ipengine does before it imports its kernel: debugpy's warning about
+    # frozen modules is for debugging sessions, not engines
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     import ipyparallel.engine.app
     import ipyparallel.engine.nanny  # noqa: F401
 

@@ -35,6 +35,9 @@ __all__ = ["IppClient"]
 _PROBE_TIMEOUT = 10.0
 #: Seconds between the interrupts sent to a task that has not stopped yet.
 _RESIGNAL = 0.25
+#: Longest wait for the engines' nannies to confirm an interrupt's signals
+#: (an engine that died never does).
+_SIGNAL_SETTLE = 2.0
 
 
 class IppClient:
@@ -233,10 +236,15 @@ class IppClient:
         # engines whose tasks still run, until they end or the grace is up.
         deadline = time.monotonic() + grace
         running = dict(tasks)
+        sent = []  # each resolves when the engines' nannies have signalled
         while running:
             with contextlib.suppress(Exception):
-                client.send_signal(
-                    signal.SIGINT, targets=sorted(set(running.values())), block=False
+                sent.append(
+                    client.send_signal(
+                        signal.SIGINT,
+                        targets=sorted(set(running.values())),
+                        block=False,
+                    )
                 )
             wait = min(_RESIGNAL, deadline - time.monotonic())
             if wait <= 0:
@@ -245,6 +253,13 @@ class IppClient:
             running = {ar: e for ar, e in running.items() if not ar.done()}
             if time.monotonic() >= deadline:
                 break
+        # A signal still on its way when this returns would land on whatever
+        # the engine runs next (the next map's chunk, interrupted for
+        # nothing): wait until every one sent has been delivered.
+        settle = time.monotonic() + _SIGNAL_SETTLE
+        for future in sent:
+            with contextlib.suppress(Exception):
+                future.result(timeout=max(0.0, settle - time.monotonic()))
         left = []
         for ar, engine in tasks.items():
             if ar.done():
