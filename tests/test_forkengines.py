@@ -188,24 +188,3 @@ def test_engines_are_forked_only_on_linux(monkeypatch):
     monkeypatch.setattr(sys, "platform", "linux")
     assert can_fork_engines(Config())
 
-
-@pytest.mark.cluster
-def test_an_interrupt_never_reaches_the_task_sent_after_it(shared_cluster):
-    """Every SIGINT an interrupt sends has landed when it returns: one still
-    on its way (a task that ended as it was sent) would interrupt the next
-    task on that engine, the next map's chunk, for nothing."""
-    client = shared_cluster.client
-    eid = client.ids[0]
-
-    def nap(seconds):
-        import time
-
-        time.sleep(seconds)
-        return "done"
-
-    for attempt in range(20):
-        # a task ending about when the interrupt's signals go out
-        short = client[eid].apply_async(nap, 0.01 * (attempt % 4))
-        shared_cluster.interrupt({short: eid}, grace=1.5)
-        after = client[eid].apply_async(nap, 0.3)
-        assert after.get(30) == "done", f"attempt {attempt}"
