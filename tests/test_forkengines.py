@@ -187,4 +187,3 @@ def test_engines_are_forked_only_on_linux(monkeypatch):
     assert not can_fork_engines(Config())
     monkeypatch.setattr(sys, "platform", "linux")
     assert can_fork_engines(Config())
-
