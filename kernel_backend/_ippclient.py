@@ -35,9 +35,9 @@ __all__ = ["IppClient"]
 _PROBE_TIMEOUT = 10.0
 #: Seconds between the interrupts sent to a task that has not stopped yet.
 _RESIGNAL = 0.25
-#: Longest wait for the engines' nannies to confirm an interrupt's signals
-#: (an engine that died never does).
-_SIGNAL_SETTLE = 2.0
+#: How long past the grace an interrupt waits for the engines' nannies to
+#: confirm its signals (an engine that died never does).
+_SIGNAL_SETTLE = 0.25
 
 
 class IppClient:
@@ -256,7 +256,9 @@ class IppClient:
         # A signal still on its way when this returns would land on whatever
         # the engine runs next (the next map's chunk, interrupted for
         # nothing): wait until every one sent has been delivered.
-        settle = time.monotonic() + _SIGNAL_SETTLE
+        # (within the grace, or a moment past it: an engine that died never
+        # confirms, and an interrupt must still return promptly)
+        settle = max(deadline, time.monotonic() + _SIGNAL_SETTLE)
         for future in sent:
             with contextlib.suppress(Exception):
                 future.result(timeout=max(0.0, settle - time.monotonic()))
