@@ -6,8 +6,10 @@ where the controller listens) and lets :func:`configure` give the plan to the
 ``Cluster``.  The launchers themselves are ipyparallel's, with small
 subclasses where paracell needs them: SSH hosts and their launcher are in
 ``_sshhosts``, batch queues (Slurm's job arrays, the engines still queued) in
-``_batch``, how many engines memory holds in ``_limits``.  MPI needs none:
-``mpiexec`` takes ``--extra`` as its own options.
+``_batch``, how many engines memory holds in ``_limits``, local engines
+forked from one process in ``_forkengines``, and the controller's command
+in ``_quickcontroller``.  MPI needs none: ``mpiexec`` takes ``--extra`` as
+its own options.
 
 Settings from a profile's ``ipcluster_config.py`` still apply; the options
 given here override them (they go on the command line, or into the direct
