@@ -19,7 +19,7 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._engine import TaskSpec
-from ._pool import OUTPUT_WAIT
+from ._pool import OUTPUT_WAIT, task_output
 from ._signal import Signal
 
 if TYPE_CHECKING:
@@ -294,16 +294,3 @@ class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
             self.set_exception(error)
         else:
             self.set_result(self.values.get("__value__"))
-
-
-def task_output(task: Any, stream: str) -> str:
-    """What a task has written to ``stream`` (stdout or stderr) so far.
-
-    Read from the task's record of what arrived: ``ar.stdout`` first parses
-    every timestamp of the task with dateutil (half a millisecond of a
-    trivial cell's round trip, and a live view asks several times).
-    """
-    try:
-        return str(task._metadata[0].get(stream, "") or "")
-    except (AttributeError, IndexError, KeyError, TypeError):
-        return str(getattr(task, stream, "") or "")
