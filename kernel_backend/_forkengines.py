@@ -40,6 +40,8 @@ from typing import Any
 
 from ipyparallel.cluster.launcher import EngineLauncher, LocalProcessLauncher
 
+from ._profiles import launchers_set
+
 __all__ = [
     "PROCESS_NAMES",
     "ForkingEngineSetLauncher",
@@ -72,10 +74,8 @@ def can_fork_engines(config: Any) -> bool:
         own = set(config[name]) if name in config else set()
         if own - {"delay"}:
             return False
-    return not any(
-        "engine_cmd" in section
-        for name, section in config.items()
-        if name.endswith("EngineLauncher") or name.endswith("EngineSetLauncher")
+    return not launchers_set(
+        config, "engine_cmd", "EngineLauncher", "EngineSetLauncher"
     )
 
 

@@ -38,6 +38,7 @@ from ._batch import (
 from ._errors import InvalidRequest
 from ._forkengines import ForkingEngineSetLauncher, can_fork_engines
 from ._limits import capped_by_memory
+from ._profiles import launchers_set
 from ._quickcontroller import command as controller_command
 from ._sshhosts import (
     CheckedSSHEngineSetLauncher,
@@ -321,11 +322,7 @@ ENGINE_REGISTRATION_TIMEOUT = 30
 def _patient_engines(config: Any) -> None:
     """Engines wait longer for their registration, unless the profile or the
     options pass ipengine arguments of their own."""
-    if "engine_args" in config.EngineLauncher or any(
-        "engine_args" in section
-        for name, section in config.items()
-        if name.endswith("EngineSetLauncher") or name.endswith("EngineLauncher")
-    ):
+    if launchers_set(config, "engine_args", "EngineLauncher", "EngineSetLauncher"):
         return
     if "timeout" in config.IPEngine:
         return

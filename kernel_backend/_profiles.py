@@ -1,12 +1,14 @@
-"""IPython profile names, checked before anything is created for them."""
+"""IPython profile names, checked before anything is created for them; what
+a profile's configuration says of its launchers."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from ._errors import InvalidRequest
 
-__all__ = ["check_profile_name"]
+__all__ = ["check_profile_name", "launchers_set"]
 
 # Letters (any script), digits, '.', '-', '_': what names a profile folder.
 _NAME = re.compile(r"[\w.-]+")
@@ -33,3 +35,13 @@ def check_profile_name(profile: str | None) -> str | None:
             f" {profile!r}"
         )
     return profile
+
+
+def launchers_set(config: Any, option: str, *kinds: str) -> bool:
+    """Whether ``config`` (a profile's, with paracell's options merged in)
+    sets ``option`` for any launcher class whose name ends with one of
+    ``kinds`` (``"EngineLauncher"`` covers ``LocalEngineLauncher``,
+    ``SSHEngineLauncher``, ...)."""
+    return any(
+        option in section for name, section in config.items() if name.endswith(kinds)
+    )

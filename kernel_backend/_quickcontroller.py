@@ -17,6 +17,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from ._profiles import launchers_set
+
 __all__ = ["PROGRAM", "command"]
 
 #: What ``python -c`` runs (all of it here: importing paracell would cost
@@ -31,10 +33,6 @@ PROGRAM = (
 def command(config: Any) -> list[str] | None:
     """The controller command to configure, or None where the profile has
     one of its own."""
-    if any(
-        "controller_cmd" in section
-        for name, section in config.items()
-        if name.endswith("ControllerLauncher")
-    ):
+    if launchers_set(config, "controller_cmd", "ControllerLauncher"):
         return None
     return [sys.executable, "-c", PROGRAM]
