@@ -232,13 +232,31 @@ class _Parent:
                 return
             if pid == 0:
                 return
+            role = "nanny" if pid in self.nannies else "engine"
             self.nannies.discard(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if code:
+                # the launcher's output is where a start that failed is read
+                _say(f"{role} process {pid} {_ended(code)}")
             sock = self.engines.pop(pid, None)
             if sock is not None:
                 sock.close()
-                code = os.waitstatus_to_exitcode(status)
                 if code and not self.status:
                     self.status = code if code > 0 else 128 - code
+
+
+def _ended(code: int) -> str:
+    """How a child ended, from its exit code (negative: a signal)."""
+    if code >= 0:
+        return f"exited with status {code}"
+    with contextlib.suppress(ValueError):
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"was killed by signal {-code}"
+
+
+def _say(text: str) -> None:
+    with contextlib.suppress(Exception):
+        print(f"[{PROCESS_NAMES['parent']}] {text}", file=sys.stderr, flush=True)
 
 
 def _exit(code: int) -> None:
@@ -253,6 +271,7 @@ def _run_engine(engine_args: list[str], sock: socket.socket) -> None:
     code = 0
     try:
         _set_name("engine")
+        _report_crashes()
         _reseed()
         from ipyparallel.engine import app
 
@@ -271,6 +290,15 @@ def _run_engine(engine_args: list[str], sock: socket.socket) -> None:
         traceback.print_exc()
         code = 1
     _exit(code)
+
+
+def _report_crashes() -> None:
+    """A child that crashes (a fault in a C extension) prints its Python
+    stack into the launcher's output, instead of vanishing silently."""
+    import faulthandler
+
+    with contextlib.suppress(Exception):
+        faulthandler.enable(file=sys.stderr)
 
 
 def _reseed() -> None:
@@ -306,6 +334,7 @@ def _run_nanny(kwargs: dict[str, Any], write_end: int) -> None:
     try:
         os.setsid()  # signals for the engine's group are not the nanny's
         _set_name("nanny")
+        _report_crashes()
         from ipyparallel.engine.nanny import KernelNanny
 
         kwargs["pipe"] = os.fdopen(write_end, "w", buffering=1)

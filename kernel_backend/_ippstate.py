@@ -107,6 +107,39 @@ def _launcher_failure(cluster: ipp.Cluster, err: BaseException | None) -> str:
     return f"{launcher} failed to start: {_tail(text) or type(err).__name__}"
 
 
+def _late_engines_report(cluster: ipp.Cluster) -> str:
+    """What the logs say of engines that did not finish registering: each
+    engine's last line, the forking parent's reports, and the controller's
+    word on registrations (one it purged, a heart it ignored)."""
+    latest: dict[str, str] = {}
+    other: list[str] = []
+    for line in _engine_output(cluster).splitlines():
+        line = line.strip()
+        tag = _bracketed(line)
+        if tag.startswith(("IPEngine.", "KernelNanny.")):
+            latest[tag] = line
+        elif tag.startswith("ipengine-fork") or "Traceback" in line or "Fatal" in line:
+            other.append(line)
+    controller = cluster.controller
+    said = controller.get_output() if controller is not None else ""
+    hub = [
+        line.strip()
+        for line in str(said or "").splitlines()
+        if "purging" in line
+        or "ignoring new heart" in line
+        or ("ERROR" in line and "registration" in line)
+    ]
+    parts = [latest[tag] for tag in sorted(latest)] + other[-5:] + hub[-3:]
+    return " | ".join(parts) or _tail(_engine_output(cluster)) or "(none)"
+
+
+def _bracketed(line: str) -> str:
+    """The ``[Name]`` a log line carries after its time stamp, or ''."""
+    start = line.find(" [")
+    end = line.find("]", start)
+    return line[start + 2 : end] if start >= 0 and end > start else ""
+
+
 def _tail(text: str, lines: int = 3) -> str:
     kept = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
     return " | ".join(kept[-lines:])
@@ -125,6 +158,25 @@ def _launcher_pids(cluster: ipp.Cluster, engines_only: bool = False) -> list[int
     for es in cluster.engines.values():
         pids.extend(getattr(el, "pid", None) for el in _launchers_of(es))
     return [p for p in pids if isinstance(p, int) and p > 0]
+
+
+def _engine_processes(cluster: ipp.Cluster) -> list[int]:
+    """Pids of the engine processes (not nannies, not a forking parent) the
+    cluster's engine launchers started on this machine."""
+    from ._forkengines import PROCESS_NAMES
+
+    found = []
+    for pid in _with_descendants(_launcher_pids(cluster, engines_only=True)):
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            name = proc.name()
+            if name == PROCESS_NAMES["engine"]:
+                found.append(pid)
+            elif name not in PROCESS_NAMES.values():
+                command = " ".join(proc.cmdline())
+                if "ipyparallel.engine" in command and "nanny" not in command:
+                    found.append(pid)
+    return found
 
 
 def _wait_for(predicate: Any, timeout: float) -> bool:

@@ -11,6 +11,7 @@ decides when; this module knows how.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -22,8 +23,9 @@ from ._ippclient import IppClient
 from ._ippstate import (
     _cancel_waiting,
     _check_engines_configured,
-    _engine_output,
+    _engine_processes,
     _engine_set_exited,
+    _late_engines_report,
     _launcher_failure,
     _launcher_pids,
     _queue_status,
@@ -37,7 +39,14 @@ from ._sshhosts import place_engines, ssh_engines_running
 
 __all__ = ["DEFAULT_START_TIMEOUT", "StartedCluster"]
 
+_log = logging.getLogger("paracell.cluster")
+
 DEFAULT_START_TIMEOUT = 60.0
+
+#: Seconds a local engine may stay unregistered after the last of its
+#: fellows registered before it is taken for stuck, killed and launched anew
+#: (once per wait; the wait's own timeout still holds).
+STALLED_AFTER = 15.0
 _STOP_GRACE = 10.0
 
 
@@ -118,20 +127,56 @@ class StartedCluster:
         queued = self.launch.batch
         if queued:
             n = min(n, len(set(client.ids) - removed) + 1)
-        while len(set(client.ids) - removed) < n:
+        first = len(set(before) - removed)
+        seen, progress, relaunched = first, time.monotonic(), False
+        while (up := len(set(client.ids) - removed)) < n:
             self._check_launchers()
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if up != seen:
+                seen, progress = up, now
+            elif (
+                self.local
+                and not relaunched
+                and up > first
+                and now - progress > STALLED_AFTER
+            ):
+                # others registered long ago: the rest are stuck, not slow
+                relaunched = self._relaunch_stuck(client, n - up)
+                progress = now
+            if now > deadline:
                 if queued:
                     break
-                up = len(set(client.ids) - removed)
-                output = _tail(_engine_output(self.cluster)) or "(none)"
                 raise ClusterStartError(
                     f"only {up} of {n} engines registered within {timeout:g} s;"
-                    f" launcher output: {output}"
+                    f" the logs say: {_late_engines_report(self.cluster)}"
                 )
             time.sleep(0.02)
         new = [eid for eid in client.ids if eid not in before]
         self._engines.probe(new, None, client, same_clock=self.local)
+
+    def _relaunch_stuck(self, client: ipp.Client, missing: int) -> bool:
+        """Kill the local engines that have not registered and launch
+        ``missing`` new ones; whether that was done.
+
+        The engines that did register tell their pids; the others of the
+        cluster's engine processes are the stuck ones.
+        """
+        registered = self._ledger.available(client.ids)
+        self._engines.probe(registered, 5.0, client, same_clock=True)
+        known = {self._ledger.record(eid).pid for eid in registered}
+        if None in known:
+            return False  # a registered engine did not say who it is
+        stuck = [pid for pid in _engine_processes(self.cluster) if pid not in known]
+        _reap_processes(_with_descendants(stuck), grace=0.0)
+        _log.warning(
+            "%d engine(s) had not registered %g s after the others did;"
+            " started %d new one(s) in their place",
+            len(stuck),
+            STALLED_AFTER,
+            missing,
+        )
+        self.launch_engines(missing)
+        return True
 
     def _check_launchers(self) -> None:
         """Raise ``ClusterStartError`` if the controller or every engine

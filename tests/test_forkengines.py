@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 
 import psutil
@@ -187,3 +188,43 @@ def test_engines_are_forked_only_on_linux(monkeypatch):
     assert not can_fork_engines(Config())
     monkeypatch.setattr(sys, "platform", "linux")
     assert can_fork_engines(Config())
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("forked", ["1", "0"], ids=["forked", "spawned"])
+def test_an_engine_stuck_before_registering_is_killed_and_started_again(
+    monkeypatch, no_other_cluster, forked
+):
+    from paracell.kernel_backend import ClusterSession, _started
+
+    monkeypatch.setenv(FORK_ENV, forked)
+    monkeypatch.setattr(_started, "STALLED_AFTER", 2.0)
+    session = ClusterSession()
+    session.start(1)
+    try:
+        before = set(cluster_processes())
+        stopped: list[int] = []
+
+        def stop_the_first_new_engine() -> None:
+            # frozen before it registers: what a stuck engine looks like
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                for pid, role in cluster_processes().items():
+                    if role == "ipyparallel.engine" and pid not in before:
+                        os.kill(pid, signal.SIGSTOP)
+                        stopped.append(pid)
+                        return
+                time.sleep(0.005)
+
+        freezer = threading.Thread(target=stop_the_first_new_engine)
+        freezer.start()
+        session.scale(3)
+        freezer.join()
+        assert stopped, "no new engine process was seen"
+        pids = _engine_pids(session)
+        assert len(pids) == 3
+        assert stopped[0] not in pids.values()
+        assert wait_until(lambda: stopped[0] not in cluster_processes(), 10)
+    finally:
+        session.stop()
+    assert wait_until(lambda: not cluster_processes(), 10)
