@@ -552,3 +552,23 @@ def test_a_chunk_with_a_budget_stops_starting_items(timeout):
     # a budget the items fit in changes nothing
     out = run_chunk(spec, 0, range(3), False, ns, budget=5.0)
     assert out.values == [0, 1, 2] and not out.stopped
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_a_chunk_past_its_budget_runs_a_short_rest_instead_of_sending_it_back(
+    timeout,
+):
+    from paracell.kernel_backend._engine import TaskSpec
+    from paracell.kernel_backend._enginemap import FINISH_WITHIN, run_chunk
+
+    spec = TaskSpec(
+        key=f"unit-short-rest-{timeout}",
+        element="time.sleep(0.02) or x",
+        arguments=("x",),
+        timeout=timeout,
+    )
+    ns = {"__builtins__": __builtins__, "time": time}
+    # the budget runs out after an item or two; the rest is about 0.1 s
+    assert FINISH_WITHIN > 5 * 0.02
+    out = run_chunk(spec, 0, range(6), False, ns, budget=0.01)
+    assert out.values == list(range(6)) and not out.stopped
