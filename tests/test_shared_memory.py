@@ -182,3 +182,23 @@ def test_a_forked_child_leaves_the_parents_segments_alone(tmp_path):
     gc.collect()
     assert not os.path.exists(segment.path), "the owner is gone: so is the file"
     shared.close()
+
+
+def test_a_large_arrays_digest_read_in_halves_tells_every_change():
+    from paracell.kernel_backend._shipment import _SPLIT_BYTES, content_digest
+    from paracell.kernel_backend._storevalues import digest
+
+    big = np.zeros(_SPLIT_BYTES // 8 + 3)  # just over the split, odd halves
+    view = memoryview(big).cast("B")
+    before = content_digest(b"header", view)
+    assert before == content_digest(b"header", memoryview(big.copy()).cast("B"))
+    assert before != content_digest(b"other header", view)
+    for where in (0, big.size // 2 - 1, big.size // 2, big.size // 2 + 1, -1):
+        big[where] = 1.0
+        assert content_digest(b"header", view) != before, where
+        big[where] = 0.0
+    assert content_digest(b"header", view) == before
+    # below the split: the store's digest, unchanged
+    small = np.arange(1000.0)
+    part = memoryview(small).cast("B")
+    assert content_digest(b"h", part) == digest(b"h", part)
