@@ -14,12 +14,20 @@ import math
 import operator
 import pickle
 import sys
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from ._errors import InvalidRequest
 
-__all__ = ["UNBOXED_SHARE", "ChunkSizer", "approx_bytes", "validate_chunksize"]
+__all__ = [
+    "UNBOXED_SHARE",
+    "ChunkSizer",
+    "approx_bytes",
+    "known_pace",
+    "remember_pace",
+    "validate_chunksize",
+]
 
 # Chunks outstanding per engine: one computing, one queued behind it so the
 # engine never waits for a round trip, one spare for jitter. More would only
@@ -115,6 +123,10 @@ class ChunkSizer:
     max_bytes
         Upper bound on what an automatic chunk's items weigh, once
         :meth:`note_bytes` has told what items weigh.
+    pace
+        Seconds per item an earlier map of the same code measured (see
+        :func:`known_pace`), if any: time-boxed probes then go to only as
+        many engines as the map's work is worth (see Notes).
 
     Notes
     -----
@@ -143,6 +155,13 @@ class ChunkSizer:
     items may end with its probes; slow items still stop a probe after one
     item.
 
+    With a ``pace`` from an earlier map, the probes share the map among
+    only as many engines as get ``min_seconds`` of its work each (at least
+    one): a map of trivial items on more engines than cores otherwise
+    wakes every engine for a few items.  A pace that no longer holds costs
+    one time box: an engine that finds its share slower stops at its budget
+    and gives the rest back, to be spread over every engine.
+
     Each :meth:`next_size` call counts its items as handed out; call it once
     per chunk sent.
     """
@@ -159,6 +178,7 @@ class ChunkSizer:
         min_seconds: float = 0.02,
         probe_seconds: float = 0.05,
         max_bytes: int = CHUNK_BYTES,
+        pace: float | None = None,
     ) -> None:
         if engines < 1:
             raise ValueError(f"engines must be >= 1, not {engines}")
@@ -191,6 +211,7 @@ class ChunkSizer:
         self._max_bytes = max_bytes
         self._sampled_items = 0
         self._sampled_bytes = 0
+        self._pace = pace if pace is not None and pace >= 0 else None
 
     @property
     def max_in_flight(self) -> int:
@@ -214,12 +235,28 @@ class ChunkSizer:
         elif timeboxed and not self.measured:
             size = self._max_chunksize
             if self._total is not None:
-                size = max(1, min(size, math.ceil(self._total / self._engines)))
+                shares = self.probed_engines()
+                size = max(1, min(size, math.ceil(self._total / shares)))
         else:
             size = self._auto_size()
         self._handed_out += size
         self._chunks_handed_out += 1
         return size
+
+    def probed_engines(self) -> int:
+        """Engines the time-boxed probes share the map among: all of them,
+        or with a known ``pace`` those its work is worth."""
+        if self._pace is None or self._total is None:
+            return self._engines
+        worth = int(self._total * self._pace / self._min_seconds)
+        return max(1, min(self._engines, worth))
+
+    @property
+    def seconds_per_item(self) -> float | None:
+        """The measured time per item (decayed mean), once measured."""
+        if not self.measured:
+            return None
+        return self._weighted_seconds / self._weighted_items
 
     def give_back(self, items: int) -> None:
         """``items`` handed out were not run (a time-boxed probe's rest)."""
@@ -306,6 +343,27 @@ class ChunkSizer:
                     cap = max(cap, floor)
                 size = min(size, cap)
         return min(size, self._byte_cap())
+
+
+#: Seconds per item measured by the last maps, by their code's key (the
+#: task spec's): a later map of the same code knows its pace at once.
+_PACES: OrderedDict[str, float] = OrderedDict()
+_PACES_KEPT = 256
+
+
+def remember_pace(key: str, seconds_per_item: float | None) -> None:
+    """Keep what a map of ``key`` measured, for the next map of it."""
+    if seconds_per_item is None:
+        return
+    _PACES[key] = seconds_per_item
+    _PACES.move_to_end(key)
+    while len(_PACES) > _PACES_KEPT:
+        _PACES.popitem(last=False)
+
+
+def known_pace(key: str) -> float | None:
+    """Seconds per item the last map of ``key`` measured, if it was run."""
+    return _PACES.get(key)
 
 
 def approx_bytes(items: Sequence[Any]) -> int | None:

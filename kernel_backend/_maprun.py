@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ._chunking import ChunkSizer
+from ._chunking import ChunkSizer, known_pace, remember_pace
 from ._engine import TaskSpec
 from ._enginemap import ChunkOutcome, run_chunk
 from ._mapengines import MapEngines
@@ -82,7 +82,10 @@ class _MapRun:
         self.cache = cache
         self.base = base
         self.sizer = ChunkSizer(
-            engines=max(1, len(engines)), total=job.total, chunksize=options.chunksize
+            engines=max(1, len(engines)),
+            total=job.total,
+            chunksize=options.chunksize,
+            pace=known_pace(spec.key),
         )
         self.results = MapResults()
         self.feed = ItemFeed(
@@ -118,6 +121,7 @@ class _MapRun:
         finally:
             self.job.set_running(False)
         self._emit("done", force=True)
+        remember_pace(self.spec.key, self.sizer.seconds_per_item)
         return self.results.in_order(self.options.ordered)
 
     def _step(self) -> bool:

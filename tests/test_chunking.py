@@ -319,3 +319,34 @@ def test_items_are_weighed_without_copying_their_arrays() -> None:
     weight = approx_bytes(arrays)
     assert weight is not None and 8_000_000 <= weight < 8_010_000
     assert approx_bytes([threading.Lock()]) is None  # pickle refuses: none
+
+
+def test_a_known_pace_shares_the_probes_among_the_engines_the_work_is_worth() -> None:
+    # 100,000 items of 0.1 us: 10 ms in all, not worth a second engine
+    cheap = ChunkSizer(engines=8, total=100_000, pace=1e-7)
+    assert cheap.probed_engines() == 1
+    assert cheap.next_size(timeboxed=True) == 100_000
+    # 16 items of 15 ms: 0.24 s, worth every one of 2 engines
+    slow = ChunkSizer(engines=2, total=16, pace=0.015)
+    assert slow.probed_engines() == 2
+    assert slow.next_size(timeboxed=True) == 8
+    # 0.1 s of work: 5 engines' worth of min_seconds (0.02 s) out of 8
+    middle = ChunkSizer(engines=8, total=1_000, pace=1e-4)
+    assert middle.probed_engines() == 5
+    assert middle.next_size(timeboxed=True) == 200
+    # no pace, or no total: every engine
+    assert ChunkSizer(engines=8, total=100_000).probed_engines() == 8
+    assert ChunkSizer(engines=8, total=None, pace=1e-7).probed_engines() == 8
+
+
+def test_a_map_remembers_its_pace_for_the_next_map_of_the_same_code() -> None:
+    from paracell.kernel_backend._chunking import known_pace, remember_pace
+
+    sizer = ChunkSizer(engines=2, total=100)
+    assert sizer.seconds_per_item is None
+    sizer.record(10, 0.5)
+    assert sizer.seconds_per_item == pytest.approx(0.05)
+    remember_pace("code-a", sizer.seconds_per_item)
+    remember_pace("code-b", None)  # a map that measured nothing
+    assert known_pace("code-a") == pytest.approx(0.05)
+    assert known_pace("code-b") is None

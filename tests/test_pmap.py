@@ -572,3 +572,19 @@ def test_a_chunk_past_its_budget_runs_a_short_rest_instead_of_sending_it_back(
     assert FINISH_WITHIN > 5 * 0.02
     out = run_chunk(spec, 0, range(6), False, ns, budget=0.01)
     assert out.values == list(range(6)) and not out.stopped
+
+
+def test_a_second_map_of_trivial_items_wakes_only_the_engines_it_needs(
+    ip, shared_cluster
+):
+    define(ip, "def plus_one(x):\n    return x + 1")
+    plus_one = ip.user_ns["plus_one"]
+    expected = list(range(1, 1001))
+    first = map_function(shared_cluster, plus_one, range(1000), MapOptions())
+    assert first.result() == expected
+    # nothing known yet: every engine gets its share
+    assert {c.engine for c in first.chunks} == set(shared_cluster.client.ids)
+    second = map_function(shared_cluster, plus_one, range(1000), MapOptions())
+    assert second.result() == expected
+    # a few ms of work in all: one engine does it, in one chunk
+    assert len(second.chunks) == 1
