@@ -14,6 +14,7 @@ import math
 import operator
 import pickle
 import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -349,21 +350,24 @@ class ChunkSizer:
 #: task spec's): a later map of the same code knows its pace at once.
 _PACES: OrderedDict[str, float] = OrderedDict()
 _PACES_KEPT = 256
+_PACES_LOCK = threading.Lock()  # background maps end on their own threads
 
 
 def remember_pace(key: str, seconds_per_item: float | None) -> None:
     """Keep what a map of ``key`` measured, for the next map of it."""
     if seconds_per_item is None:
         return
-    _PACES[key] = seconds_per_item
-    _PACES.move_to_end(key)
-    while len(_PACES) > _PACES_KEPT:
-        _PACES.popitem(last=False)
+    with _PACES_LOCK:
+        _PACES[key] = seconds_per_item
+        _PACES.move_to_end(key)
+        while len(_PACES) > _PACES_KEPT:
+            _PACES.popitem(last=False)
 
 
 def known_pace(key: str) -> float | None:
     """Seconds per item the last map of ``key`` measured, if it was run."""
-    return _PACES.get(key)
+    with _PACES_LOCK:
+        return _PACES.get(key)
 
 
 def approx_bytes(items: Sequence[Any]) -> int | None:

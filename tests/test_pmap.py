@@ -533,24 +533,30 @@ def test_a_chunk_runs_items_in_order_and_names_the_failed_one():
         assert out.values[:3] == [1 // (x - 3) for x in range(3)]
 
 
-@pytest.mark.parametrize("timeout", [None, 5.0])
-def test_a_chunk_with_a_budget_stops_starting_items(timeout):
+def _sleeping_chunk(key: str, seconds: float, timeout: float | None):
+    """``run_chunk`` for items that sleep ``seconds`` each, and its namespace."""
     from paracell.kernel_backend._engine import TaskSpec
     from paracell.kernel_backend._enginemap import run_chunk
 
     spec = TaskSpec(
-        key=f"unit-budget-{timeout}",
-        element="time.sleep(0.01) or x",
+        key=f"{key}-{timeout}",
+        element=f"time.sleep({seconds}) or x",
         arguments=("x",),
         timeout=timeout,
     )
     ns = {"__builtins__": __builtins__, "time": time}
-    out = run_chunk(spec, 0, range(50), False, ns, budget=0.05)
+    return lambda items, budget: run_chunk(spec, 0, items, False, ns, budget=budget)
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_a_chunk_with_a_budget_stops_starting_items(timeout):
+    run = _sleeping_chunk("unit-budget", 0.01, timeout)
+    out = run(range(50), 0.05)
     assert out.stopped
     assert 1 <= len(out.values) < 50
     assert out.values == list(range(len(out.values)))
     # a budget the items fit in changes nothing
-    out = run_chunk(spec, 0, range(3), False, ns, budget=5.0)
+    out = run(range(3), 5.0)
     assert out.values == [0, 1, 2] and not out.stopped
 
 
@@ -558,19 +564,12 @@ def test_a_chunk_with_a_budget_stops_starting_items(timeout):
 def test_a_chunk_past_its_budget_runs_a_short_rest_instead_of_sending_it_back(
     timeout,
 ):
-    from paracell.kernel_backend._engine import TaskSpec
-    from paracell.kernel_backend._enginemap import FINISH_WITHIN, run_chunk
+    from paracell.kernel_backend._enginemap import FINISH_WITHIN
 
-    spec = TaskSpec(
-        key=f"unit-short-rest-{timeout}",
-        element="time.sleep(0.02) or x",
-        arguments=("x",),
-        timeout=timeout,
-    )
-    ns = {"__builtins__": __builtins__, "time": time}
+    run = _sleeping_chunk("unit-short-rest", 0.02, timeout)
     # the budget runs out after an item or two; the rest is about 0.1 s
     assert FINISH_WITHIN > 5 * 0.02
-    out = run_chunk(spec, 0, range(6), False, ns, budget=0.01)
+    out = run(range(6), 0.01)
     assert out.values == list(range(6)) and not out.stopped
 
 
