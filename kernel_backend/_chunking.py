@@ -27,6 +27,7 @@ __all__ = [
     "approx_bytes",
     "known_pace",
     "remember_pace",
+    "sizer_for_map",
     "validate_chunksize",
 ]
 
@@ -362,6 +363,18 @@ def remember_pace(key: str, seconds_per_item: float | None) -> None:
         _PACES.move_to_end(key)
         while len(_PACES) > _PACES_KEPT:
             _PACES.popitem(last=False)
+
+
+def sizer_for_map(
+    key: str, engines: int, total: int | None, chunksize: int | str
+) -> ChunkSizer:
+    """A map's sizer, with the pace the last map of its code ``key`` measured."""
+    return ChunkSizer(
+        engines=max(1, engines),
+        total=total,
+        chunksize=chunksize,
+        pace=known_pace(key),
+    )
 
 
 def known_pace(key: str) -> float | None:

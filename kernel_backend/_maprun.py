@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ._chunking import ChunkSizer, known_pace, remember_pace
+from ._chunking import remember_pace, sizer_for_map
 from ._engine import TaskSpec
 from ._enginemap import ChunkOutcome, run_chunk
 from ._mapengines import MapEngines
@@ -81,12 +81,7 @@ class _MapRun:
         )
         self.cache = cache
         self.base = base
-        self.sizer = ChunkSizer(
-            engines=max(1, len(engines)),
-            total=job.total,
-            chunksize=options.chunksize,
-            pace=known_pace(spec.key),
-        )
+        self.sizer = sizer_for_map(spec.key, len(engines), job.total, options.chunksize)
         self.results = MapResults()
         self.feed = ItemFeed(
             items,
