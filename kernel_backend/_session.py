@@ -374,26 +374,33 @@ class ClusterSession:
             if self._client is not None:
                 raise InvalidRequest("a cluster was started meanwhile")
             tic = time.perf_counter()
-            started, client = self._launch(planned, timeout)
+            started, client, watchdog = self._launch(planned, timeout)
+            self._watchdog = watchdog
             self._take_started(started, client, planned)
             self._register_atexit()
             return self._report(len(client.ids), time.perf_counter() - tic)
 
     def _launch(
         self, planned: StartPlan, timeout: float
-    ) -> tuple[StartedCluster, ipp.Client]:
-        """Start the planned controller and first engines; on any failure
-        (Ctrl-C included), stop what started, batch jobs still queued too."""
+    ) -> tuple[StartedCluster, ipp.Client, subprocess.Popen[bytes]]:
+        """Start the planned controller and first engines, and the cluster's
+        watchdog before them (a kernel killed while they start leaves none
+        running); on any failure (Ctrl-C included), stop what started, batch
+        jobs still queued too."""
         launch = planned.launch
         env = _thread_env(planned.threads, planned.threads_given)
         cluster = _make_cluster(launch, planned.profile, env)
+        watchdog = start_watchdog(
+            cluster.cluster_id, os.path.join(cluster.profile_dir, "security")
+        )
         started = StartedCluster(cluster, launch, self._ledger, self._engines)
         try:
             client = started.start(planned.first, timeout)
         except BaseException:
+            _end_watchdog(watchdog)
             _teardown(cluster, _cluster_pids(cluster), local=launch.local)
             raise
-        return started, client
+        return started, client, watchdog
 
     def _take_started(
         self, started: StartedCluster, client: ipp.Client, planned: StartPlan
@@ -408,10 +415,6 @@ class ClusterSession:
         self._started = started
         self._adopt(client, "started", launch.launcher)
         self._location = launch.location
-        cluster = started.cluster
-        self._watchdog = start_watchdog(
-            cluster.cluster_id, os.path.join(cluster.profile_dir, "security")
-        )
         self._idle_timeout = idle_timeout = planned.idle_timeout
         self._threads = planned.threads
         if demand is not None:
@@ -794,9 +797,7 @@ class ClusterSession:
     def _end_watchdog(self) -> None:
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:
-            with contextlib.suppress(Exception):
-                watchdog.kill()
-                watchdog.wait(5)
+            _end_watchdog(watchdog)
 
     def _forget(self) -> None:
         self._epoch += 1
@@ -868,3 +869,10 @@ def default_session() -> ClusterSession:
         if _default is None:
             _default = ClusterSession()
         return _default
+
+
+def _end_watchdog(watchdog: subprocess.Popen[bytes]) -> None:
+    """Stop a watchdog: its cluster is stopped (or never started)."""
+    with contextlib.suppress(Exception):
+        watchdog.kill()
+        watchdog.wait(5)

@@ -175,6 +175,39 @@ def test_a_killed_kernel_leaves_no_cluster_behind(no_other_cluster):
         kernel.manager.cleanup_resources()
 
 
+@pytest.mark.kernel
+def test_a_kernel_killed_while_its_cluster_starts_leaves_nothing_behind(
+    no_other_cluster,
+):
+    import os
+    import signal
+    import time
+
+    from _kernel import Kernel
+    from conftest import cluster_processes, wait_until
+
+    kernel = Kernel()
+    try:
+        assert kernel.run("%load_ext paracell").ok
+        before = set(cluster_processes())
+        kernel.client.execute("%cluster start -n 2")
+        # killed as soon as the controller runs, before any engine registers
+        deadline = time.monotonic() + 30
+        while not set(cluster_processes()) - before:
+            assert time.monotonic() < deadline, "the cluster never started"
+            time.sleep(0.005)
+        os.kill(kernel.pid, signal.SIGKILL)
+        seen = set(cluster_processes()) - before
+
+        def gone() -> bool:
+            return not set(cluster_processes()) - before
+
+        assert wait_until(gone, 20), f"left running: {cluster_processes()} ({seen})"
+    finally:
+        kernel.client.stop_channels()
+        kernel.manager.cleanup_resources()
+
+
 def test_stopping_the_cluster_ends_an_async_map_with_its_finished_results(
     ip, no_other_cluster
 ):
