@@ -161,12 +161,14 @@ class StartedCluster:
         The engines that did register tell their pids; the others of the
         cluster's engine processes are the stuck ones.
         """
+        # the processes first: one that registers meanwhile is then known
+        processes = _engine_processes(self.cluster)
         registered = self._ledger.available(client.ids)
         self._engines.probe(registered, 5.0, client, same_clock=True)
         known = {self._ledger.record(eid).pid for eid in registered}
         if None in known:
             return False  # a registered engine did not say who it is
-        stuck = [pid for pid in _engine_processes(self.cluster) if pid not in known]
+        stuck = [pid for pid in processes if pid not in known]
         _reap_processes(_with_descendants(stuck), grace=0.0)
         _log.warning(
             "%d engine(s) had not registered %g s after the others did;"
@@ -309,7 +311,9 @@ class StartedCluster:
         pids = _with_descendants(self._ledger.pids_here(ids))
         self._ledger.removed.update(ids)
         with contextlib.suppress(Exception):
-            client.shutdown(targets=ids, block=True)
+            # not block=True: it waits for replies without a timeout, and an
+            # engine that never replies would hang the scale for ever
+            client.shutdown(targets=ids, block=False)
         _wait_for(lambda: not set(ids) & set(client.ids), _STOP_GRACE)
         _reap_processes(pids)
 

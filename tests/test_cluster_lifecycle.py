@@ -6,6 +6,7 @@ stopping never disturb another test's cluster.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -106,6 +107,29 @@ def test_status_shows_busy_engines(session: ClusterSession):
     assert wait_until(lambda: session.status().engines[0].state == "busy", 5)
     assert session.status().engines[1].state == "idle"
     ar.get()
+
+
+def test_scaling_down_an_engine_that_never_answers_kills_it(
+    session: ClusterSession, monkeypatch
+):
+    from paracell.kernel_backend import _started
+
+    monkeypatch.setattr(_started, "_STOP_GRACE", 2.0)
+    session.start(2)
+    assert wait_until(lambda: all(e.pid for e in session.status().engines), 30)
+    pids = {e.id: e.pid for e in session.status().engines}
+    newest = max(pids)  # an idle cluster loses its newest engine first
+    frozen = psutil.Process(pids[newest])
+    frozen.suspend()  # it will answer no shutdown request
+    try:
+        assert session.scale(1) == -1
+        assert wait_until(lambda: not frozen.is_running(), 10)
+        status = session.status()
+        assert status.live_engines == 1
+        assert [e.pid for e in status.engines] == [pids[min(pids)]]
+    finally:
+        with contextlib.suppress(psutil.Error):
+            frozen.resume()
 
 
 def test_scale_up_and_down_keeps_other_engines(session: ClusterSession):
