@@ -111,14 +111,17 @@ def _late_engines_report(cluster: ipp.Cluster) -> str:
     """What the logs say of engines that did not finish registering: each
     engine's last line, the forking parent's reports, and the controller's
     word on registrations (one it purged, a heart it ignored)."""
+    from ._forkengines import PROCESS_NAMES
+
+    output = _engine_output(cluster)
     latest: dict[str, str] = {}
     other: list[str] = []
-    for line in _engine_output(cluster).splitlines():
+    for line in output.splitlines():
         line = line.strip()
         tag = _bracketed(line)
         if tag.startswith(("IPEngine.", "KernelNanny.")):
             latest[tag] = line
-        elif tag.startswith("ipengine-fork") or "Traceback" in line or "Fatal" in line:
+        elif tag == PROCESS_NAMES["parent"] or "Traceback" in line or "Fatal" in line:
             other.append(line)
     controller = cluster.controller
     said = controller.get_output() if controller is not None else ""
@@ -130,14 +133,15 @@ def _late_engines_report(cluster: ipp.Cluster) -> str:
         or ("ERROR" in line and "registration" in line)
     ]
     parts = [latest[tag] for tag in sorted(latest)] + other[-5:] + hub[-3:]
-    return " | ".join(parts) or _tail(_engine_output(cluster)) or "(none)"
+    return " | ".join(parts) or _tail(output) or "(none)"
 
 
 def _bracketed(line: str) -> str:
-    """The ``[Name]`` a log line carries after its time stamp, or ''."""
-    start = line.find(" [")
+    """The first ``[Name]`` of a log line (after its time stamp, if it has
+    one), or ''."""
+    start = line.find("[")
     end = line.find("]", start)
-    return line[start + 2 : end] if start >= 0 and end > start else ""
+    return line[start + 1 : end] if start >= 0 and end > start else ""
 
 
 def _tail(text: str, lines: int = 3) -> str:

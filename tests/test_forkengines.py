@@ -228,3 +228,42 @@ def test_an_engine_stuck_before_registering_is_killed_and_started_again(
     finally:
         session.stop()
     assert wait_until(lambda: not cluster_processes(), 10)
+
+
+def test_a_start_that_falls_short_reports_each_engines_last_word():
+    from types import SimpleNamespace
+
+    from paracell.kernel_backend._ippstate import _late_engines_report
+
+    engines = "\n".join(
+        [
+            "2026-11-28 16:27:19.9 [IPEngine] Registering with controller",
+            "2026-11-28 16:27:20.1 [IPEngine.1] Starting nanny",
+            "2026-11-28 16:27:20.1 [IPEngine.0] Starting nanny",
+            "[ipengine-fork] engine process 4242 was killed by SIGSEGV",
+            "2026-11-28 16:27:20.2 [IPEngine.0] Completed registration with id 0",
+        ]
+    )
+    controller = "\n".join(
+        [
+            "2026-11-28 16:27:20.0 [IPController] registration::accepting 1:ab",
+            "2026-11-28 16:27:50.0 [IPController] WARNING |"
+            " registration::purging stalled registration 1:ab",
+        ]
+    )
+    cluster = SimpleNamespace(
+        engines={"set": SimpleNamespace(get_output=lambda: engines)},
+        controller=SimpleNamespace(get_output=lambda: controller),
+    )
+    report = _late_engines_report(cluster)
+    expected = [
+        "[IPEngine.0] Completed registration with id 0",
+        "[IPEngine.1] Starting nanny",
+        "[ipengine-fork] engine process 4242 was killed by SIGSEGV",
+        "registration::purging stalled registration 1:ab",
+    ]
+    # each engine's last line, in engine order, then the parent, then the hub
+    at = [report.find(piece) for piece in expected]
+    assert -1 not in at and at == sorted(at), report
+    assert "[IPEngine.0] Starting nanny" not in report
+    assert "accepting" not in report
