@@ -200,7 +200,7 @@ def content_digest(*parts: bytes | memoryview) -> str:
     differs from :func:`digest`'s, which is fine: shipping digests are only
     ever compared with shipping digests.
     """
-    if _cpus() < 2 or all(len(part) < _SPLIT_BYTES for part in parts):
+    if all(len(part) < _SPLIT_BYTES for part in parts):
         return digest(*parts)
     h = xxhash.xxh3_128()
     for part in parts:
@@ -227,13 +227,6 @@ def _halves_digest(view: memoryview) -> bytes:
 
 #: Parts at least this large are digested by two threads (see above).
 _SPLIT_BYTES = 32 * 2**20
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _is_plain_array(obj: Any) -> bool:
