@@ -309,27 +309,25 @@ class ChunkSizer:
         self._weighted_items = self._weighted_items * _DECAY + items
 
     def _auto_size(self) -> int:
-        if self._weighted_items == 0:
+        per_item = self.seconds_per_item
+        if per_item is None:
             # Probes double every round of one chunk per engine; the
             # exponent is capped so the power stays a small int.
             rounds = min(self._chunks_handed_out // self._engines, 62)
             size = min(1 << rounds, self._max_chunksize)
+        elif per_item * self._max_chunksize <= self._target_seconds:
+            size = self._max_chunksize  # also covers a 0.0 s measurement
         else:
-            per_item = self._weighted_seconds / self._weighted_items
-            if per_item * self._max_chunksize <= self._target_seconds:
-                size = self._max_chunksize  # also covers a 0.0 s measurement
-            else:
-                size = max(1, int(self._target_seconds / per_item))
+            size = max(1, int(self._target_seconds / per_item))
         if self._total is not None:
             remaining = self._total - self._handed_out
             if remaining > 0:
                 cap = math.ceil(remaining / self._min_chunks)
-                if self._weighted_items:
+                if per_item is not None:
                     # Balancing never makes a chunk so short that sending it
                     # costs more than it computes (a chunk costs its engine a
                     # few ms, and its round trip 5-25 ms on a busy machine):
                     # cheap items stay in big chunks.
-                    per_item = self._weighted_seconds / self._weighted_items
                     floor = (
                         math.ceil(self._min_seconds / per_item)
                         if per_item > 0
