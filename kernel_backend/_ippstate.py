@@ -12,6 +12,7 @@ import ipyparallel as ipp
 import psutil
 
 from ._errors import ClusterStartError
+from ._forkengines import PROCESS_NAMES
 from ._reaping import _with_descendants
 
 
@@ -111,8 +112,6 @@ def _late_engines_report(cluster: ipp.Cluster) -> str:
     """What the logs say of engines that did not finish registering: each
     engine's last line, the forking parent's reports, and the controller's
     word on registrations (one it purged, a heart it ignored)."""
-    from ._forkengines import PROCESS_NAMES
-
     output = _engine_output(cluster)
     latest: dict[str, str] = {}
     other: list[str] = []
@@ -167,8 +166,6 @@ def _launcher_pids(cluster: ipp.Cluster, engines_only: bool = False) -> list[int
 def _engine_processes(cluster: ipp.Cluster) -> list[int]:
     """Pids of the engine processes (not nannies, not a forking parent) the
     cluster's engine launchers started on this machine."""
-    from ._forkengines import PROCESS_NAMES
-
     found = []
     for pid in _with_descendants(_launcher_pids(cluster, engines_only=True)):
         with contextlib.suppress(psutil.Error):
