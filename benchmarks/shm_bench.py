@@ -92,7 +92,7 @@ def parts(session: ClusterSession) -> None:
         add("np.copy (anonymous memory)", timed(array.copy)[0])
         shared = SharedArrays("/dev/shm", "bench")
         seconds, segment = timed(partial(shared.segment, "x", array, array))
-        add("os.write into a /dev/shm file", seconds)
+        add(f"os.write into {len(segment.paths)} /dev/shm file(s)", seconds)
         add("copy into multiprocessing SharedMemory", timed(partial(_into, array))[0])
         add(
             "map the segment, read 1/16 (page faults)",
@@ -115,9 +115,9 @@ def _into(array: np.ndarray) -> None:
 
 
 def _read(segment: Any) -> float:
-    from paracell.kernel_backend._enginenames import _map_segment
+    from paracell.kernel_backend._enginesegments import map_segment
 
-    return float(_map_segment(segment)[::ITEMS].sum())
+    return float(map_segment(segment)[::ITEMS].sum())
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import _pickling
 from ._engine import WRAPPER_FILENAME, TaskSpec
+from ._enginesegments import map_segment
 from ._plan import rebind_globals
 
 __all__ = [
@@ -52,7 +53,7 @@ def install_names(
     task's namespace), ``"pickle"`` any other cloudpickle payload, and
     ``"array"`` the index of a numpy array among ``arrays`` — top-level
     arguments, so they travel as zero-copy buffers — and ``"shared"`` a
-    :class:`._sharedmem.SharedSegment`: an array the kernel wrote into a
+    :class:`._enginesegments.SharedSegment`: an array the kernel wrote into a
     file in ``/dev/shm``, mapped here read-only (no copy; engines cannot
     change what the others read).  ``sources`` are notebook cells' lines, so
     tracebacks through notebook functions show their code.  ``paths`` is the
@@ -100,7 +101,7 @@ def _keep(entries: dict[str, tuple[str, Any]], arrays: Sequence[Any]) -> list[st
             continue
         if kind == "shared":
             try:
-                _STORE[digest] = _map_segment(payload)
+                _STORE[digest] = map_segment(payload)
             except OSError:
                 unmapped.append(digest)
             continue
@@ -108,27 +109,6 @@ def _keep(entries: dict[str, tuple[str, Any]], arrays: Sequence[Any]) -> list[st
         if kind == "function":
             _REBIND.add(digest)
     return unmapped
-
-
-def _map_segment(segment: Any) -> Any:
-    """The array in a shared-memory segment, mapped read-only.
-
-    The mapping keeps the memory after the kernel removes the file; it is
-    unmapped when the array is dropped (evicted from the store).
-    """
-    import mmap
-
-    import numpy as np
-
-    fd = os.open(segment.path, os.O_RDONLY)
-    try:
-        if os.fstat(fd).st_size != segment.nbytes:
-            raise OSError(f"segment {segment.path} is not {segment.nbytes} bytes")
-        memory = mmap.mmap(fd, segment.nbytes, mmap.MAP_SHARED, mmap.PROT_READ)
-    finally:
-        os.close(fd)
-    # a read-only buffer: numpy refuses writes, and refuses to make it writeable
-    return np.frombuffer(memory, dtype=segment.dtype).reshape(segment.shape)
 
 
 class UndefinedNames(NameError):

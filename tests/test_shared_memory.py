@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import glob
+import itertools
 import os
 
 import numpy as np
@@ -82,6 +83,43 @@ def test_an_engine_cannot_change_the_notebooks_array_through_the_mapping(
     define(ip, "del shm_ro")
 
 
+def test_a_very_large_array_is_written_in_pieces_and_mapped_as_one_read_only_array(
+    ip, shared_cluster
+):
+    from paracell.kernel_backend._sharedmem import piece_bounds
+
+    define(ip, "import numpy as np\nshm_huge = np.arange(9_000_000, dtype=float)")
+    pieces = len(piece_bounds(72_000_000))
+    assert pieces >= 2
+    before = set(segments())
+    # the first and last elements sit in the first and last pieces; a strided
+    # sum reads every page of every piece
+    got = pmap(
+        ip,
+        "(float(shm_huge[0]), float(shm_huge[-1]), float(shm_huge[k::2].sum())) "
+        "for k in range(2)",
+    )
+    evens = float(np.arange(0, 9_000_000, 2, dtype=float).sum())
+    odds = float(np.arange(1, 9_000_000, 2, dtype=float).sum())
+    assert got == [(0.0, 8_999_999.0, evens), (0.0, 8_999_999.0, odds)]
+    made = set(segments()) - before
+    assert len(made) == pieces, made
+    where = shared_cluster.client[:].apply_sync(_held_segments)
+    assert all(made <= set(held) for held in where), where
+    define(
+        ip,
+        "def poke_huge(i):\n"
+        "    shm_huge.flags.writeable = True\n"
+        "    shm_huge[-1] = -1.0\n",
+    )
+    with pytest.raises(ItemError, match=r"WRITEABLE|writeable"):
+        pmap(ip, "poke_huge(i) for i in range(2)")
+    assert pmap(ip, "float(shm_huge[-1]) for _ in range(2)") == [8_999_999.0] * 2
+    define(ip, "del shm_huge")
+    gc.collect()
+    assert not made & set(segments()), "dropped: every piece removed"
+
+
 def test_an_ended_background_cell_keeps_no_array_alive(ip, shared_cluster):
     from paracell.kernel_backend import default_jobs
 
@@ -139,7 +177,8 @@ def test_an_engine_that_cannot_map_the_segment_gets_the_bytes(
         # a segment the engines cannot open: what an engine on this host
         # name but with a /dev/shm of its own (a container) sees
         segment = real(self, digest, array)
-        os.unlink(segment.path)
+        for path in segment.paths:
+            os.unlink(path)
         return segment
 
     monkeypatch.setattr(SharedArrays, "_write", elsewhere)
@@ -171,16 +210,16 @@ def test_a_forked_child_leaves_the_parents_segments_alone(tmp_path):
     shared = SharedArrays(str(tmp_path), "fork")
     array = np.arange(300_000, dtype=float)
     segment = shared.segment("d1", array, array)
-    assert segment is not None and os.path.exists(segment.path)
+    assert segment is not None and os.path.exists(segment.paths[0])
     pid = os.fork()
     if pid == 0:  # the child: what multiprocessing's fork start does
         shared.close()
         os._exit(0)
     os.waitpid(pid, 0)
-    assert os.path.exists(segment.path), "a child's close removed nothing"
+    assert os.path.exists(segment.paths[0]), "a child's close removed nothing"
     del array
     gc.collect()
-    assert not os.path.exists(segment.path), "the owner is gone: so is the file"
+    assert not os.path.exists(segment.paths[0]), "the owner is gone: so is the file"
     shared.close()
 
 
@@ -202,3 +241,41 @@ def test_a_large_arrays_digest_read_in_halves_tells_every_change():
     small = np.arange(1000.0)
     part = memoryview(small).cast("B")
     assert content_digest(b"h", part) == digest(b"h", part)
+
+
+def test_pieces_cover_the_array_in_aligned_parts():
+    from paracell.kernel_backend._enginesegments import PIECE_ALIGN
+    from paracell.kernel_backend._sharedmem import piece_bounds
+
+    assert piece_bounds(1_000_000) == [(0, 1_000_000)]
+    assert piece_bounds(63 * 2**20) == [(0, 63 * 2**20)], "under 64 MB: one file"
+    for nbytes in (64 * 2**20, 200_000_000, 200_000_001, 10**10):
+        bounds = piece_bounds(nbytes)
+        assert 2 <= len(bounds) <= 8
+        assert bounds[0][0] == 0 and bounds[-1][1] == nbytes
+        for (_, end), (start, _) in itertools.pairwise(bounds):
+            assert end == start and start % PIECE_ALIGN == 0
+
+
+def test_a_piece_that_cannot_be_written_leaves_no_file_and_touches_none_it_did_not_make(
+    tmp_path, monkeypatch
+):
+    from paracell.kernel_backend import _sharedmem
+    from paracell.kernel_backend._enginesegments import PIECE_ALIGN, map_segment
+    from paracell.kernel_backend._sharedmem import SharedArrays
+
+    halves = [(0, PIECE_ALIGN), (PIECE_ALIGN, 600_000 * 8)]
+    monkeypatch.setattr(_sharedmem, "piece_bounds", lambda n: halves)
+    shared = SharedArrays(str(tmp_path), "pieces")
+    taken = tmp_path / (shared.prefix + "d1.1")
+    taken.write_bytes(b"someone else's")
+    array = np.arange(600_000, dtype=float)
+    assert shared.segment("d1", array, array) is None, "the array travels instead"
+    assert [p.name for p in tmp_path.iterdir()] == [taken.name]
+    assert taken.read_bytes() == b"someone else's"
+    taken.unlink()
+    segment = shared.segment("d1", array, array)
+    assert segment is not None and len(segment.paths) == 2
+    assert np.array_equal(map_segment(segment), array)
+    shared.close()
+    assert not list(tmp_path.iterdir())
