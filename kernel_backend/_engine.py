@@ -47,6 +47,7 @@ WRAPPER_FILENAME = "<paracell>"
 ENGINE_MODULES = (
     "_engine",
     "_enginenames",
+    "_enginesegments",
     "_enginemap",
     "_enginecell",
     "_enginetasks",
