@@ -16,7 +16,13 @@ engines (its digest still read).  Medians over the rounds; the runners take
 turns within each round.  ``--parts`` also times the pieces of the first map
 (digest, writing the segment, an engine mapping and reading it).
 
-    .venv/bin/python benchmarks/shm_bench.py [--rounds 5] [--parts]
+``--cells`` adds a third paracell cluster driven the way a notebook drives
+it: an IPython shell with the extension loaded, the new array assigned in
+a cell of its own (at whose end the engines let go of the old one), then
+``%pmap`` timed as a cell.  Between the two cells the script waits until
+the engines have answered a no-op, as a person's pause between cells would.
+
+    .venv/bin/python benchmarks/shm_bench.py [--rounds 5] [--parts] [--cells]
 """
 
 from __future__ import annotations
@@ -55,6 +61,36 @@ def timed(func: Callable[[], Any]) -> tuple[float, Any]:
 
 def paracell_map(session: ClusterSession) -> list[float]:
     return map_function(session, use_big, range(ITEMS), MapOptions()).result()
+
+
+SHELL_MAP = "_got = %pmap --no-progress use_big(i) for i in range(ITEMS)"
+
+
+def start_shell() -> Any:
+    """An IPython shell with paracell loaded and its own 2-engine cluster."""
+    from IPython.testing.globalipapp import start_ipython
+
+    ip = start_ipython()
+    ip.run_line_magic("load_ext", "paracell")
+    ip.run_line_magic("cluster", "start -n 2")
+    ip.run_cell(
+        f"ITEMS = {ITEMS}\ndef use_big(i):\n    return float(BIG[i::ITEMS].sum())"
+    ).raise_error()
+    ip.user_ns["_bench_new"] = lambda: BIG
+    return ip
+
+
+def shell_new_array(ip: Any) -> None:
+    """The round's array assigned in a cell, then a pause for the engines."""
+    from paracell.kernel_backend import default_session
+
+    ip.run_cell("BIG = _bench_new()").raise_error()
+    default_session().client[:].apply_sync(int)
+
+
+def shell_map(ip: Any) -> list[float]:
+    ip.run_cell(SHELL_MAP).raise_error()
+    return ip.user_ns.pop("_got")  # type: ignore[no-any-return]
 
 
 def moved_bytes(session: ClusterSession) -> int:
@@ -125,9 +161,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--parts", action="store_true")
+    parser.add_argument("--cells", action="store_true")
     args = parser.parse_args()
     shm = start(shared=True)
     wire = start(shared=False)
+    ip = start_shell() if args.cells else None
     times: dict[str, list[float]] = {}
     moved: dict[str, list[int]] = {}
     try:
@@ -142,6 +180,9 @@ def main() -> None:
                     ("paracell, shared memory", partial(paracell_map, shm)),
                     ("paracell, through the controller", partial(paracell_map, wire)),
                 ]
+                if ip is not None:
+                    shell_new_array(ip)
+                    runners.append(("paracell, %pmap cells", partial(shell_map, ip)))
                 for name, run in runners:
                     session = shm if name == "paracell, shared memory" else wire
                     before = moved_bytes(session)
@@ -149,7 +190,7 @@ def main() -> None:
                         seconds, value = timed(run)
                         assert value == expected, (name, k)
                         times.setdefault(f"{name} (map {k})", []).append(seconds)
-                    if name != "Pool.map":
+                    if name not in ("Pool.map", "paracell, %pmap cells"):
                         after = (
                             session.shipper.bytes_sent + session.shipper.bytes_shared
                         )
@@ -163,11 +204,11 @@ def main() -> None:
         )
         print(f"{'':44}{'map 1 s':>9}{'map 2 s':>9}{'/Pool 1':>9}{'/Pool 2':>9}")
         ref = [statistics.median(times[f"Pool.map (map {k})"]) for k in (1, 2)]
-        for name in (
-            "Pool.map",
-            "paracell, shared memory",
-            "paracell, through the controller",
-        ):
+        names = ["Pool.map", "paracell, shared memory"]
+        names.append("paracell, through the controller")
+        if ip is not None:
+            names.append("paracell, %pmap cells")
+        for name in names:
             m = [statistics.median(times[f"{name} (map {k})"]) for k in (1, 2)]
             print(
                 f"  {name:42}{m[0]:9.3f}{m[1]:9.3f}"
@@ -179,6 +220,9 @@ def main() -> None:
         m2 = statistics.median(times["paracell, shared memory (map 2)"]) / ref[1]
         print(f"target first map <= 2 x Pool.map: {m1:.2f} x {_verdict(m1 <= 2)}")
         print(f"target second map <= 1.3 x Pool.map: {m2:.2f} x {_verdict(m2 <= 1.3)}")
+        if ip is not None:
+            m1 = statistics.median(times["paracell, %pmap cells (map 1)"]) / ref[0]
+            print(f"  as cells, first map: {m1:.2f} x {_verdict(m1 <= 2)}")
         BIG = None
         if args.parts:
             parts(shm)
@@ -186,6 +230,9 @@ def main() -> None:
         BIG = None
         shm.stop()
         wire.stop()
+        if ip is not None:
+            ip.run_cell("BIG = None")
+            ip.run_line_magic("cluster", "stop")
     left = glob.glob(f"/dev/shm/paracell-{os.getpid()}-*")
     print(f"segments left in /dev/shm after stop: {len(left)}")
 

@@ -219,6 +219,14 @@ class JobManager:
             self.add(job, namespace)
         return job
 
+    def release_dropped_arrays(self) -> None:
+        """Between cells: let engines free the large arrays the notebook
+        dropped, unless a job is queued or running (its tasks may read them)."""
+        with self._lock:
+            if any(not job.done() for job in self._jobs.values()):
+                return
+        self._pool.release_dropped_arrays()
+
     def claim_name(self, name: str | None) -> str:
         """``name``, if no job of that name is still going; a fresh name
         (``job-N``) for None.  Raises ``InvalidRequest`` naming the job."""

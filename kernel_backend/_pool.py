@@ -170,6 +170,10 @@ class JobPool(EnginePool, Protocol):
         task submitted next finds the names)."""
         ...
 
+    def release_dropped_arrays(self) -> None:
+        """Let engines free the arrays the notebook dropped (no job runs)."""
+        ...
+
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` before the cluster stops."""
         ...

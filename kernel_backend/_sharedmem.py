@@ -20,8 +20,11 @@ copies: it is removed when that array is garbage-collected, when the array
 changes in place (a new version gets a segment of its own), and when the
 cluster stops.  An engine's mapping outlives the file's name (Linux frees
 the memory when the last mapping goes), so removing a segment never pulls
-data from under a running task.  If the kernel is killed, the cluster's
-watchdog removes its segments (their names carry the cluster's id).
+data from under a running task.  Engines let go of a removed segment when
+the cell that dropped its array ends, if no job is running then
+(:meth:`take_removed`), else with the next names shipped to them.  If the
+kernel is killed, the cluster's watchdog removes its segments (their names
+carry the cluster's id).
 """
 
 from __future__ import annotations
@@ -108,6 +111,8 @@ class SharedArrays:
         self._owners: dict[str, set[int]] = {}
         # id of a notebook object -> (its finalizer, the digest of its version)
         self._versions: dict[int, tuple[Any, str]] = {}
+        # digests whose segments went because the notebook dropped the array
+        self._removed: list[str] = []
         self._closed = False
         #: bytes written into segments since this object was made
         self.bytes_written = 0
@@ -204,6 +209,15 @@ class SharedArrays:
             segment = self._segments.pop(digest, None)
             if segment is not None and os.getpid() == self._pid:
                 _remove(segment)
+                self._removed.append(digest)
+
+    def take_removed(self) -> list[str]:
+        """The digests whose segments were removed since the last call
+        because the notebook dropped (or changed) their arrays: engines may
+        let go of their mappings, and the memory is freed when they do."""
+        with self._lock:
+            removed, self._removed = self._removed, []
+            return removed
 
     def holds(self, digest: str) -> bool:
         """Whether a segment of version ``digest`` exists."""
@@ -222,6 +236,7 @@ class SharedArrays:
             segments = list(self._segments.values())
             self._segments.clear()
             self._owners.clear()
+            self._removed.clear()
             for finalizer, _ in self._versions.values():
                 finalizer.detach()
             self._versions.clear()

@@ -11,6 +11,7 @@ Whether imports work on the engines is :mod:`._importcheck`'s question.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -236,6 +237,27 @@ class NameShipper:
         ar.get()
         self._purge(ar)
         return sum(shared[d].nbytes for d in unmapped)
+
+    def release_removed(self, client: Any) -> list[int]:
+        """Tell engines to drop the arrays whose shared-memory segments went
+        (the notebook dropped or changed them), so their memory is freed now
+        instead of at the next shipment.  No wait for the answers.  Only for
+        when no work runs: a running map's later chunks would miss them.
+        Returns the engines told."""
+        gone = set(self._shared.take_removed()) if self._shared is not None else set()
+        if not gone:
+            return []
+        told = []
+        for eid, held in list(self._held.items()):
+            names = [name for name, digest in list(held.items()) if digest in gone]
+            if not names:
+                continue
+            evict = sorted({held.pop(name) for name in names})
+            with contextlib.suppress(Exception):  # a dead engine holds nothing
+                ar = client[eid].apply_async(install_names, {}, evict, None)
+                ar.add_done_callback(self._purge)
+                told.append(eid)
+        return told
 
     def _dropped_digests(self, shipment: Shipment) -> set[str]:
         """Digests whose notebook objects are all gone (and that this

@@ -77,6 +77,7 @@ class DeliveryHooks:
     def _post_run_cell(self, result: Any) -> None:
         self.executing = False
         self.deliver()
+        self.manager.release_dropped_arrays()
 
     def _job_finished(self, job: CellJob) -> None:
         # monitor thread: hand over to the kernel's loop, which runs this

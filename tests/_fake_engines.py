@@ -254,5 +254,8 @@ class FakePool:
             self.shipped.extend(engines)
         _enginenames.install_names(entries, (), shipment.sources, *arrays)
 
+    def release_dropped_arrays(self) -> None:
+        """Nothing to free: the fake's engines share the test's memory."""
+
     def on_stop(self, callback: Callable[[], None]) -> None:
         self._stop_callbacks.append(callback)

@@ -248,3 +248,17 @@ def test_a_controller_that_stops_answering_fails_the_running_jobs(jobs, pool):
     pool.controller_up = False
     assert finished(job).state == "failed"
     assert "controller stopped answering" in str(job.error)
+
+
+def test_dropped_arrays_are_released_only_while_no_job_runs(jobs, pool, monkeypatch):
+    calls: list[bool] = []
+    monkeypatch.setattr(pool, "release_dropped_arrays", lambda: calls.append(True))
+    job = jobs.submit("hold()", ns())
+    time.sleep(0.05)
+    assert job.state == "running"
+    jobs.release_dropped_arrays()
+    assert calls == [], "a running job may still read them"
+    GATE.set()
+    finished(job)
+    jobs.release_dropped_arrays()
+    assert calls == [True]

@@ -54,7 +54,13 @@ def test_a_large_array_crosses_once_into_shared_memory_for_every_local_engine(
 def _held_segments() -> list[str]:
     """On an engine: the shared-memory files its shipped arrays are mapped from."""
     with open("/proc/self/maps") as maps:
-        return sorted({line.split()[-1] for line in maps if "/paracell-" in line})
+        return sorted(
+            {
+                line.split(maxsplit=5)[-1].strip().removesuffix(" (deleted)")
+                for line in maps
+                if "/paracell-" in line
+            }
+        )
 
 
 def test_an_engine_cannot_change_the_notebooks_array_through_the_mapping(
@@ -118,6 +124,26 @@ def test_a_very_large_array_is_written_in_pieces_and_mapped_as_one_read_only_arr
     define(ip, "del shm_huge")
     gc.collect()
     assert not made & set(segments()), "dropped: every piece removed"
+
+
+def test_engines_let_go_of_an_array_the_notebook_drops_when_the_cell_ends(
+    ip, shared_cluster
+):
+    define(ip, "import numpy as np\nshm_gone = np.full(400_000, 5.0)")
+    before = set(segments())
+    assert pmap(ip, "float(shm_gone[k]) for k in range(4)") == [5.0] * 4
+    made = set(segments()) - before
+    assert made
+    where = shared_cluster.client[:].apply_sync(_held_segments)
+    assert all(made <= set(held) for held in where), "both engines map it"
+    define(ip, "del shm_gone")  # the cell's end lets the engines know
+    assert not made & set(segments()), "the notebook's file is gone"
+    where = shared_cluster.client[:].apply_sync(_held_segments)
+    assert not any(made & set(held) for held in where), where
+    # a map after it ships what it needs again
+    define(ip, "shm_back = np.full(400_000, 6.0)")
+    assert pmap(ip, "float(shm_back[k]) for k in range(4)") == [6.0] * 4
+    define(ip, "del shm_back")
 
 
 def test_an_ended_background_cell_keeps_no_array_alive(ip, shared_cluster):
