@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import signal
 import sys
 import threading
@@ -247,7 +248,7 @@ def _run_all(
     """
     it = iter(items)
     mapper = itertools.starmap if star else map
-    seconds = 0.0
+    seconds = first_item = 0.0
     batch = 1
     while True:
         tic = time.perf_counter()
@@ -261,7 +262,8 @@ def _run_all(
                 if len(values) - before < batch:  # all run
                     return seconds + time.perf_counter() - tic, False, False
                 spent = seconds + time.perf_counter() - tic
-                if _past_budget(budget, spent, len(values), len(items)):
+                first_item = spent if batch == 1 else first_item
+                if _past_budget(budget, spent, len(values), len(items), first_item):
                     stopped = len(values) < len(items)
                     return seconds + time.perf_counter() - tic, False, stopped
                 batch *= 2
@@ -281,13 +283,18 @@ def _run_all(
 FINISH_WITHIN = 0.15
 
 
-def _past_budget(budget: float, spent: float, done: int, total: int) -> bool:
+def _past_budget(
+    budget: float, spent: float, done: int, total: int, first: float = 0.0
+) -> bool:
     """Whether a chunk that ran ``done`` of its ``total`` items in ``spent``
     seconds should start no more: its budget is spent, and what is left
-    would take longer than :data:`FINISH_WITHIN` at that pace."""
-    if spent < budget:
+    would take longer than :data:`FINISH_WITHIN` at the pace of the items
+    after the first (``first`` seconds: it alone pays one-off costs such as
+    imports and the first touch of a shipped array), so two must have run."""
+    if spent < budget or done < 2:
         return False
-    return spent / max(done, 1) * (total - done) > FINISH_WITHIN
+    pace = (spent - min(first, spent)) / (done - 1)
+    return pace * (total - done) > FINISH_WITHIN
 
 
 def _run_each(
@@ -305,17 +312,15 @@ def _run_each(
     per_item_seed = spec.seed is not None
     # the items' own time (chunk sizes are derived from it), not set-up's
     tic = time.perf_counter()
-    position = 0
-    n = len(items)
+    position, first_item, n = 0, 0.0, len(items)
+    limit = math.inf if budget is None else budget
     with _item_timer(spec.timeout) as arm:
         while position < n:
             try:
                 for position in range(position, n):  # noqa: B020
-                    if (
-                        budget is not None
-                        and position
-                        and _past_budget(budget, time.perf_counter() - tic, position, n)
-                    ):
+                    spent = time.perf_counter() - tic
+                    first_item = spent if position == 1 else first_item
+                    if _past_budget(limit, spent, position, n, first_item):
                         stopped = True
                         break
                     if per_item_seed:

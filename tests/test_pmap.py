@@ -533,14 +533,18 @@ def test_a_chunk_runs_items_in_order_and_names_the_failed_one():
         assert out.values[:3] == [1 // (x - 3) for x in range(3)]
 
 
-def _sleeping_chunk(key: str, seconds: float, timeout: float | None):
-    """``run_chunk`` for items that sleep ``seconds`` each, and its namespace."""
+def _sleeping_chunk(
+    key: str, seconds: float, timeout: float | None, first: float | None = None
+):
+    """``run_chunk`` for items that sleep ``seconds`` each (the first item
+    ``first``, if given), and its namespace."""
     from paracell.kernel_backend._engine import TaskSpec
     from paracell.kernel_backend._enginemap import run_chunk
 
+    nap = str(seconds) if first is None else f"({first} if x == 0 else {seconds})"
     spec = TaskSpec(
         key=f"{key}-{timeout}",
-        element=f"time.sleep({seconds}) or x",
+        element=f"time.sleep({nap}) or x",
         arguments=("x",),
         timeout=timeout,
     )
@@ -571,6 +575,20 @@ def test_a_chunk_past_its_budget_runs_a_short_rest_instead_of_sending_it_back(
     assert FINISH_WITHIN > 5 * 0.02
     out = run(range(6), 0.01)
     assert out.values == list(range(6)) and not out.stopped
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_a_slow_first_item_does_not_make_a_probe_send_a_short_rest_back(timeout):
+    from paracell.kernel_backend._enginemap import FINISH_WITHIN
+
+    # the first item pays a one-off 0.3 s; the 8 after it take 0.08 s in all
+    run = _sleeping_chunk("unit-slow-first", 0.01, timeout, first=0.3)
+    assert FINISH_WITHIN > 8 * 0.01 + 0.03
+    out = run(range(9), 0.05)
+    assert out.values == list(range(9)) and not out.stopped
+    # items that stay slow still stop the probe
+    run = _sleeping_chunk("unit-slow-all", 0.1, timeout)
+    assert run(range(9), 0.05).stopped
 
 
 def test_a_second_map_of_trivial_items_wakes_only_the_engines_it_needs(
