@@ -856,14 +856,15 @@ class ClusterSession:
 
     def release_dropped_arrays(self) -> None:
         """Let engines free the large arrays the notebook dropped (their
-        shared memory) now; nothing while a map holds the engines, or while
-        the cluster is busy changing (they are freed at a later call)."""
+        shared memory, or the copies sent to them) now; nothing while a map
+        holds the engines, or while the cluster is busy changing (they are
+        freed at a later call)."""
         if not self._lock.acquire(blocking=False):
             return
         try:
             client = self._client
             if client is not None and not self._in_use:
-                self.shipper.release_removed(client)
+                self.shipper.release_dropped(client)
         finally:
             self._lock.release()
 

@@ -85,6 +85,9 @@ class NameShipper:
         self._paths: dict[int, tuple[str, ...]] = {}  # engine -> paths sent
         # digest -> the notebook objects it was shipped for (weakly)
         self._owners: dict[str, list[weakref.ref[Any]]] = {}
+        # digests of large arrays one of whose notebook objects went (filled
+        # by weakref callbacks, on whatever thread drops the object)
+        self._let_go: list[str] = []
         self._imports = ImportCheck()
         #: bytes sent to engines through the controller
         self.bytes_sent = 0
@@ -238,13 +241,32 @@ class NameShipper:
         self._purge(ar)
         return sum(shared[d].nbytes for d in unmapped)
 
-    def release_removed(self, client: Any) -> list[int]:
-        """Tell engines to drop the arrays whose shared-memory segments went
-        (the notebook dropped or changed them), so their memory is freed now
+    def _watched(self, p: Payload) -> weakref.ref[Any]:
+        """A reference to ``p``'s notebook object; for a large array, one
+        that notes the digest when the object goes (:meth:`release_dropped`)."""
+        assert p.owner is not None
+        obj = p.owner()
+        if obj is None or p.kind != "array" or p.nbytes < SHARED_MIN_BYTES:
+            return p.owner
+        let_go, digest = self._let_go, p.digest  # not self: no cycle through it
+        try:
+            return weakref.ref(obj, lambda _ref: let_go.append(digest))
+        except TypeError:
+            return p.owner
+
+    def release_dropped(self, client: Any) -> list[int]:
+        """Tell engines to drop the large arrays the notebook dropped (or
+        changed, for shared-memory segments), so their memory is freed now
         instead of at the next shipment.  No wait for the answers.  Only for
         when no work runs: a running map's later chunks would miss them.
         Returns the engines told."""
+        # segments the notebook's versions no longer need (:mod:`._sharedmem`
+        # follows versions); other arrays once none of their objects is alive
         gone = set(self._shared.take_removed()) if self._shared is not None else set()
+        while self._let_go:
+            digest = self._let_go.pop()
+            if not any(ref() is not None for ref in self._owners.get(digest, ())):
+                gone.add(digest)
         if not gone:
             return []
         told = []
@@ -266,7 +288,7 @@ class NameShipper:
             if p.owner is not None:
                 owners = self._owners.setdefault(p.digest, [])
                 if not any(ref() is p.owner() for ref in owners):
-                    owners.append(p.owner)
+                    owners.append(self._watched(p))
         dropped = set()
         for held, owners in list(self._owners.items()):
             owners[:] = [ref for ref in owners if ref() is not None]
@@ -274,6 +296,9 @@ class NameShipper:
                 del self._owners[held]
                 if held not in shipment.digests.values():
                     dropped.add(held)
+        # without cells nothing else takes these: keep only what engines hold
+        held_now = {d for held in self._held.values() for d in held.values()}
+        self._let_go[:] = [d for d in self._let_go if d in held_now]
         return dropped
 
     def _paths_to_send(self, eid: int, paths: tuple[str, ...]) -> tuple[str, ...]:

@@ -146,6 +146,42 @@ def test_engines_let_go_of_an_array_the_notebook_drops_when_the_cell_ends(
     define(ip, "del shm_back")
 
 
+def _large_arrays_held() -> list[str]:
+    """On an engine: the digests of the large arrays its store holds."""
+    from paracell.kernel_backend import _enginenames
+
+    return sorted(
+        digest
+        for digest, value in _enginenames._STORE.items()
+        if getattr(value, "nbytes", 0) >= 1 << 20
+    )
+
+
+def test_engines_let_go_of_an_array_sent_as_bytes_when_no_object_holds_it(
+    ip, no_other_cluster, monkeypatch
+):
+    monkeypatch.setenv("PARACELL_SHARED_MEMORY", "0")  # the remote engines' path
+    session = default_session()
+    session.start(2)
+    try:
+        view = session.client[:]
+        define(ip, "import numpy as np\nwire_big = np.full(400_000, 2.0)")
+        assert pmap(ip, "float(wire_big[k]) for k in range(4)") == [2.0] * 4
+        assert session.shipper.bytes_sent >= 2 * 3_200_000, "sent as bytes"
+        assert all(len(held) == 1 for held in view.apply_sync(_large_arrays_held))
+        define(ip, "del wire_big")
+        assert view.apply_sync(_large_arrays_held) == [[], []]
+        # two equal arrays are one digest: it stays while either is alive
+        define(ip, "one = np.full(400_000, 3.0)\ntwo = one.copy()")
+        assert pmap(ip, "float(one[k] + two[k]) for k in range(4)") == [6.0] * 4
+        define(ip, "del one")
+        assert all(len(held) == 1 for held in view.apply_sync(_large_arrays_held))
+        define(ip, "del two")
+        assert view.apply_sync(_large_arrays_held) == [[], []]
+    finally:
+        session.stop()
+
+
 def test_an_ended_background_cell_keeps_no_array_alive(ip, shared_cluster):
     from paracell.kernel_backend import default_jobs
 
