@@ -88,6 +88,8 @@ class NameShipper:
         # digests of large arrays one of whose notebook objects went (filled
         # by weakref callbacks, on whatever thread drops the object)
         self._let_go: list[str] = []
+        # digests of objects the notebook dropped that engines still hold
+        self._unwanted: set[str] = set()
         self._imports = ImportCheck()
         #: bytes sent to engines through the controller
         self.bytes_sent = 0
@@ -294,12 +296,15 @@ class NameShipper:
             owners[:] = [ref for ref in owners if ref() is not None]
             if not owners:
                 del self._owners[held]
-                if held not in shipment.digests.values():
-                    dropped.add(held)
-        # without cells nothing else takes these: keep only what engines hold
+                dropped.add(held)
+        # kept until every engine that holds them has dropped them: engines
+        # left out of this shipment drop them with a later one
         held_now = {d for held in self._held.values() for d in held.values()}
+        wanted = set(shipment.digests.values())
+        self._unwanted = ((self._unwanted | dropped) & held_now) - wanted
+        # without cells nothing else takes these: keep only what engines hold
         self._let_go[:] = [d for d in self._let_go if d in held_now]
-        return dropped
+        return set(self._unwanted)
 
     def _paths_to_send(self, eid: int, paths: tuple[str, ...]) -> tuple[str, ...]:
         """``paths`` if engine ``eid`` has not been sent them yet, else ()."""

@@ -605,3 +605,32 @@ def test_a_second_map_of_trivial_items_wakes_only_the_engines_it_needs(
     assert second.result() == expected
     # a few ms of work in all: one engine does it, in one chunk
     assert len(second.chunks) == 1
+
+
+def _stores(digest: str) -> bool:
+    """On an engine: whether its store of shipped objects holds ``digest``."""
+    from paracell.kernel_backend import _enginenames
+
+    return digest in _enginenames._STORE
+
+
+def test_an_engine_left_out_of_a_shipment_drops_a_dropped_name_with_its_next(
+    ip, shared_cluster
+):
+    define(
+        ip,
+        # an object the kernel can follow weakly (a dict cannot be)
+        "import numpy as np\nleft_out = np.arange(1000)\n"
+        "def uses_left_out(x):\n    return len(left_out) + x",
+    )
+    assert pmap(ip, "uses_left_out(x) for x in range(4)") == [1000, 1001, 1002, 1003]
+    held = shared_cluster.shipper._held
+    digest = held[0]["left_out"]
+    assert held[1]["left_out"] == digest
+    define(ip, "del left_out, uses_left_out\nleft_in = 5")
+    assert pmap(ip, "--targets 0 left_in + x for x in range(2)") == [5, 6]
+    client = shared_cluster.client
+    assert client[0].apply_sync(_stores, digest) is False, "dropped by engine 0"
+    assert client[1].apply_sync(_stores, digest) is True, "engine 1 was not sent to"
+    assert pmap(ip, "--targets 1 left_in + x for x in range(2)") == [5, 6]
+    assert client[1].apply_sync(_stores, digest) is False, "dropped with its next"
