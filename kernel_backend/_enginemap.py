@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import signal
 import sys
 import threading
@@ -284,7 +283,7 @@ FINISH_WITHIN = 0.15
 
 
 def _past_budget(
-    budget: float, spent: float, done: int, total: int, first: float = 0.0
+    budget: float, spent: float, done: int, total: int, first: float
 ) -> bool:
     """Whether a chunk that ran ``done`` of its ``total`` items in ``spent``
     seconds should start no more: its budget is spent, and what is left
@@ -313,16 +312,16 @@ def _run_each(
     # the items' own time (chunk sizes are derived from it), not set-up's
     tic = time.perf_counter()
     position, first_item, n = 0, 0.0, len(items)
-    limit = math.inf if budget is None else budget
     with _item_timer(spec.timeout) as arm:
         while position < n:
             try:
                 for position in range(position, n):  # noqa: B020
-                    spent = time.perf_counter() - tic
-                    first_item = spent if position == 1 else first_item
-                    if _past_budget(limit, spent, position, n, first_item):
-                        stopped = True
-                        break
+                    if budget is not None:
+                        spent = time.perf_counter() - tic
+                        first_item = spent if position == 1 else first_item
+                        if _past_budget(budget, spent, position, n, first_item):
+                            stopped = True
+                            break
                     if per_item_seed:
                         seed_item(item_seed_sequence(spec.seed, first + position))
                     item = items[position]
