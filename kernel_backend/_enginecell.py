@@ -25,7 +25,7 @@ from ._engine import (
     reporting,
 )
 from ._enginenames import build_namespace, engine_user_ns
-from ._seeding import item_seed_sequence, seed_item
+from ._seeding import map_root, seed_sources
 
 __all__ = ["CellOutcome", "run_cell"]
 
@@ -63,7 +63,7 @@ def run_cell(
     _pickling.install()
     ns = build_namespace(spec, engine_user_ns() if persistent else None)
     body, last = _parse(source, filename)
-    seed_item(item_seed_sequence(spec.seed, 0, entropy=spec.entropy))
+    seed_sources(map_root(spec.seed, spec.entropy), 0)
     started = time.time()
     tic = time.perf_counter()
     result, failure, interrupted = _execute(body, last, ns, filename)

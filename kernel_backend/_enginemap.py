@@ -26,7 +26,7 @@ from ._engine import (
     reporting,
 )
 from ._enginenames import build_callable
-from ._seeding import item_seed_sequence, seed_item
+from ._seeding import ChunkSeeds, map_root, seed_sources
 
 __all__ = ["ChunkOutcome", "run_chunk"]
 
@@ -82,7 +82,7 @@ def run_chunk(
     if spec.seed is None:
         # Unseeded: one independent stream per chunk is enough (and cheap);
         # no two chunks, hence no two engines, share a state.
-        seed_item(item_seed_sequence(None, first, entropy=spec.entropy))
+        seed_sources(map_root(None, spec.entropy), first)
     outcome = _run_items(spec, func, first, items, star, budget)
     if check_results:
         _check_results(spec, first, outcome.values, outcome.failures)
@@ -308,7 +308,7 @@ def _run_each(
 ) -> tuple[float, bool, bool]:
     """The items of a chunk one by one: seeded per item, each under the timer."""
     interrupted = stopped = False
-    per_item_seed = spec.seed is not None
+    seeds = None if spec.seed is None else ChunkSeeds(spec.seed, first, len(items))
     # the items' own time (chunk sizes are derived from it), not set-up's
     tic = time.perf_counter()
     position, first_item, n = 0, 0.0, len(items)
@@ -322,8 +322,8 @@ def _run_each(
                         if _past_budget(budget, spent, position, n, first_item):
                             stopped = True
                             break
-                    if per_item_seed:
-                        seed_item(item_seed_sequence(spec.seed, first + position))
+                    if seeds is not None:
+                        seeds.seed(position)
                     item = items[position]
                     arm(True)
                     values.append(func(*item) if star else func(item))

@@ -30,7 +30,7 @@ from ._engine import (
     reporting,
 )
 from ._enginenames import build_namespace
-from ._seeding import item_seed_sequence, seed_item
+from ._seeding import map_root, seed_sources
 
 __all__ = [
     "StatementOutcome",
@@ -120,7 +120,7 @@ def run_statement(
             with reporting():
                 outcome.fetched = _receive_values(ns, fetch, given, authkey)
                 outcome.fetch_seconds = time.perf_counter() - tic
-                seed_item(item_seed_sequence(seed, index, entropy=entropy))
+                seed_sources(map_root(seed, entropy), index)
                 _execute(outcome, body[index], ns, filename, last_value)
         except KeyboardInterrupt:
             outcome.interrupted = True

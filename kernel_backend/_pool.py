@@ -309,7 +309,7 @@ class LocalPool:
 
         task = _LocalTask()
         printed = io.StringIO()
-        saved = (random.getstate(), np.random.get_state(), _seeding._current)
+        saved = (random.getstate(), np.random.get_state(), _seeding.current_state())
         try:
             # the items' lines reach the same views as engines' output
             with (
@@ -325,7 +325,7 @@ class LocalPool:
             task.stdout = printed.getvalue()
             random.setstate(saved[0])
             np.random.set_state(saved[1])
-            _seeding._current = saved[2]
+            _seeding.restore_state(saved[2])
         return task
 
     def interrupt(self, tasks: dict[Any, int], grace: float = 0.0) -> list[Any]:

@@ -157,6 +157,41 @@ def test_seeded_results_match_any_engine_count_chunking_order_and_local(
     assert pmap(ip, line.format("--seed 8"))[5] != reference[5]
 
 
+def test_seeded_items_draw_from_their_own_seed_sequences_in_long_chunks(
+    ip, shared_cluster
+):
+    """Item i of a ``--seed S`` map draws from ``SeedSequence(S, spawn_key=(i,))``
+    (its children for ``random`` and ``numpy.random``), however long its
+    chunk: long chunks compute their items' seeds together."""
+    import random
+
+    import numpy as np
+
+    from paracell.kernel_backend._seeding import (
+        clear_current,
+        item_seed_sequence,
+        seeded,
+    )
+
+    define(
+        ip,
+        "import random, numpy as np, paracell\n"
+        "def draw(i):\n"
+        "    return (i, random.random(), float(np.random.rand()),"
+        " float(paracell.rng().random()))",
+    )
+    expected = []
+    for i in range(100):
+        with seeded(item_seed_sequence(5, i)) as generator:
+            expected.append(
+                (i, random.random(), float(np.random.rand()), float(generator.random()))
+            )
+    clear_current()
+    for chunks in ("--chunksize 50", "--chunksize 3", ""):
+        line = f"--no-progress --seed 5 {chunks} draw(i) for i in range(100)"
+        assert pmap(ip, line) == expected, chunks
+
+
 def test_unseeded_items_still_get_independent_streams(ip, shared_cluster):
     define(ip, "import numpy as np")
     draws = pmap(

@@ -9,13 +9,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from paracell.kernel_backend import InvalidRequest
+from paracell.kernel_backend import InvalidRequest, _seeding
 from paracell.kernel_backend._seeding import (
+    ChunkSeeds,
     clear_current,
     fresh_entropy,
     item_seed_sequence,
     rng,
     seed_item,
+    seed_sources,
     seeded,
     validate_seed,
 )
@@ -207,3 +209,74 @@ def test_validate_seed_message_names_the_bad_value() -> None:
         validate_seed("x")
 
     assert str(caught.value) == "--seed must be a non-negative integer, not 'x'"
+
+
+# -- seeding many items at once --------------------------------------------
+
+ROOTS = [0, 1, 7, 2**32 - 1, 2**32, 2**64 + 3, 2**128 - 1, 2**200 + 12345]
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_children_states_for_many_indexes_equal_seed_sequences_own(root: int) -> None:
+    indexes = np.array(
+        [0, 1, 2, 1000, 2**31, 2**32 - 2, 2**32 - 1, *range(50, 70)],
+        dtype=np.uint64,
+    )
+    for child in (0, 1):
+        expected = [
+            np.random.SeedSequence(root, spawn_key=(int(i), child)).generate_state(
+                8, np.uint32
+            )
+            for i in indexes
+        ]
+        assert (_seeding._child_states(root, indexes, child) == expected).all()
+
+
+def after_seeding() -> tuple[Any, ...]:
+    """What an item draws next from the three sources."""
+    return (
+        random.random(),
+        random.getrandbits(64),
+        float(np.random.random()),
+        rng().random(2).tolist(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("root", "first", "count"),
+    [
+        (7, 0, 40),  # computed together
+        (2**127 + 5, 1000, 16),
+        (7, 3, 5),  # too short: item by item
+        (7, 2**32 - 10, 20),  # past one word of spawn key: item by item
+    ],
+)
+def test_chunk_seeds_leave_each_item_as_seed_item_does(
+    root: int, first: int, count: int
+) -> None:
+    seeds = ChunkSeeds(root, first, count)
+    for position in (0, 1, count // 2, count - 1):
+        seed_item(item_seed_sequence(root, first + position))
+        expected = after_seeding()
+        seeds.seed(position)
+        assert after_seeding() == expected
+        seed_sources(root, first + position)
+        assert after_seeding() == expected
+
+
+def test_an_items_generator_is_made_once_when_first_asked_for() -> None:
+    seed_sources(11, 4)
+    assert _seeding.current_state()[0] is None  # not made yet
+    made = rng()
+    assert rng() is made
+    assert made.random() == seed_item(item_seed_sequence(11, 4)).random()
+    seed_sources(11, 5)
+    assert rng() is not made
+
+
+def test_a_pending_generator_is_put_back_by_seeded() -> None:
+    seed_sources(3, 2)
+    expected = np.random.default_rng(item_seed_sequence(3, 2)).random()
+    with seeded(item_seed_sequence(9, 9)):
+        rng().random()
+    assert rng().random() == expected
