@@ -7,7 +7,8 @@ as ``Pool.map`` picks it):
 
 * paracell ``seed=S``: item *i* draws from ``SeedSequence(S, spawn_key=(i,))``
   whatever the engines and chunks (``random``, ``numpy.random`` and
-  ``paracell.rng()`` all seeded per item);
+  ``paracell.rng()`` all seeded per item); once more with items that do not
+  call ``paracell.rng()`` (its generator is made only when called);
 * Pool seeding per item by hand as numpy advises:
   ``np.random.default_rng(SeedSequence(S, spawn_key=(i,)))`` (one source);
 * both unseeded, for the cost of the map itself.
@@ -42,6 +43,10 @@ def draw(i: int) -> float:
     return random.random() + float(np.random.random()) + paracell.rng().random()
 
 
+def draw_legacy(i: int) -> float:
+    return random.random() + float(np.random.random())
+
+
 def draw_seeded_by_hand(i: int) -> float:
     rng = np.random.default_rng(np.random.SeedSequence(SEED, spawn_key=(i,)))
     return rng.random()
@@ -73,6 +78,9 @@ def main() -> None:
             "paracell, seed=S": lambda: paracell.pmap(
                 draw, items, seed=SEED, progress=False
             ),
+            "paracell, seed=S, no rng()": lambda: paracell.pmap(
+                draw_legacy, items, seed=SEED, progress=False
+            ),
         }
         for run in runners.values():
             run()  # warm: functions shipped, workers' imports done
@@ -84,7 +92,7 @@ def main() -> None:
         pool.terminate()
         paracell.stop()
     print(f"{args.items} tiny items on 2 workers, {args.rounds} rounds")
-    print(f"{'':30}{'median s':>10}{'us/item':>10}")
+    print(f"{'':30}{'median s':>10}{'us/item':>10}")  # wall time / items
     medians = {label: statistics.median(runs) for label, runs in times.items()}
     for label, median in medians.items():
         print(f"{label:30}{median:10.3f}{median / args.items * 1e6:10.1f}")

@@ -123,16 +123,19 @@ def test_names_the_notebook_lacks_come_from_the_engines(ip, shared_cluster):
     assert pmap(ip, "--no-progress engine_only + x for x in range(3)") == [10, 11, 12]
 
 
+# an item drawing from each of the three sources a seeded map seeds
+DRAW = (
+    "import random, numpy as np, paracell\n"
+    "def draw(i):\n"
+    "    return (i, random.random(), float(np.random.rand()),"
+    " float(paracell.rng().random()))"
+)
+
+
 def test_seeded_results_match_any_engine_count_chunking_order_and_local(
     ip, shared_cluster
 ):
-    define(
-        ip,
-        "import random, numpy as np, paracell\n"
-        "def draw(i):\n"
-        "    return (i, random.random(), float(np.random.rand()),"
-        " float(paracell.rng().random()))",
-    )
+    define(ip, DRAW)
     line = "--no-progress --seed 7 {} draw(i) for i in range(60)"
     reference = pmap(ip, line.format("--local"))
     assert pmap(ip, line.format("")) == reference
@@ -173,13 +176,7 @@ def test_seeded_items_draw_from_their_own_seed_sequences_in_long_chunks(
         seeded,
     )
 
-    define(
-        ip,
-        "import random, numpy as np, paracell\n"
-        "def draw(i):\n"
-        "    return (i, random.random(), float(np.random.rand()),"
-        " float(paracell.rng().random()))",
-    )
+    define(ip, DRAW)
     expected = []
     for i in range(100):
         with seeded(item_seed_sequence(5, i)) as generator:
