@@ -189,37 +189,47 @@ def seed_sources(root: int, index: int) -> None:
 
 class ChunkSeeds:
     """The seeds of items ``first`` .. ``first + count - 1`` of a map whose
-    root is ``root`` (its ``--seed``, or its entropy), computed for all of
-    them at once.
+    root is ``root`` (its ``--seed``, or its entropy), computed many at once.
 
     ``seed(position)`` seeds the item at that position in the chunk exactly
     as :func:`seed_sources` would: the same words, from the same seed
     sequences (``SeedSequence``'s mixing, done on arrays of the items'
-    indexes instead of one sequence at a time).  Per item that leaves the
-    seeding of ``random`` and ``numpy.random`` themselves, about a fifth of
-    the time.  Chunks too short to gain, and indexes past 2**32 (two words
-    of spawn key), are seeded one item at a time.
+    indexes, a block of them at a time, instead of one sequence at a time).
+    Per item that leaves the seeding of ``random`` and ``numpy.random``
+    themselves, about a fifth of the time.  Chunks too short to gain, and
+    indexes past 2**32 (two words of spawn key), are seeded one item at a
+    time.
     """
 
     def __init__(self, root: int, first: int, count: int) -> None:
-        self.root, self.first = root, first
-        self._words: tuple[np.ndarray, np.ndarray] | None = None
-        if count >= _VECTOR_FROM and first + count <= _ONE_WORD:
-            indexes = np.arange(first, first + count, dtype=np.uint64)
-            self._words = (
-                _child_states(root, indexes, _PYTHON_RANDOM_CHILD),
-                _child_states(root, indexes, _LEGACY_NUMPY_CHILD),
-            )
+        self.root, self.first, self.count = root, first, count
+        vector = count >= _VECTOR_FROM and first + count <= _ONE_WORD
+        self._mixer = _mixer(root) if vector else None
+        self._start = 0  # the position of the first item of the block in hand
+        self._words: list[np.ndarray] = []
 
     def seed(self, position: int) -> None:
         global _current, _pending
-        if self._words is None:
-            seed_sources(self.root, self.first + position)
+        index = self.first + position
+        if self._mixer is None:
+            seed_sources(self.root, index)
             return
+        offset = position - self._start
+        if not self._words or not 0 <= offset < len(self._words[0]):
+            self._start = position - position % _BLOCK
+            stop = min(self._start + _BLOCK, self.count)
+            indexes = np.arange(
+                self.first + self._start, self.first + stop, dtype=np.uint64
+            )
+            self._words = [
+                _child_states(self._mixer, indexes, child)
+                for child in (_PYTHON_RANDOM_CHILD, _LEGACY_NUMPY_CHILD)
+            ]
+            offset = position - self._start
         python_words, numpy_words = self._words
-        random.seed(int.from_bytes(python_words[position].tobytes(), "little"))
-        np.random.seed(numpy_words[position])
-        _current, _pending = None, (self.root, self.first + position)
+        random.seed(int.from_bytes(python_words[offset].tobytes(), "little"))
+        np.random.seed(numpy_words[offset])
+        _current, _pending = None, (self.root, index)
 
 
 def rng() -> np.random.Generator:
@@ -303,6 +313,8 @@ _MIX_L, _MIX_R = 0xCA01F9DD, 0x4973F715
 _VECTOR_FROM = 16
 #: Indexes below this are one word of spawn key.
 _ONE_WORD = 2**32
+#: Items whose seeds are computed together (256 KB of words).
+_BLOCK = 4096
 
 
 def _words(value: int) -> list[int]:
@@ -344,10 +356,13 @@ def _mix(x: Any, y: Any) -> Any:
     return result ^ (result >> 16)
 
 
-def _child_states(root: int, indexes: np.ndarray, child: int) -> np.ndarray:
+def _child_states(
+    mixer: tuple[list[int], int], indexes: np.ndarray, child: int
+) -> np.ndarray:
     """``SeedSequence(root, spawn_key=(i, child)).generate_state(8, np.uint32)``
-    for each ``i`` in ``indexes`` (uint64, each below 2**32): one row each."""
-    start, hash_const = _mixer(root)
+    for each ``i`` in ``indexes`` (uint64, each below 2**32), one row each;
+    ``mixer`` is ``_mixer(root)``."""
+    start, hash_const = mixer
     pool: list[Any] = [np.uint64(word) for word in start]
     for word in (indexes, np.uint64(child)):
         for dst in range(4):

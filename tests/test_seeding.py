@@ -229,7 +229,8 @@ def test_children_states_for_many_indexes_equal_seed_sequences_own(root: int) ->
             )
             for i in indexes
         ]
-        assert (_seeding._child_states(root, indexes, child) == expected).all()
+        mixer = _seeding._mixer(root)
+        assert (_seeding._child_states(mixer, indexes, child) == expected).all()
 
 
 def after_seeding() -> tuple[Any, ...]:
@@ -246,6 +247,7 @@ def after_seeding() -> tuple[Any, ...]:
     ("root", "first", "count"),
     [
         (7, 0, 40),  # computed together
+        (7, 5, 3 * 4096 + 20),  # in blocks
         (2**127 + 5, 1000, 16),
         (7, 3, 5),  # too short: item by item
         (7, 2**32 - 10, 20),  # past one word of spawn key: item by item
@@ -255,7 +257,8 @@ def test_chunk_seeds_leave_each_item_as_seed_item_does(
     root: int, first: int, count: int
 ) -> None:
     seeds = ChunkSeeds(root, first, count)
-    for position in (0, 1, count // 2, count - 1):
+    positions = [0, 1, count // 2, count - 1, 4095, 4096, 8193, 2]
+    for position in [p for p in positions if p < count]:
         seed_item(item_seed_sequence(root, first + position))
         expected = after_seeding()
         seeds.seed(position)
@@ -272,6 +275,25 @@ def test_an_items_generator_is_made_once_when_first_asked_for() -> None:
     assert made.random() == seed_item(item_seed_sequence(11, 4)).random()
     seed_sources(11, 5)
     assert rng() is not made
+
+
+def test_threads_an_item_starts_share_its_one_generator() -> None:
+    import threading
+
+    seed_sources(13, 1)
+    made: list[np.random.Generator] = []
+    start = threading.Barrier(8)
+
+    def ask() -> None:
+        start.wait()
+        made.append(rng())
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(made) == 8 and all(g is made[0] for g in made)
 
 
 def test_a_pending_generator_is_put_back_by_seeded() -> None:
