@@ -3,7 +3,6 @@ per-engine set-up; what the cell defines stays on the engines."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import time
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from ._pool import OUTPUT_WAIT, SETTLE
 from ._seeding import fresh_entropy
 from ._shipment import Shipment, prepare_shipment
 from ._stale import STUCK_AFTER
+from ._waiting import wait_for
 
 __all__ = ["EngineRun", "run_everywhere"]
 
@@ -93,7 +93,7 @@ def run_everywhere(
     }
     try:
         while not all(ar.done() for ar in tasks):
-            concurrent.futures.wait(list(tasks), timeout=0.1)
+            wait_for(tasks, 0.1)
     except BaseException:
         session.interrupt(tasks)
         raise

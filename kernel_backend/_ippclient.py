@@ -10,7 +10,6 @@ detaches it when the cluster goes.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import math
 import signal
@@ -29,6 +28,7 @@ from ._ledger import EngineLedger
 from ._reaping import _pid_alive
 from ._sharedmem import SharedArrays
 from ._shipping import NameShipper
+from ._waiting import wait_for
 
 __all__ = ["IppClient"]
 
@@ -249,7 +249,7 @@ class IppClient:
             wait = min(_RESIGNAL, deadline - time.monotonic())
             if wait <= 0:
                 break
-            concurrent.futures.wait(list(running), timeout=wait)
+            wait_for(running, wait)
             running = {ar: e for ar, e in running.items() if not ar.done()}
             if time.monotonic() >= deadline:
                 break

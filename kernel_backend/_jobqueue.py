@@ -27,6 +27,7 @@ from ._enginecell import run_cell
 from ._errors import is_engine_death
 from ._jobend import stopped_verdict, verdict_of_error, verdict_of_outcome
 from ._pool import SETTLE, JobPool
+from ._waiting import wait_for
 
 __all__ = ["JobQueue"]
 
@@ -130,9 +131,7 @@ class JobQueue:
             waiting: list[concurrent.futures.Future[Any]] = [job]
             if isinstance(task, concurrent.futures.Future):
                 waiting.append(task)
-            concurrent.futures.wait(
-                waiting, timeout, return_when=concurrent.futures.FIRST_COMPLETED
-            )
+            wait_for(waiting, timeout, first=True)
             self._take(job)
         finally:
             with self._lock:

@@ -33,6 +33,7 @@ from ._mapjob import (
 from ._mapoutput import TaskOutput
 from ._mapresults import MapResults
 from ._pool import LOCAL_ENGINE, SETTLE, EnginePool
+from ._waiting import wait_for
 
 __all__ = ["_MapRun"]
 
@@ -160,11 +161,7 @@ class _MapRun:
 
     def _collect_finished(self) -> None:
         """Wait a moment for chunks to finish; take those that did."""
-        finished, _ = concurrent.futures.wait(
-            list(self.in_flight),
-            timeout=_POLL,
-            return_when=concurrent.futures.FIRST_COMPLETED,
-        )
+        finished, _ = wait_for(self.in_flight, _POLL, first=True)
         if finished:
             self.last_answer = time.monotonic()
         for ar in finished:

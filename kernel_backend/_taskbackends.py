@@ -37,6 +37,7 @@ from ._enginetasks import (
 from ._errors import is_engine_death
 from ._pool import SETTLE
 from ._taskgraph import TaskGraph
+from ._waiting import wait_for
 
 __all__ = [
     "ClusterEngines",
@@ -202,9 +203,7 @@ class ClusterEngines:
         return ar
 
     def wait(self, handles: Sequence[Any], timeout: float) -> list[Any]:
-        done, _ = concurrent.futures.wait(
-            handles, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED
-        )
+        done, _ = wait_for(handles, timeout, first=True)
         return [h for h in handles if h in done]
 
     def outcome(self, handle: Any) -> StatementOutcome:
