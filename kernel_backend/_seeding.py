@@ -167,9 +167,10 @@ def seed_item(ss: np.random.SeedSequence) -> np.random.Generator:
         the next call or :func:`clear_current`.
     """
     global _current, _pending
-    python_words = _child(ss, _PYTHON_RANDOM_CHILD).generate_state(8, np.uint32)
-    random.seed(int.from_bytes(python_words.tobytes(), "little"))
-    np.random.seed(_child(ss, _LEGACY_NUMPY_CHILD).generate_state(8, np.uint32))
+    _seed_legacy(
+        _child(ss, _PYTHON_RANDOM_CHILD).generate_state(8, np.uint32),
+        _child(ss, _LEGACY_NUMPY_CHILD).generate_state(8, np.uint32),
+    )
     _current, _pending = np.random.Generator(np.random.PCG64(ss)), None
     return _current
 
@@ -180,10 +181,11 @@ def seed_sources(root: int, index: int) -> None:
     generator only when the item asks for it (most items never do, and making
     it is a quarter of the seeding's time)."""
     global _current, _pending
-    ss = np.random.SeedSequence(root, spawn_key=(index, _PYTHON_RANDOM_CHILD))
-    random.seed(int.from_bytes(ss.generate_state(8, np.uint32).tobytes(), "little"))
-    ss = np.random.SeedSequence(root, spawn_key=(index, _LEGACY_NUMPY_CHILD))
-    np.random.seed(ss.generate_state(8, np.uint32))
+    python = np.random.SeedSequence(root, spawn_key=(index, _PYTHON_RANDOM_CHILD))
+    legacy = np.random.SeedSequence(root, spawn_key=(index, _LEGACY_NUMPY_CHILD))
+    _seed_legacy(
+        python.generate_state(8, np.uint32), legacy.generate_state(8, np.uint32)
+    )
     _current, _pending = None, (root, index)
 
 
@@ -227,9 +229,15 @@ class ChunkSeeds:
             ]
             offset = position - self._start
         python_words, numpy_words = self._words
-        random.seed(int.from_bytes(python_words[offset].tobytes(), "little"))
-        np.random.seed(numpy_words[offset])
+        _seed_legacy(python_words[offset], numpy_words[offset])
         _current, _pending = None, (self.root, index)
+
+
+def _seed_legacy(python_words: np.ndarray, numpy_words: np.ndarray) -> None:
+    """Seed ``random`` and the legacy ``numpy.random`` from an item's words
+    (eight uint32 each, from its two child sequences)."""
+    random.seed(int.from_bytes(python_words.tobytes(), "little"))
+    np.random.seed(numpy_words)
 
 
 def rng() -> np.random.Generator:

@@ -143,9 +143,7 @@ class NameShipper:
     ) -> _Install | None:
         """Send engine ``eid`` what it lacks (None: it lacks nothing)."""
         held = self._held.setdefault(eid, {})
-        evict = [d for d in held.values() if d in dropped]
-        for name in [n for n, d in held.items() if d in dropped]:
-            del held[name]
+        evict = _take_out(held, dropped)
         parcel = self._parcel(eid, held, shipment, block)
         evict += parcel.evict
         paths = self._paths_to_send(eid, shipment.paths)
@@ -273,10 +271,9 @@ class NameShipper:
             return []
         told = []
         for eid, held in list(self._held.items()):
-            names = [name for name, digest in list(held.items()) if digest in gone]
-            if not names:
+            evict = _take_out(held, gone)
+            if not evict:
                 continue
-            evict = sorted({held.pop(name) for name in names})
             with contextlib.suppress(Exception):  # a dead engine holds nothing
                 ar = client[eid].apply_async(install_names, {}, evict, None)
                 ar.add_done_callback(self._purge)
@@ -391,3 +388,11 @@ class NameShipper:
             self._no_shared.discard(eid)
             self._paths.pop(eid, None)
             self._imports.forget(eid)
+
+
+def _take_out(held: dict[str, str], digests: set[str]) -> list[str]:
+    """Forget the names an engine holds (``held``: name -> digest) whose
+    digest is in ``digests``; returns those digests, once each, for the
+    engine to evict."""
+    names = [name for name, digest in held.items() if digest in digests]
+    return list(dict.fromkeys(held.pop(name) for name in names))
