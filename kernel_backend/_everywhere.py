@@ -77,20 +77,23 @@ def run_everywhere(
     compile(source, filename, "exec")  # the user's SyntaxError, here
     _settle_stale(session, targets)
     chosen = _chosen_engines(session, targets)
-    shipment = _send_names(session, chosen, source, namespace, ship_large)
-    spec = TaskSpec(
-        key=f"everywhere-{time.time()}",
-        **{**shipment.spec_names(), "engine_side": ()},
-        seed=seed,
-        entropy=fresh_entropy(),
-    )
-    client = session.client
-    tasks = {
-        client[eid].apply_async(
-            run_cell, spec, source, filename, list(outputs), True
-        ): eid
-        for eid in chosen
-    }
+    # busy: nothing the shipment relies on is released before the cells are
+    # on their way (engines run their tasks in order)
+    with session.busy():
+        shipment = _send_names(session, chosen, source, namespace, ship_large)
+        spec = TaskSpec(
+            key=f"everywhere-{time.time()}",
+            **{**shipment.spec_names(), "engine_side": ()},
+            seed=seed,
+            entropy=fresh_entropy(),
+        )
+        client = session.client
+        tasks = {
+            client[eid].apply_async(
+                run_cell, spec, source, filename, list(outputs), True
+            ): eid
+            for eid in chosen
+        }
     try:
         while not all(ar.done() for ar in tasks):
             wait_for(tasks, 0.1)

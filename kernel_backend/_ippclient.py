@@ -47,9 +47,17 @@ class IppClient:
     not probe the same engine.
     """
 
-    def __init__(self, ledger: EngineLedger, lock: threading.RLock) -> None:
+    def __init__(
+        self,
+        ledger: EngineLedger,
+        lock: threading.RLock,
+        *,
+        on_dropped: Callable[[], None] | None = None,
+    ) -> None:
         self.client: ipp.Client | None = None
         self.shipper = NameShipper(self.purge)
+        # the notebook dropped a large array engines hold (any thread)
+        self._on_dropped = on_dropped
         # one view per engine, made once: ``client[eid]`` builds a new
         # DirectView (traitlets and all) each time it is asked
         self._views: dict[int, Any] = {}
@@ -63,8 +71,13 @@ class IppClient:
         self.client = client
         self._views = {}
         self.shipper.close()
+        if shared is not None:
+            shared.on_dropped = self._on_dropped
         self.shipper = NameShipper(
-            self.purge, shared=shared, is_local=self._ledger.is_local
+            self.purge,
+            shared=shared,
+            is_local=self._ledger.is_local,
+            on_dropped=self._on_dropped,
         )
 
     def detach(self) -> None:

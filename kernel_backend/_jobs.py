@@ -69,6 +69,8 @@ class JobManager:
         self.on_finished: Callable[[CellJob], None] | None = None
         self._changes: Signal[[]] = Signal("the jobs")
         pool.on_stop(self.close)
+        # arrays the notebook drops stay on engines while a job may read them
+        pool.add_work_check(self._work_under_way)
 
     @property
     def pool(self) -> JobPool:
@@ -156,24 +158,27 @@ class JobManager:
             announce(report)
         shipment = self._checked_shipment(source, namespace, ship_large)
         name = self.claim_name(name)
-        # sent without the manager's lock (it waits on the network); the
-        # engine the job lands on gets what it lacks when the job is sent
-        shipment = send_to_free_engines(self._pool, shipment)
-        job = CellJob(
-            self,
-            name,
-            source,
-            outputs=wanted,
-            pull=pull,
-            priority=priority,
-            retries=retries,
-            timeout=timeout,
-            spec=_spec(f"job-{name}-{time.time()}", shipment, seed),
-            filename=f"<{name}>",
-            snapshot=snapshot(namespace, wanted),
-            shipment=shipment,
-        )
-        self.add(job, namespace, queue=True)
+        # busy: from shipping to the job being known (it then counts as work
+        # under way) nothing the shipment relies on is released
+        with self._pool.busy():
+            # sent without the manager's lock (it waits on the network); the
+            # engine the job lands on gets what it lacks when the job is sent
+            shipment = send_to_free_engines(self._pool, shipment)
+            job = CellJob(
+                self,
+                name,
+                source,
+                outputs=wanted,
+                pull=pull,
+                priority=priority,
+                retries=retries,
+                timeout=timeout,
+                spec=_spec(f"job-{name}-{time.time()}", shipment, seed),
+                filename=f"<{name}>",
+                snapshot=snapshot(namespace, wanted),
+                shipment=shipment,
+            )
+            self.add(job, namespace, queue=True)
         if stored is not None:
             job.add_done_callback(stored.save)
         return job
@@ -218,6 +223,14 @@ class JobManager:
             job.finish("done")
             self.add(job, namespace)
         return job
+
+    def _work_under_way(self) -> bool:
+        """Whether a job is queued or running.  Read without the manager's
+        lock: the session asks holding its own, which this lock is taken
+        before elsewhere."""
+        return any(
+            job.state in ("queued", "running") for job in list(self._jobs.values())
+        )
 
     def release_dropped_arrays(self) -> None:
         """Between cells: let engines free the large arrays the notebook

@@ -178,6 +178,16 @@ class JobPool(EnginePool, Protocol):
         """Call ``callback`` before the cluster stops."""
         ...
 
+    def busy(self) -> contextlib.AbstractContextManager[None]:
+        """Work is being sent: nothing shipped is released meanwhile."""
+        ...
+
+    def add_work_check(self, check: Callable[[], bool]) -> None:
+        """``check()`` says whether work that reads shipped names is under
+        way (no release of dropped arrays then); called holding the pool's
+        lock, so it takes none."""
+        ...
+
 
 def require_engines(pool: JobPool) -> None:
     """Raise unless the cluster answers and has engines, or will have."""

@@ -21,6 +21,7 @@ import os
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -48,6 +49,7 @@ from ._processes import (
 )
 from ._profiles import check_profile_name
 from ._reaping import _reap_processes, _with_descendants
+from ._release import SoonRelease
 from ._shipping import NameShipper
 from ._signal import Signal
 from ._started import DEFAULT_START_TIMEOUT, StartedCluster
@@ -56,6 +58,13 @@ from ._status import ClusterStatus, Ownership, StartReport, StopReport
 from ._watchdog import start_watchdog
 
 __all__ = ["LAUNCHERS", "ClusterSession", "default_session"]
+
+#: How long a release the notebook's drop asked for waits for the session
+#: (a cluster starting or stopping holds it longer: that release is left to
+#: the next cell's end or shipment).
+_RELEASE_WAIT = 0.5
+#: How long a cell's end waits for it (such a release takes milliseconds).
+_CELL_END_WAIT = 0.1
 
 _log = logging.getLogger("paracell.cluster")
 _log.addHandler(logging.NullHandler())
@@ -76,7 +85,13 @@ class ClusterSession:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._ledger = EngineLedger(self._lock)
-        self._engines = IppClient(self._ledger, self._lock)
+        # the notebook dropping a large array lets engines free it soon
+        self._soon = SoonRelease(self._release_when_quiet)
+        self._engines = IppClient(
+            self._ledger, self._lock, on_dropped=self._soon.request
+        )
+        # say whether work that may read shipped names is under way
+        self._work_checks: list[Callable[[], Callable[[], bool] | None]] = []
         self._started: StartedCluster | None = None  # None: connected, or none
         self._on_demand: OnDemand | None = None
         self._ownership: Ownership | None = None
@@ -577,14 +592,36 @@ class ClusterSession:
     @contextlib.contextmanager
     def in_use(self) -> Iterator[ipp.Client]:
         """Hold the engines for work: the idle timeout does not fire meanwhile."""
+        with self.busy():
+            self.ensure_engines()
+            yield self.client
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Work is being sent: engines keep what was shipped to them (no
+        release of dropped arrays) and the idle timeout does not fire.
+
+        Wraps the time from names being shipped to the tasks that read them
+        being sent, where a release could take names from under the tasks.
+        """
         with self._lock:
             self._in_use += 1
         try:
-            self.ensure_engines()
-            yield self.client
+            yield
         finally:
             with self._lock:
                 self._in_use -= 1
+
+    def add_work_check(self, check: Callable[[], bool]) -> None:
+        """``check()`` says whether work that reads shipped names is under
+        way (a background job): no release of dropped arrays then.  Called
+        with the session's lock held, so it must not take locks of its own.
+        A bound method is held weakly."""
+        ref: Callable[[], Callable[[], bool] | None] = (
+            weakref.WeakMethod(check) if hasattr(check, "__self__") else lambda: check
+        )
+        with self._lock:
+            self._work_checks.append(ref)
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` before the cluster stops (work on it is ending)."""
@@ -856,17 +893,37 @@ class ClusterSession:
 
     def release_dropped_arrays(self) -> None:
         """Let engines free the large arrays the notebook dropped (their
-        shared memory, or the copies sent to them) now; nothing while a map
-        holds the engines, or while the cluster is busy changing (they are
-        freed at a later call)."""
-        if not self._lock.acquire(blocking=False):
+        shared memory, or the copies sent to them) now; nothing while work
+        is being sent or runs, or while the cluster is busy changing (they
+        are freed at a later call)."""
+        # a moment's wait: a release the drop asked for may hold the lock,
+        # and the cell ends only after the engines have been told
+        self._release_within(_CELL_END_WAIT)
+
+    def _release_when_quiet(self) -> None:
+        """:meth:`release_dropped_arrays`, from the thread of a release the
+        notebook's drop asked for."""
+        self._release_within(_RELEASE_WAIT)
+
+    def _release_within(self, wait: float) -> None:
+        if self._lock.acquire(timeout=wait):
+            try:
+                self._release_if_quiet()
+            finally:
+                self._lock.release()
+
+    def _release_if_quiet(self) -> None:
+        # under the lock: work that ships names takes it first (busy)
+        client = self._client
+        if client is None or self._in_use:
             return
-        try:
-            client = self._client
-            if client is not None and not self._in_use:
-                self.shipper.release_dropped(client)
-        finally:
-            self._lock.release()
+        for ref in list(self._work_checks):
+            check = ref()
+            if check is None:
+                self._work_checks.remove(ref)
+            elif check():
+                return
+        self.shipper.release_dropped(client)
 
 
 # -- helpers ---------------------------------------------------------------

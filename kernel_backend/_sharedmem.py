@@ -35,6 +35,7 @@ import os
 import secrets
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from ._enginesegments import PIECE_ALIGN, SharedSegment
@@ -116,6 +117,9 @@ class SharedArrays:
         self._closed = False
         #: bytes written into segments since this object was made
         self.bytes_written = 0
+        #: called (outside the lock, on the thread that dropped it) when the
+        #: notebook drops an array whose segment engines map
+        self.on_dropped: Callable[[], None] | None = None
 
     @property
     def prefix(self) -> str:
@@ -194,22 +198,26 @@ class SharedArrays:
     def _gone(self, key: int) -> None:
         with self._lock:
             version = self._versions.pop(key, None)
-            if version is not None:
-                self._disown(key, version[1])
+            removed = version is not None and self._disown(key, version[1])
+        if removed and self.on_dropped is not None:
+            self.on_dropped()
 
-    def _disown(self, key: int, digest: str) -> None:
+    def _disown(self, key: int, digest: str) -> bool:
         """``key`` no longer holds version ``digest``; the segment goes when
-        nobody does (under the lock)."""
+        nobody does (under the lock).  Returns whether it went."""
         owners = self._owners.get(digest)
         if owners is None:
-            return
+            return False
         owners.discard(key)
-        if not owners:
-            del self._owners[digest]
-            segment = self._segments.pop(digest, None)
-            if segment is not None and os.getpid() == self._pid:
-                _remove(segment)
-                self._removed.append(digest)
+        if owners:
+            return False
+        del self._owners[digest]
+        segment = self._segments.pop(digest, None)
+        if segment is None or os.getpid() != self._pid:
+            return False
+        _remove(segment)
+        self._removed.append(digest)
+        return True
 
     def take_removed(self) -> list[str]:
         """The digests whose segments were removed since the last call

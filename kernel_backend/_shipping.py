@@ -20,6 +20,7 @@ from typing import Any
 from ._enginenames import install_names, missing_names
 from ._errors import EnginesDied, InvalidRequest, is_engine_death
 from ._importcheck import ImportCheck
+from ._release import noting
 from ._sharedmem import SHARED_MIN_BYTES, SharedArrays
 from ._shipment import Payload, Shipment
 
@@ -74,10 +75,12 @@ class NameShipper:
         *,
         shared: SharedArrays | None = None,
         is_local: Callable[[int], bool] = lambda eid: False,
+        on_dropped: Callable[[], None] | None = None,
     ) -> None:
         self._purge = purge  # drops a finished task from the client's caches
         # large arrays to engines on this machine: through shared memory
         self._shared = shared
+        self._on_dropped = on_dropped  # the notebook dropped a large array
         self._is_local = is_local
         self._shared_ok: set[int] = set()  # engines that mapped a segment
         self._no_shared: set[int] = set()  # local by name, but could not map
@@ -248,9 +251,8 @@ class NameShipper:
         obj = p.owner()
         if obj is None or p.kind != "array" or p.nbytes < SHARED_MIN_BYTES:
             return p.owner
-        let_go, digest = self._let_go, p.digest  # not self: no cycle through it
-        try:
-            return weakref.ref(obj, lambda _ref: let_go.append(digest))
+        try:  # the callback holds the list, not self: no cycle through it
+            return weakref.ref(obj, noting(self._let_go, p.digest, self._on_dropped))
         except TypeError:
             return p.owner
 

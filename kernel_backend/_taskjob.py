@@ -318,45 +318,48 @@ def submit_tasks(
     graph = analyze_cell(source, _module_names(namespace))
     wanted = wanted_names(source, list(graph.bound), namespace, outputs)
     session = manager.pool
-    shipment = _shipment(session, source, namespace, ship_large)
-    keys = statement_keys(graph, _digests(shipment))
-    estimates = default_costs(graph, COSTS, keys)
-    name = manager.claim_name(name)
-    spec = TaskSpec(
-        key=f"tasks-{name}-{time.time()}",
-        **shipment.spec_names(),
-        seed=seed,
-        entropy=fresh_entropy(),
-    )
-    job = TaskJob(
-        manager,
-        name,
-        source,
-        graph,
-        estimates,
-        outputs=wanted,
-        pull=pull,
-        priority=priority,
-        retries=0,
-        timeout=timeout,
-        spec=spec,
-        filename=f"<{name}>",
-        snapshot=snapshot(namespace, wanted),
-    )
-    manager.add(job, namespace)
-    job.planned = plan_schedule(graph, session.engine_ids(), estimates)
-    engines = ClusterEngines(
-        session,
-        job_name=name,
-        job_key=spec.key,
-        spec=spec,
-        source=source,
-        filename=job.filename,
-        shipment=shipment,
-        authkey=_authkey(),
-    )
-    _start(job, engines, keys, manager)
-    return job
+    # busy: from shipping until the job is known and its statements are
+    # on their way, nothing the shipment relies on is released
+    with session.busy():
+        shipment = _shipment(session, source, namespace, ship_large)
+        keys = statement_keys(graph, _digests(shipment))
+        estimates = default_costs(graph, COSTS, keys)
+        name = manager.claim_name(name)
+        spec = TaskSpec(
+            key=f"tasks-{name}-{time.time()}",
+            **shipment.spec_names(),
+            seed=seed,
+            entropy=fresh_entropy(),
+        )
+        job = TaskJob(
+            manager,
+            name,
+            source,
+            graph,
+            estimates,
+            outputs=wanted,
+            pull=pull,
+            priority=priority,
+            retries=0,
+            timeout=timeout,
+            spec=spec,
+            filename=f"<{name}>",
+            snapshot=snapshot(namespace, wanted),
+        )
+        manager.add(job, namespace)
+        job.planned = plan_schedule(graph, session.engine_ids(), estimates)
+        engines = ClusterEngines(
+            session,
+            job_name=name,
+            job_key=spec.key,
+            spec=spec,
+            source=source,
+            filename=job.filename,
+            shipment=shipment,
+            authkey=_authkey(),
+        )
+        _start(job, engines, keys, manager)
+        return job
 
 
 def _shipment(

@@ -17,6 +17,7 @@ what only a cluster shows is tested on a cluster.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -259,3 +260,10 @@ class FakePool:
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         self._stop_callbacks.append(callback)
+
+    def busy(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing is ever released here (see release_dropped_arrays)."""
+        return contextlib.nullcontext()
+
+    def add_work_check(self, check: Callable[[], bool]) -> None:
+        """Nothing is ever released here: no need to ask."""

@@ -8,6 +8,8 @@ import gc
 import glob
 import itertools
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -144,6 +146,86 @@ def test_engines_let_go_of_an_array_the_notebook_drops_when_the_cell_ends(
     define(ip, "shm_back = np.full(400_000, 6.0)")
     assert pmap(ip, "float(shm_back[k]) for k in range(4)") == [6.0] * 4
     define(ip, "del shm_back")
+
+
+def _wait_until(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_engines_let_go_of_a_dropped_array_with_no_cell_ending_and_no_map_after(
+    ip, shared_cluster
+):
+    # as code that is not run as cells does: the magic called directly, so no
+    # cell ends, and no map follows that could take the news to the engines
+    define(ip, "import numpy as np")
+    before = set(segments())
+    ip.user_ns["shm_loose"] = np.full(400_000, 8.0)
+    assert pmap(ip, "float(shm_loose[k]) for k in range(4)") == [8.0] * 4
+    made = set(segments()) - before
+    assert made
+    view = shared_cluster.client[:]
+    assert all(made <= set(held) for held in view.apply_sync(_held_segments))
+
+    del ip.user_ns["shm_loose"]
+    gc.collect()
+
+    assert not made & set(segments()), "the notebook's file is gone"
+    assert _wait_until(
+        lambda: not any(made & set(held) for held in view.apply_sync(_held_segments))
+    ), "the engines still map the dropped array"
+
+
+def test_arrays_dropped_and_made_again_while_work_is_sent_never_go_missing(
+    ip, shared_cluster, monkeypatch
+):
+    # each round drops the array engines hold and makes one equal to it (the
+    # same digest) just before a map and a background cell read it: the
+    # release the drop asks for must not take it from under them, even when
+    # it comes between the names being shipped and the work being sent
+    from paracell import parallel
+    from paracell.kernel_backend import default_jobs
+
+    # the release waits for names to be shipped, then runs while the work
+    # that reads them is about to be sent
+    shipped = threading.Event()
+    shipper, soon = shared_cluster.shipper, shared_cluster._soon
+    ship, release = shipper.ship, soon._release
+
+    def ship_then_pause(*args, **kwargs):
+        ship(*args, **kwargs)
+        shipped.set()
+        time.sleep(0.05)
+
+    def release_after_a_shipment():
+        shipped.wait(2)
+        shipped.clear()
+        release()
+
+    monkeypatch.setattr(shipper, "ship", ship_then_pause)
+    monkeypatch.setattr(soon, "_release", release_after_a_shipment)
+    jobs = []
+    for i in range(30):
+        ip.user_ns["shm_again"] = np.full(300_000, 4.0)
+        if i % 3 == 0:
+            jobs.append(
+                parallel(
+                    "again_sum = float(shm_again[:10].sum())",
+                    namespace=ip.user_ns,
+                    pull=False,
+                    name=f"again-{i}",
+                )
+            )
+        assert pmap(ip, "float(shm_again[k]) for k in range(4)") == [4.0] * 4
+    default_jobs().wait(jobs, timeout=60)
+    assert [job.state for job in jobs] == ["done"] * len(jobs), [
+        (job.state, job.error) for job in jobs
+    ]
+    del ip.user_ns["shm_again"]
 
 
 def _large_arrays_held() -> list[str]:
