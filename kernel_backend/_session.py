@@ -64,7 +64,7 @@ __all__ = ["LAUNCHERS", "ClusterSession", "default_session"]
 #: the next cell's end or shipment).
 _RELEASE_WAIT = 0.5
 #: How long a cell's end waits for it (such a release takes milliseconds).
-_CELL_END_WAIT = 0.1
+_CELL_END_WAIT = 0.05
 
 _log = logging.getLogger("paracell.cluster")
 _log.addHandler(logging.NullHandler())
