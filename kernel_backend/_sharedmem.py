@@ -20,8 +20,9 @@ copies: it is removed when that array is garbage-collected, when the array
 changes in place (a new version gets a segment of its own), and when the
 cluster stops.  An engine's mapping outlives the file's name (Linux frees
 the memory when the last mapping goes), so removing a segment never pulls
-data from under a running task.  Engines let go of a removed segment when
-the cell that dropped its array ends, if no job is running then
+data from under a running task.  Engines let go of a removed segment soon
+after the drop (:attr:`SharedArrays.on_dropped`, see :mod:`._release`), or
+when the cell that dropped its array ends, if no work is under way then
 (:meth:`take_removed`), else with the next names shipped to them.  If the
 kernel is killed, the cluster's watchdog removes its segments (their names
 carry the cluster's id).
