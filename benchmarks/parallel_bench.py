@@ -6,6 +6,8 @@ In one IPython shell and one 2-engine cluster, side by side:
 * ``%%parallel`` (background): the time until the cell returns,
 * ipyparallel's ``%%px --targets 0`` and ``view.execute(block=True)``,
   called directly and typed in a cell (``ip.run_cell``, as in a notebook),
+* ``paracell.parallel(..., block=True)``, ``%%parallel --block``'s twin,
+  called directly: the same trip as ``view.execute`` without a cell,
 
 taking turns round by round (a busy machine slows each alike).
 
@@ -24,6 +26,7 @@ os.environ.setdefault("IPYTHONDIR", tempfile.mkdtemp(prefix="paracell-bench-"))
 
 from IPython.testing.globalipapp import start_ipython
 
+from paracell import parallel
 from paracell.kernel_backend import default_jobs, default_session
 
 
@@ -59,6 +62,10 @@ def main() -> None:
             timed(ip, code, 10)  # warm up
         times: dict[str, list[float]] = {label: [] for label in cells}
         times["view.execute(block=True)"] = []
+        times["paracell.parallel(block=True)"] = []
+        ns: dict[str, object] = {}
+        for _ in range(10):
+            parallel("x = 1", block=True, namespace=ns, name="twin")
         # the three take turns, so a busy machine slows each alike
         for _ in range(args.rounds):
             for label, code in cells.items():
@@ -66,6 +73,9 @@ def main() -> None:
             tic = time.perf_counter()
             view.execute("x = 1", block=True)
             times["view.execute(block=True)"].append(time.perf_counter() - tic)
+            tic = time.perf_counter()
+            parallel("x = 1", block=True, namespace=ns, name="twin")
+            times["paracell.parallel(block=True)"].append(time.perf_counter() - tic)
         background = timed(ip, "%%parallel --no-pull\ny = 1", args.rounds)
         manager = default_jobs()
         manager.wait(manager.jobs())
@@ -81,6 +91,7 @@ def main() -> None:
         raw = statistics.median(times["view.execute(block=True)"])
         in_cell = statistics.median(times["view.execute in a cell"])
         returns = statistics.median(background)
+        twin = statistics.median(times["paracell.parallel(block=True)"])
         print(f"ratio %%parallel --block / %%px: {block / px:.2f}")
         ratio = block / raw
         print(
@@ -91,6 +102,10 @@ def main() -> None:
             "ratio %%parallel --block / view.execute in a cell:"
             f" {block / in_cell:.2f} (the same call typed in a cell: IPython's"
             f" cell costs {(in_cell - raw) * 1e3:.1f} ms)"
+        )
+        print(
+            "ratio paracell.parallel(block=True) / view.execute, both called"
+            f" directly (no cell): {twin / raw:.2f}"
         )
         print(
             f"%%parallel returns in {returns * 1e3:.1f} ms"
