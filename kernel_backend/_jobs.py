@@ -226,8 +226,8 @@ class JobManager:
 
     def _work_under_way(self) -> bool:
         """Whether a job is queued or running.  Read without the manager's
-        lock: the session asks holding its own, which this lock is taken
-        before elsewhere."""
+        lock: the session asks while holding its own, and elsewhere this
+        lock is taken first (taking it here could deadlock)."""
         return any(
             job.state in ("queued", "running") for job in list(self._jobs.values())
         )
