@@ -17,6 +17,8 @@ import pytest
 from paracell.kernel_backend import ItemError, default_session
 from paracell.kernel_backend._sharedmem import remove_segments
 
+from conftest import wait_until
+
 pytestmark = pytest.mark.cluster
 
 
@@ -148,15 +150,6 @@ def test_engines_let_go_of_an_array_the_notebook_drops_when_the_cell_ends(
     define(ip, "del shm_back")
 
 
-def _wait_until(condition, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def test_engines_let_go_of_a_dropped_array_with_no_cell_ending_and_no_map_after(
     ip, shared_cluster
 ):
@@ -175,7 +168,7 @@ def test_engines_let_go_of_a_dropped_array_with_no_cell_ending_and_no_map_after(
     gc.collect()
 
     assert not made & set(segments()), "the notebook's file is gone"
-    assert _wait_until(
+    assert wait_until(
         lambda: not any(made & set(held) for held in view.apply_sync(_held_segments))
     ), "the engines still map the dropped array"
 
