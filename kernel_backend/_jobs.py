@@ -156,11 +156,11 @@ class JobManager:
         report = self._pool.ensure_engines()
         if report is not None and announce is not None:
             announce(report)
-        shipment = self._checked_shipment(source, namespace, ship_large)
-        name = self.claim_name(name)
-        # busy: from shipping to the job being known (it then counts as work
-        # under way) nothing the shipment relies on is released
+        # busy: from the digest to the job being known (it then counts as
+        # work under way) nothing the shipment relies on is released
         with self._pool.busy():
+            shipment = self._checked_shipment(source, namespace, ship_large)
+            name = self.claim_name(name)
             # sent without the manager's lock (it waits on the network); the
             # engine the job lands on gets what it lacks when the job is sent
             shipment = send_to_free_engines(self._pool, shipment)

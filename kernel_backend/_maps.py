@@ -96,8 +96,9 @@ def map_function(
     )
     if local or _all_stored(store, items, options):
         return _start_local(plan, {"__builtins__": __builtins__, **extra})
-    shipment = prepare_shipment([], {}, extra=extra, ship_large=options.ship_large)
-    return _start_remote(session, plan, shipment, announce)
+    with session.busy():  # from the digest on: an array made again stays
+        shipment = prepare_shipment([], {}, extra=extra, ship_large=options.ship_large)
+        return _start_remote(session, plan, shipment, announce)
 
 
 def map_comprehension(
@@ -132,8 +133,9 @@ def map_comprehension(
         _require_defined(free, namespace)
     if local or stored:
         return _start_local(plan, dict(namespace))
-    shipment = prepare_shipment(free, namespace, ship_large=options.ship_large)
-    return _start_remote(session, plan, shipment, announce)
+    with session.busy():  # from the digest on: an array made again stays
+        shipment = prepare_shipment(free, namespace, ship_large=options.ship_large)
+        return _start_remote(session, plan, shipment, announce)
 
 
 def known_length(iterable: Any) -> int | None:

@@ -12,6 +12,11 @@ any moment, perhaps inside paracell's own code holding its locks.  There
 :meth:`SoonRelease.request` only notes the request; a short-lived thread of
 its own then calls the release, which tells the engines only when no work
 is under way (see :meth:`~._session.ClusterSession.release_dropped_arrays`).
+
+The thread first waits a moment (:data:`DELAY`).  Code that makes an array
+again and maps it at once (``X = np.load(path)`` run again, then a map)
+ships the same content: the map, under way by then, keeps it on the engines
+instead of writing and mapping it anew (see ``NameShipper.ship``).
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SoonRelease", "noting"]
+__all__ = ["DELAY", "SoonRelease", "noting"]
+
+#: Seconds between a request and its release.
+DELAY = 0.1
 
 
 def noting(
@@ -40,15 +49,17 @@ def noting(
 
 
 class SoonRelease:
-    """Calls ``release()`` on a thread of its own, soon after a request.
+    """Calls ``release()`` on a thread of its own, ``delay`` seconds after a
+    request.
 
-    Requests made while a release runs lead to one more; the thread ends
-    when none is left.  Requests in a forked child (multiprocessing in the
+    Requests made meanwhile, or while a release runs, lead to one more; the
+    thread ends when none is left.  Requests in a forked child (multiprocessing in the
     notebook) are ignored: the engines are the parent's.
     """
 
-    def __init__(self, release: Callable[[], None]) -> None:
+    def __init__(self, release: Callable[[], None], delay: float = DELAY) -> None:
         self._release = release
+        self.delay = delay
         self._pid = os.getpid()
         # re-entrant: a finalizer can run (and request) while this thread
         # holds it, in the middle of making the thread
@@ -77,6 +88,7 @@ class SoonRelease:
 
     def _run(self) -> None:
         while True:
+            time.sleep(self.delay)
             with self._books:
                 if not self._wanted:
                     self._thread = None

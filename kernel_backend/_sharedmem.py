@@ -36,7 +36,7 @@ import os
 import secrets
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._enginesegments import PIECE_ALIGN, SharedSegment
@@ -227,6 +227,13 @@ class SharedArrays:
         with self._lock:
             removed, self._removed = self._removed, []
             return removed
+
+    def revive(self, digests: Iterable[str]) -> None:
+        """``digests`` are shipped again (an equal array made anew): engines
+        that still map them keep them, and :meth:`take_removed` forgets them."""
+        wanted = set(digests)
+        with self._lock:
+            self._removed = [d for d in self._removed if d not in wanted]
 
     def holds(self, digest: str) -> bool:
         """Whether a segment of version ``digest`` exists."""

@@ -117,12 +117,12 @@ class NameShipper:
         *,
         block: bool = True,
     ) -> None:
-        """Send each engine what it lacks of ``shipment``.
-
-        ``block=False`` returns at once: an engine runs its tasks in order,
-        so code sent after this finds the names stored.
-        """
+        """Send each engine what it lacks of ``shipment`` (``block=False``:
+        no wait; an engine runs its tasks in order, so code sent after this
+        finds the names stored)."""
         dropped = self._dropped_digests(shipment)
+        if self._shared is not None:  # an array dropped and made again
+            self._shared.revive(shipment.digests.values())
         pending = []
         for eid in engine_ids:
             install = self._install(client, eid, shipment, dropped, block)

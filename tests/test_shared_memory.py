@@ -173,6 +173,36 @@ def test_engines_let_go_of_a_dropped_array_with_no_cell_ending_and_no_map_after(
     ), "the engines still map the dropped array"
 
 
+def test_an_equal_array_made_again_and_mapped_at_once_stays_on_the_engines(
+    ip, shared_cluster
+):
+    # ``X = np.load(path)`` run again, then a map: the same content, so the
+    # engines keep their mapping instead of it being written and mapped anew
+    define(ip, "import numpy as np")
+    shipper = shared_cluster.shipper
+    view = shared_cluster.client[:]
+    before = set(segments())
+    ip.user_ns["shm_equal"] = np.full(400_000, 3.0)
+    assert pmap(ip, "float(shm_equal[k]) for k in range(4)") == [3.0] * 4
+    written = shipper.bytes_shared
+    made = set(segments()) - before
+    mapped = view.apply_sync(_held_segments)
+    assert made and all(made <= set(held) for held in mapped)
+
+    ip.user_ns["shm_equal"] = np.full(400_000, 3.0)  # the first one goes
+    assert pmap(ip, "float(shm_equal[k]) for k in range(4)") == [3.0] * 4
+    time.sleep(0.3)  # past the release the drop asked for
+    shared_cluster.release_dropped_arrays()  # and one as a cell's end makes
+
+    assert shipper.bytes_shared == written, "not written again"
+    assert view.apply_sync(_held_segments) == mapped, "still mapped"
+    del ip.user_ns["shm_equal"]
+    gc.collect()
+    assert wait_until(
+        lambda: not any(made & set(held) for held in view.apply_sync(_held_segments))
+    )
+
+
 def test_arrays_dropped_and_made_again_while_work_is_sent_never_go_missing(
     ip, shared_cluster, monkeypatch
 ):
@@ -201,6 +231,7 @@ def test_arrays_dropped_and_made_again_while_work_is_sent_never_go_missing(
 
     monkeypatch.setattr(shipper, "ship", ship_then_pause)
     monkeypatch.setattr(soon, "_release", release_after_a_shipment)
+    monkeypatch.setattr(soon, "delay", 0.0)
     jobs = []
     for i in range(30):
         ip.user_ns["shm_again"] = np.full(300_000, 4.0)
