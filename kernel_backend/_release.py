@@ -53,8 +53,9 @@ class SoonRelease:
     request.
 
     Requests made meanwhile, or while a release runs, lead to one more; the
-    thread ends when none is left.  Requests in a forked child (multiprocessing in the
-    notebook) are ignored: the engines are the parent's.
+    thread ends when none is left.  Requests in a forked child
+    (multiprocessing in the notebook) are ignored: the engines are the
+    parent's.
     """
 
     def __init__(self, release: Callable[[], None], delay: float = DELAY) -> None:
