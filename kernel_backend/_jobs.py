@@ -234,11 +234,10 @@ class JobManager:
 
     def release_dropped_arrays(self) -> None:
         """Between cells: let engines free the large arrays the notebook
-        dropped, unless a job is queued or running (its tasks may read them)."""
-        with self._lock:
-            if any(not job.done() for job in self._jobs.values()):
-                return
-        self._pool.release_dropped_arrays()
+        dropped, unless a job is queued or running (its tasks may read them;
+        the pool asks the same of releases the drop itself asks for)."""
+        if not self._work_under_way():
+            self._pool.release_dropped_arrays()
 
     def claim_name(self, name: str | None) -> str:
         """``name``, if no job of that name is still going; a fresh name

@@ -21,7 +21,6 @@ import os
 import subprocess
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -91,7 +90,7 @@ class ClusterSession:
             self._ledger, self._lock, on_dropped=self._soon.request
         )
         # say whether work that may read shipped names is under way
-        self._work_checks: list[Callable[[], Callable[[], bool] | None]] = []
+        self._work_checks: list[Callable[[], bool]] = []
         self._started: StartedCluster | None = None  # None: connected, or none
         self._on_demand: OnDemand | None = None
         self._ownership: Ownership | None = None
@@ -615,13 +614,9 @@ class ClusterSession:
     def add_work_check(self, check: Callable[[], bool]) -> None:
         """``check()`` says whether work that reads shipped names is under
         way (a background job): no release of dropped arrays then.  Called
-        with the session's lock held, so it must not take locks of its own.
-        A bound method is held weakly."""
-        ref: Callable[[], Callable[[], bool] | None] = (
-            weakref.WeakMethod(check) if hasattr(check, "__self__") else lambda: check
-        )
+        with the session's lock held, so it must not take locks of its own."""
         with self._lock:
-            self._work_checks.append(ref)
+            self._work_checks.append(check)
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` before the cluster stops (work on it is ending)."""
@@ -917,13 +912,8 @@ class ClusterSession:
         client = self._client
         if client is None or self._in_use:
             return
-        for ref in list(self._work_checks):
-            check = ref()
-            if check is None:
-                self._work_checks.remove(ref)
-            elif check():
-                return
-        self.shipper.release_dropped(client)
+        if not any(check() for check in self._work_checks):
+            self.shipper.release_dropped(client)
 
 
 # -- helpers ---------------------------------------------------------------
