@@ -254,8 +254,7 @@ def rng() -> np.random.Generator:
     if _pending is not None:
         with _making:
             if _pending is not None:  # not made meanwhile by another thread
-                root, index = _pending
-                ss = np.random.SeedSequence(root, spawn_key=(index,))
+                ss = item_seed_sequence(*_pending)
                 _current, _pending = np.random.Generator(np.random.PCG64(ss)), None
         if _current is not None:
             return _current
