@@ -220,11 +220,14 @@ class _MapRun:
             # different sizes (a probe, then the rest split evenly) a count
             # of chunks would give one engine two big ones
             eid = min(free, key=lambda e: (queued[e], load[e]))
-            self._send(chunk, eid)
+            if not self._send(chunk, eid):
+                usable.remove(eid)
+                continue
             load[eid] += 1
             queued[eid] += len(chunk.items)
 
-    def _send(self, chunk: Chunk, eid: int) -> None:
+    def _send(self, chunk: Chunk, eid: int) -> bool:
+        """Send ``chunk`` to ``eid``; False if that engine is gone."""
         chunk.attempts += 1
         if self.packed is None:
             # the function and the spec are the same in every chunk: pickle
@@ -245,9 +248,16 @@ class _MapRun:
             )
         except Exception as err:
             self._check_cluster()  # stopped under the map: that is why
-            raise unsendable(chunk, err, star=self.star) from None
+            if eid in self.pool.engine_ids():
+                raise unsendable(chunk, err, star=self.star) from None
+            # gone since it was picked: the chunk (never run) goes elsewhere
+            chunk.attempts -= 1
+            self.engines.died(eid)
+            self.feed.retry(chunk)
+            return False
         self.in_flight[ar] = (chunk, eid)
         self.output.watch(ar, eid)
+        return True
 
     # -- results ---------------------------------------------------------
 

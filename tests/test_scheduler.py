@@ -100,6 +100,28 @@ def test_a_dying_engine_loses_no_item_and_its_chunk_runs_elsewhere(pool):
     assert dead not in pool.engine_ids()
 
 
+def test_an_engine_gone_before_its_chunk_is_sent_costs_the_chunk_no_retry(pool):
+    # the client drops a dead engine between the map picking it and the
+    # send: ipyparallel then refuses the engine itself ("No such engine")
+    submit = pool.submit
+    gone = []
+
+    def submit_to_a_vanishing_engine(engine, func, *args):
+        if engine == 2 and func.__name__ == "run_chunk" and not gone:
+            gone.append(engine)
+            pool._engines[engine].alive = False
+            raise IndexError(f"No such engine: {engine}")
+        return submit(engine, func, *args)
+
+    pool.submit = submit_to_a_vanishing_engine
+    results = run_map(pool, "x * 2", list(range(40)), chunksize=2, retries=0)
+
+    assert results == [x * 2 for x in range(40)]
+    assert gone == [2]
+    assert 2 in pool.forgotten
+    assert 2 not in pool.engines_used()
+
+
 def test_without_retries_left_a_death_fails_the_map_keeping_finished_results(pool):
     def dies(x: int) -> int:
         if x == 5:
