@@ -16,6 +16,10 @@ engine runs its tasks in order: a probe that comes back while the stale task
 has not means the stale task's reply is lost, and the engine is free.  A probe
 that does not come back either means the engine is stuck; the session then
 replaces that engine (when it started it) so the cluster keeps its size.
+
+A probe still out when the stale task ends takes the task's place: it may have
+met a late SIGINT itself, and the hub would count a lost probe on its engine
+for good.
 """
 
 from __future__ import annotations
@@ -77,6 +81,15 @@ class StaleWork:
         for eid in list(self._tasks):
             pending = [t for t in self._tasks[eid] if not t.done()]
             probe = self._probes.get(eid)
+            if not pending and probe is not None and not probe.done():
+                # the stale work ended while its probe is still out: the
+                # probe is the engine's stale work now (a late SIGINT may
+                # drop its reply too, and the hub would count it forever)
+                review.finished += self._tasks[eid]
+                self._tasks[eid], self._since[eid] = [probe], now
+                del self._probes[eid]
+                review.engines.add(eid)
+                continue
             if not pending or (probe is not None and probe.done()):
                 # ended, or the engine ran the later probe: replies are lost
                 if pending:

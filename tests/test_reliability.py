@@ -368,6 +368,20 @@ def test_an_engine_that_answers_no_probe_is_reported_stuck(monkeypatch):
     assert work.review(client).stuck == {1}
 
 
+def _engines_and_queues(session) -> str:
+    """What a failure needs to be understood: the rows, the hub's queues (the
+    tasks it still counts on each engine) and the stale work."""
+    from paracell.kernel_backend._ippstate import _queue_status
+
+    client = session._client
+    stale = session._ledger.stale
+    return (
+        f"rows: {session.status().engines}\n"
+        f"hub: {_queue_status(client, client.ids, timeout=2.0)}\n"
+        f"stale: {stale._tasks} probes {stale._probes} lost {stale.lost}"
+    )
+
+
 def test_failing_maps_never_strand_an_engine(ip, shared_cluster):
     """The reproducer of stranded engines: items failing early in a map of
     tiny chunks, again and again; any engine kept out of work must come back
@@ -394,7 +408,7 @@ def test_failing_maps_never_strand_an_engine(ip, shared_cluster):
             assert wait_until(lambda: not shared_cluster.stale_engines(), 20)
         assert wait_until(
             lambda: all(e.state == "idle" for e in shared_cluster.status().engines), 20
-        )
+        ), _engines_and_queues(shared_cluster)
     assert ip.run_line_magic("pmap", "--no-progress x for x in range(10)") == list(
         range(10)
     )
@@ -513,6 +527,33 @@ def test_a_task_gone_stale_after_the_probe_is_probed_again(monkeypatch):
     client.probes[1]._done = True
     assert work.review(client).engines == set()
     assert work.lost == {4: 2}
+
+
+def test_a_probe_left_out_when_its_stale_task_ends_is_followed_until_it_answers(
+    monkeypatch,
+):
+    """The stale task answers while its probe is still out: a late SIGINT
+    may drop the probe's reply, so the probe is followed like the task was
+    (else the hub counts it on the engine for good and the engine shows busy)."""
+    from paracell.kernel_backend import _stale
+
+    clock = [0.0]
+    monkeypatch.setattr(_stale.time, "monotonic", lambda: clock[0])
+    work, client, task = _stale.StaleWork(), _Client(), _Task()
+    work.add(2, task)
+    clock[0] = _stale.PROBE_AFTER
+    work.review(client)
+    task._done = True
+    review = work.review(client)
+    assert review.engines == {2} and task in review.finished
+    assert len(client.probes) == 1  # no new probe yet: the first may answer
+    clock[0] = 2 * _stale.PROBE_AFTER
+    work.review(client)
+    assert len(client.probes) == 2
+    client.probes[1]._done = True  # the first probe's reply never comes
+    review = work.review(client)
+    assert review.engines == set() and work.lost == {2: 1}
+    assert client.probes[1] in review.finished
 
 
 def test_a_cell_on_every_engine_does_not_queue_behind_cancelled_work(
