@@ -249,16 +249,12 @@ class IppClient:
         # engines whose tasks still run, until they end or the grace is up.
         deadline = time.monotonic() + grace
         running = dict(tasks)
-        sent = []  # each resolves when the engines' nannies have signalled
+        sent = []  # (engine, future resolved when its nanny has signalled)
         while running:
-            with contextlib.suppress(Exception):
-                sent.append(
-                    client.send_signal(
-                        signal.SIGINT,
-                        targets=sorted(set(running.values())),
-                        block=False,
-                    )
-                )
+            for eid in sorted(set(running.values())):
+                with contextlib.suppress(Exception):
+                    future = client.send_signal(signal.SIGINT, [eid], block=False)
+                    sent.append((eid, future))
             wait = min(_RESIGNAL, deadline - time.monotonic())
             if wait <= 0:
                 break
@@ -270,11 +266,15 @@ class IppClient:
         # the engine runs next (the next map's chunk, interrupted for
         # nothing): wait until every one sent has been delivered.
         # (within the grace, or a moment past it: an engine that died never
-        # confirms, and an interrupt must still return promptly)
+        # confirms, and an interrupt must still return promptly; an engine
+        # whose signal is still on its way then takes no new work until it
+        # lands: see ``_stale``)
         settle = max(deadline, time.monotonic() + _SIGNAL_SETTLE)
-        for future in sent:
+        for eid, future in sent:
             with contextlib.suppress(Exception):
                 future.result(timeout=max(0.0, settle - time.monotonic()))
+            if not future.done():
+                self._ledger.mark_signalling(eid, future)
         left = []
         for ar, engine in tasks.items():
             if ar.done():

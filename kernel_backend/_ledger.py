@@ -206,6 +206,11 @@ class EngineLedger:
         with self.lock:
             self.stale.add(engine, task)
 
+    def mark_signalling(self, engine: int, future: Any) -> None:
+        """Note a signal to ``engine`` not yet confirmed delivered."""
+        with self.lock:
+            self.stale.signalling(engine, future)
+
     def clear(self) -> None:
         """The cluster is gone: forget its engines (maps under way still end
         by their own ``done``)."""

@@ -20,6 +20,12 @@ replaces that engine (when it started it) so the cluster keeps its size.
 A probe still out when the stale task ends takes the task's place: it may have
 met a late SIGINT itself, and the hub would count a lost probe on its engine
 for good.
+
+A SIGINT whose delivery the engine's nanny has not confirmed when the
+interrupt returns could still land on whatever the engine runs next (the next
+map's chunk, dropped or interrupted for nothing), so that engine takes no new
+work until the nanny confirms, or for ``STUCK_AFTER`` at most (an engine that
+never confirms is gone, and its heartbeat says so).
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ class StaleWork:
         self._probes: dict[int, Any] = {}
         #: engine -> replies that will never come (the hub still counts them)
         self.lost: dict[int, int] = {}
+        #: engine -> signals not yet confirmed delivered, and when sent
+        self._signals: dict[int, list[tuple[Any, float]]] = {}
 
     def add(self, engine: int, task: Any) -> None:
         self._tasks.setdefault(engine, []).append(task)
@@ -64,11 +72,17 @@ class StaleWork:
         # a probe sent before this task proves nothing about it: send anew
         self._probes.pop(engine, None)
 
+    def signalling(self, engine: int, future: Any) -> None:
+        """A signal sent to ``engine`` whose delivery is not confirmed yet."""
+        self._signals.setdefault(engine, []).append((future, time.monotonic()))
+
     def holds(self, engine: int) -> bool:
-        """Whether cancelled work may still run on ``engine``."""
-        return engine in self._tasks
+        """Whether cancelled work (or a signal meant for it) may still hit
+        ``engine``."""
+        return engine in self._tasks or engine in self._signals
 
     def clear(self) -> None:
+        self._signals.clear()
         self._tasks.clear()
         self._since.clear()
         self._probes.clear()
@@ -78,6 +92,17 @@ class StaleWork:
         """Drop what ended, probe old stale engines, settle lost replies."""
         review = StaleReview()
         now = time.monotonic()
+        for eid, signals in list(self._signals.items()):
+            signals = [
+                (future, sent)
+                for future, sent in signals
+                if not future.done() and now - sent < STUCK_AFTER
+            ]
+            if signals:
+                self._signals[eid] = signals
+                review.engines.add(eid)
+            else:
+                del self._signals[eid]
         for eid in list(self._tasks):
             pending = [t for t in self._tasks[eid] if not t.done()]
             probe = self._probes.get(eid)
@@ -114,6 +139,7 @@ class StaleWork:
         """``eid`` is gone (died or replaced): nothing of it is pending."""
         self._forget(eid)
         self.lost.pop(eid, None)
+        self._signals.pop(eid, None)
 
     def _forget(self, eid: int) -> None:
         self._tasks.pop(eid, None)

@@ -556,6 +556,86 @@ def test_a_probe_left_out_when_its_stale_task_ends_is_followed_until_it_answers(
     assert client.probes[1] in review.finished
 
 
+def test_an_engine_whose_signal_is_on_its_way_takes_no_work_until_it_lands(
+    monkeypatch,
+):
+    from paracell.kernel_backend import _stale
+
+    clock = [0.0]
+    monkeypatch.setattr(_stale.time, "monotonic", lambda: clock[0])
+    work, landed, lost = _stale.StaleWork(), _Task(), _Task()
+    work.signalling(1, landed)
+    work.signalling(2, lost)
+    assert work.review(None).engines == {1, 2} and work.holds(1)
+    landed._done = True
+    assert work.review(None).engines == {2} and not work.holds(1)
+    clock[0] = _stale.STUCK_AFTER  # a nanny that never confirms: its engine is gone
+    assert work.review(None).engines == set() and not work.holds(2)
+    assert work.lost == {}  # signals are no tasks the hub counts
+
+
+def test_a_signal_landing_after_a_cancelled_map_returned_does_not_stop_the_next(
+    ip, shared_cluster, monkeypatch
+):
+    """A nanny slow to deliver a cancelled map's SIGINT (a loaded machine):
+    the signal lands after the interrupt has returned.  Its engine must take
+    no new work until then, or the next map is stopped as if the user had
+    interrupted it."""
+    import concurrent.futures
+    import threading
+    import time
+
+    client = shared_cluster._client
+    deliver = client.send_signal
+    deliveries = []
+
+    def late(sig, targets=None, block=None):
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def later():
+            time.sleep(2.0)  # past the interrupt's grace
+            try:
+                deliver(sig, targets=targets, block=False).result(10)
+                future.set_result(None)
+            except Exception as err:
+                future.set_exception(err)
+
+        deliveries.append(threading.Thread(target=later, daemon=True))
+        deliveries[-1].start()
+        return future
+
+    monkeypatch.setattr(client, "send_signal", late)
+    define(
+        ip,
+        "import time\n"
+        "def boom(x):\n"
+        "    if x == 3:\n"
+        "        raise ValueError('three')\n"
+        "    time.sleep(0.3)\n"  # still running when item 3 fails
+        "    return x\n"
+        "def steady(x):\n"
+        "    time.sleep(0.003)\n"
+        "    return x",
+    )
+    try:
+        with pytest.raises(ItemError):
+            ip.run_line_magic(
+                "pmap", "--no-progress --chunksize 1 boom(x) for x in range(200)"
+            )
+        assert deliveries, "the cancelled map sent no signal"
+        assert shared_cluster.stale_engines()  # held while a signal is on its way
+        try:
+            result = ip.run_line_magic(
+                "pmap", "--no-progress --chunksize 1 steady(x) for x in range(1000)"
+            )
+        except KeyboardInterrupt as stopped:  # not the test run's own
+            pytest.fail(f"the late signal stopped the next map: {stopped}")
+        assert result == list(range(1000))
+    finally:
+        for thread in deliveries:
+            thread.join(15)
+
+
 def test_a_cell_on_every_engine_does_not_queue_behind_cancelled_work(
     ip, no_other_cluster
 ):
