@@ -97,6 +97,24 @@ class Kernel:
             os.kill(self.pid, signal.SIGUSR1)
             time.sleep(1.0)
 
+    def wait_started(self, msg_id: str, timeout: float = 30) -> None:
+        """Wait until the kernel runs ``msg_id``'s code (its ``execute_input``).
+
+        Until then the kernel ignores SIGINT (it only catches it while a
+        request is handled): an interrupt sent earlier is lost, as in any
+        front end, and the cell runs to its end.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.client.get_iopub_msg(
+                timeout=max(0.0, deadline - time.monotonic())
+            )
+            if (
+                msg["msg_type"] == "execute_input"
+                and msg["parent_header"].get("msg_id") == msg_id
+            ):
+                return
+
     def interrupt(self, msg_id: str, timeout: float = 30) -> dict[str, Any]:
         """Interrupt the kernel and return the reply to ``msg_id``."""
         self.manager.interrupt_kernel()

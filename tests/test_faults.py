@@ -126,6 +126,7 @@ def test_interrupts_at_random_moments_return_promptly_and_strand_nothing(
                 f"r = %pmap --no-progress --chunksize {chunksize}"
                 f" step(x, {d}) for x in range(400)"
             )
+            kernel.wait_started(msg_id)
             time.sleep(rng.uniform(0.05, 1.5))
             tic = time.monotonic()
             reply = kernel.interrupt(msg_id)

@@ -93,6 +93,7 @@ def test_interrupting_a_blocking_pmap_stops_the_work_and_frees_the_cluster(
     assert kernel.run("%cluster start -n 2").ok
     kernel.run("import time")
     msg_id = kernel.client.execute("r = %pmap time.sleep(1) for _ in range(60)")
+    kernel.wait_started(msg_id)
     time.sleep(2.5)
     tic = time.monotonic()
     reply = kernel.interrupt(msg_id)

@@ -206,6 +206,7 @@ def test_interrupting_block_and_all_stops_the_cell_on_the_engines(kernel):
         "%%parallel --all\ntime.sleep(30)",
     ):
         msg_id = kernel.client.execute(cell)
+        kernel.wait_started(msg_id)
         time.sleep(1.5)
         tic = time.monotonic()
         reply = kernel.interrupt(msg_id)
