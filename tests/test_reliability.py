@@ -593,7 +593,7 @@ def test_a_signal_landing_after_a_cancelled_map_returned_does_not_stop_the_next(
         future: concurrent.futures.Future = concurrent.futures.Future()
 
         def later():
-            time.sleep(2.0)  # past the interrupt's grace
+            time.sleep(3.0)  # well past the interrupt's grace (1.5 s)
             try:
                 deliver(sig, targets=targets, block=False).result(10)
                 future.set_result(None)
