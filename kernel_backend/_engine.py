@@ -9,7 +9,8 @@ The engine side is five modules, one job each:
 
 - ``_engine`` (this one): the task spec, the engine's identity, an item's
   failure as it travels back (without paracell's frames), progress from
-  inside a task, and values sent back to the notebook;
+  inside a task, values sent back to the notebook, and the shield of a
+  finished request's reply against a late SIGINT;
 - ``_enginenames``: the shipped-name store and the namespaces built from it;
 - ``_enginemap``: the chunks of a map (``run_chunk``);
 - ``_enginecell``: background cells (``run_cell``);
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -55,6 +58,33 @@ ENGINE_MODULES = (
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _OWN_FILES = {os.path.join(_HERE, f"{name}.py") for name in ENGINE_MODULES}
 _OWN_FILES.add(WRAPPER_FILENAME)
+
+
+def shield_reply() -> None:
+    """On an engine: the work of this request is done, so a SIGINT from now
+    to the end of the request is ignored.
+
+    A SIGINT meant for the work that lands after it (while its outcome is
+    packed, or its reply serialised and sent) would make ipykernel catch a
+    ``KeyboardInterrupt`` outside the user's code and send no reply at all:
+    the finished items, cell or statement would be lost.  ipykernel puts its
+    own handler back after the reply is sent.  In the notebook's process
+    (``--local``), or off the main thread, nothing changes.
+    """
+    if not _on_engine():
+        return
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, _late_interrupt)
+
+
+def _late_interrupt(signum: int, frame: Any) -> None:
+    """A SIGINT that came after the work was done: nothing is left to stop."""
+
+
+def _on_engine() -> bool:
+    engine_app = sys.modules.get("ipyparallel.engine.app")
+    ipengine = getattr(engine_app, "IPEngine", None)
+    return bool(ipengine is not None and ipengine.initialized())
 
 
 def engine_identity() -> tuple[str, int]:

@@ -23,6 +23,7 @@ from ._engine import (
     pack_result,
     pickle_each,
     reporting,
+    shield_reply,
 )
 from ._enginenames import build_namespace, engine_user_ns
 from ._seeding import map_root, seed_sources
@@ -67,6 +68,7 @@ def run_cell(
     started = time.time()
     tic = time.perf_counter()
     result, failure, interrupted = _execute(body, last, ns, filename)
+    shield_reply()
     seconds = time.perf_counter() - tic
     values: dict[str, bytes] = {}
     unpicklable: dict[str, str] = {}

@@ -24,6 +24,7 @@ from ._engine import (
     engine_identity,
     item_failure,
     reporting,
+    shield_reply,
 )
 from ._enginenames import build_callable
 from ._seeding import ChunkSeeds, map_root, seed_sources
@@ -84,6 +85,7 @@ def run_chunk(
         # no two chunks, hence no two engines, share a state.
         seed_sources(map_root(None, spec.entropy), first)
     outcome = _run_items(spec, func, first, items, star, budget)
+    shield_reply()
     if check_results:
         _check_results(spec, first, outcome.values, outcome.failures)
     outcome.host, outcome.pid = engine_identity()

@@ -28,6 +28,7 @@ from ._engine import (
     pack_result,
     pickle_each,
     reporting,
+    shield_reply,
 )
 from ._enginenames import build_namespace
 from ._seeding import map_root, seed_sources
@@ -126,6 +127,7 @@ def run_statement(
             outcome.interrupted = True
         except BaseException as error:
             outcome.failure = item_failure(index, error)
+    shield_reply()
     return _finish(outcome, ns, writes, tic, bad)
 
 

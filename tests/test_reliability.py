@@ -636,6 +636,45 @@ def test_a_signal_landing_after_a_cancelled_map_returned_does_not_stop_the_next(
             thread.join(15)
 
 
+def test_a_signal_landing_while_a_finished_chunk_is_sent_back_loses_nothing(
+    ip, shared_cluster
+):
+    """The item is done and its chunk's reply is being serialised when a
+    SIGINT (a late one, meant for it) lands.  ipykernel would catch it
+    outside the user's code and send no reply: the finished item lost, the
+    map stopped or left waiting for good.  The engine ignores it instead."""
+    import signal
+
+    from paracell.kernel_backend._engine import shield_reply
+
+    define(
+        ip,
+        "def done_then_signalled(x):\n"
+        "    import os, signal, threading, time\n"
+        "    payload = b'x' * 200_000_000  # its reply takes a while to pack\n"
+        "    def late():\n"
+        "        time.sleep(0.005)\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    threading.Thread(target=late, daemon=True).start()\n"
+        "    return payload",
+    )
+    job = ip.run_line_magic(
+        "pmap",
+        "--async --no-progress --chunksize 1 done_then_signalled(x) for x in range(2)",
+    )
+    try:
+        values = job.result(timeout=60)
+    except BaseException as lost:  # KeyboardInterrupt, or no reply in time
+        job.cancel()
+        pytest.fail(f"the finished items were lost: {lost!r}")
+    assert [len(v) for v in values] == [200_000_000] * 2
+    del values
+    # in the notebook's own process (``--local`` runs there) nothing changes
+    before = signal.getsignal(signal.SIGINT)
+    shield_reply()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_a_cell_on_every_engine_does_not_queue_behind_cancelled_work(
     ip, no_other_cluster
 ):
