@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import ipyparallel as ipp
+from ipyparallel import AsyncResult
 
 from ._clock import ClockOffset, measure_offsets
 from ._engine import engine_identity
@@ -201,15 +202,26 @@ class IppClient:
         return PrePickled(obj)
 
     def submit(self, engine: int, func: Callable[..., Any], *args: Any) -> Any:
-        """Run ``func(*args)`` on ``engine``; returns its ``AsyncResult``."""
+        """Run ``func(*args)`` on ``engine``; returns its ``AsyncResult``.
+
+        The request a ``DirectView.apply_async`` sends, sent without the
+        view's bookkeeping (its decorators bind their arguments by signature
+        and sync the view's lists of results on every call): about 0.07 ms
+        less of the kernel's time before each task leaves, an eighth of a
+        trivial ``%%parallel`` cell's.  Raises ``IndexError`` for an engine
+        that is gone, as the view does.
+        """
         client = self.require()
         view = self._views.get(engine)
         if view is None or view.client is not client:
             view = self._views[engine] = client[engine]
-        task = view.apply_async(func, *args)
-        if len(view.history) > 1_000:  # its list of every message sent
-            del view.history[:-100]
-        return task
+        idents, targets = client._build_targets(engine)
+        future = client.send_apply_request(
+            view._socket, func, list(args), ident=idents[0], metadata={"label": None}
+        )
+        return AsyncResult(
+            client, future, fname=_task_name(func), targets=targets, owner=True
+        )
 
     def purge(self, result: Any, client: ipp.Client | None = None) -> None:
         """Drop a finished task from ipyparallel's client-side caches.
@@ -296,3 +308,10 @@ class IppClient:
         if self.client is None:
             raise NoCluster("no cluster is active: start one with %cluster start")
         return self.client
+
+
+def _task_name(func: Any) -> str:
+    """What an ``AsyncResult`` calls its function (a pre-pickled one has no
+    name of its own)."""
+    name = getattr(func, "__name__", None)
+    return name if isinstance(name, str) else type(func).__name__
