@@ -11,6 +11,7 @@ same name the later-submitted one wins, whatever order they end in.
 from __future__ import annotations
 
 import ast
+import functools
 import types
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,11 @@ def bound_names(source: str) -> list[str]:
     Assignments, ``for``/``with`` targets, walrus, ``def``, ``class`` and
     imports all count; attribute and item assignments do not.
     """
+    return list(_bound_names(source))
+
+
+@functools.lru_cache(maxsize=32)
+def _bound_names(source: str) -> tuple[str, ...]:
     tree, table = parsed(source, "exec")
     bound = {
         s.get_name()
@@ -59,7 +65,7 @@ def bound_names(source: str) -> list[str]:
         if name in bound:
             where = (getattr(node, "lineno", 0), getattr(node, "col_offset", 0))
             first_seen[name] = min(first_seen.get(name, where), where)
-    return sorted(first_seen, key=first_seen.__getitem__)
+    return tuple(sorted(first_seen, key=first_seen.__getitem__))
 
 
 def modules_already_here(source: str, namespace: Mapping[str, Any]) -> set[str]:

@@ -36,7 +36,7 @@ from ._jobdelivery import (
     wanted_names,
 )
 from ._jobqueue import JobQueue
-from ._names import free_names
+from ._names import check_syntax, free_names
 from ._pool import JobPool, require_engines, send_to_free_engines, why_no_engines
 from ._seeding import fresh_entropy
 from ._shipment import Shipment, prepare_shipment
@@ -145,7 +145,7 @@ class JobManager:
         Raises ``SyntaxError`` (the user's) before anything is sent, and
         ``InvalidRequest`` for names that cannot be shipped.
         """
-        compile(source, name or "<cell>", "exec")  # the user's SyntaxError, here
+        check_syntax(source, name or "<cell>")  # the user's SyntaxError, here
         wanted = wanted_names(source, bound_names(source), namespace, outputs)
         stored = CellCache.for_cell(
             cache, source, namespace, seed=seed, outputs=wanted, pull=pull

@@ -11,6 +11,8 @@ from typing import Any
 from ._comprehension import Comprehension
 
 __all__ = [
+    "check_syntax",
+    "compiles",
     "element_free_names",
     "free_names",
 ]
@@ -64,6 +66,13 @@ def free_names(source: str, mode: str = "eval") -> set[str]:
     """
     if mode not in ("eval", "exec"):
         raise ValueError(f"mode must be 'eval' or 'exec', not {mode!r}")
+    return set(_free_names(source, mode))
+
+
+@functools.lru_cache(maxsize=32)
+def _free_names(source: str, mode: str) -> frozenset[str]:
+    """:func:`free_names`, once per piece of code (a cell run again, a map's
+    element mapped again, the store's key and the shipment of one cell)."""
     tree, table = parsed(source, mode)
     order = _TopLevelOrder()
     order.visit(tree)
@@ -74,7 +83,29 @@ def free_names(source: str, mode: str = "eval") -> set[str]:
     read_anywhere |= _nested_global_reads(table)
     free = (read_anywhere - order.bound) | order.read_before_bound
     # symtable also lists compiler-made names such as ".0".
-    return {name for name in free if name.isidentifier()}
+    return frozenset(name for name in free if name.isidentifier())
+
+
+def compiles(source: str) -> bool:
+    """Whether ``source`` compiles as a module (a cell); one that did before
+    is not compiled again (the magic checks the cell, the job manager the
+    job's source: the same text)."""
+    try:
+        return _compiles(source)
+    except SyntaxError:
+        return False
+
+
+def check_syntax(source: str, filename: str) -> None:
+    """Raise the ``SyntaxError`` compiling ``source`` raises, ``filename`` in it."""
+    if not compiles(source):
+        compile(source, filename, "exec")
+
+
+@functools.lru_cache(maxsize=32)
+def _compiles(source: str) -> bool:
+    compile(source, "<cell>", "exec")
+    return True
 
 
 @functools.lru_cache(maxsize=8)

@@ -15,6 +15,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from .._api import parallel
 from ..kernel_backend import CellJob, JobError, default_jobs
+from ..kernel_backend._names import compiles
 from ..kernel_backend._seeding import validate_seed
 from ..widgets import JobsTable, JobView, jobs_panel, show_job
 from . import _delivery, _tasks
@@ -366,12 +367,9 @@ def _python_source(shell: Any, cell: str) -> str:
     that are not Python already; a cell that compiles as it is skips them,
     a millisecond of a trivial cell's round trip.
     """
-    try:
-        source = "\n" + cell
-        compile(source, "<cell>", "exec")
+    source = "\n" + cell
+    if compiles(source):
         return source
-    except SyntaxError:
-        pass
     source = "\n" + str(shell.transform_cell(cell))
     try:
         compile(source, "<cell>", "exec")
