@@ -17,9 +17,10 @@ the parent forks: it has no threads and no ZMQ context, so every child
 starts clean.
 
 The parent forwards SIGINT, SIGTERM and SIGHUP to its engines, reaps its
-children, and exits once its engines have (with the first failure's exit
-status).  Every child inherits the cluster's mark in its environment, so
-paracell's teardown finds them as it finds any engine.
+children as they end, and exits once its engines have, after stopping and
+reaping their nannies (with the first failure's exit status).  Every child
+inherits the cluster's mark in its environment, so paracell's teardown
+finds them as it finds any engine.
 
 A profile that configures how local engines start (``engine_cmd``, or any
 setting of ``LocalEngineSetLauncher`` / ``LocalEngineLauncher``) keeps
@@ -36,7 +37,8 @@ import select
 import signal
 import socket
 import sys
-from typing import Any
+import time
+from typing import Any, NoReturn
 
 from ipyparallel.cluster.launcher import EngineLauncher, LocalProcessLauncher
 
@@ -53,6 +55,8 @@ __all__ = [
 FORK_ENV = "PARACELL_FORK_ENGINES"
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: How long the parent waits for its nannies to end once its engines have.
+_NANNY_GRACE = 2.0
 _MAX_REQUEST = 1 << 16
 _PROGRAM = (
     "import sys; from paracell.kernel_backend._forkengines import main;"
@@ -114,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parent = _Parent()
     for _ in range(count):
         parent.fork_engine(engine_args)
-    return parent.wait()
+    # no interpreter teardown (tens of milliseconds of it, with all that
+    # was imported): nothing here needs cleaning up
+    _exit(parent.wait())
 
 
 #: What ``ps`` and ``top`` call the processes (``/proc/PID/comm``): a forked
@@ -161,7 +167,14 @@ def _import_once() -> None:
 
 
 class _Parent:
-    """The forking process: its engines, their nannies, signals passed on."""
+    """The forking process: its engines, their nannies, signals passed on.
+
+    It reaps every child the moment it ends (a ``SIGCHLD`` wakes its loop),
+    and before it exits it stops and reaps the nannies of its engines: a
+    child left behind would be reparented to the init process, and until
+    that reaps it (some containers' init does so late or never) it stays
+    in the process table as a zombie.
+    """
 
     def __init__(self) -> None:
         self.engines: dict[int, socket.socket] = {}  # pid -> its socket
@@ -169,6 +182,12 @@ class _Parent:
         self.status = 0
         for sig in _FORWARDED:
             signal.signal(sig, self._forward)
+        # a child's end wakes the loop: the signal's number is written here
+        self._woken, self._wake = os.pipe()
+        for fd in (self._woken, self._wake):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._wake)
+        signal.signal(signal.SIGCHLD, _woken_up)
 
     def _forward(self, sig: int, _frame: Any) -> None:
         for pid in list(self.engines):
@@ -191,20 +210,44 @@ class _Parent:
         for sig in _FORWARDED:
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        os.close(self._woken)
+        os.close(self._wake)
 
     def wait(self) -> int:
-        """Serve nanny requests and reap children until no engine is left."""
-        while self.engines:
+        """Serve nanny requests and reap children until no engine is left;
+        then stop the nannies (nothing left to watch) and reap them."""
+        while True:
             self._reap()
+            if not self.engines:
+                break
             socks = [s for s in self.engines.values() if s.fileno() >= 0]
-            try:
-                readable, _, _ = select.select(socks, [], [], 0.2)
-            except InterruptedError:
-                continue
-            for sock in readable:
-                self._serve(sock)
-        self._reap()
+            for ready in self._select(socks, 0.2):
+                self._serve(ready)
+        for pid in self.nannies:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + _NANNY_GRACE
+        while self.nannies and time.monotonic() < deadline:
+            self._select([], 0.05)
+            self._reap()
         return self.status
+
+    def _select(
+        self, socks: list[socket.socket], timeout: float
+    ) -> list[socket.socket]:
+        """The sockets ready to read, after up to ``timeout`` s or a child's end."""
+        watched: list[socket.socket | int] = [*socks, self._woken]
+        try:
+            readable, _, _ = select.select(watched, [], [], timeout)
+        except InterruptedError:
+            return []
+        if self._woken in readable:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._woken, 64):
+                    pass
+        return [ready for ready in readable if isinstance(ready, socket.socket)]
 
     def _serve(self, sock: socket.socket) -> None:
         try:
@@ -229,6 +272,7 @@ class _Parent:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self.engines.clear()
+                self.nannies.clear()
                 return
             if pid == 0:
                 return
@@ -245,6 +289,11 @@ class _Parent:
                     self.status = code if code > 0 else 128 - code
 
 
+def _woken_up(_sig: int, _frame: Any) -> None:
+    """``SIGCHLD``'s handler: only there so that the signal is written into
+    the parent's wake-up pipe (see :class:`_Parent`)."""
+
+
 def _ended(code: int) -> str:
     """How a child ended, from its exit code (negative: a signal)."""
     if code >= 0:
@@ -259,7 +308,7 @@ def _say(text: str) -> None:
         print(f"[{PROCESS_NAMES['parent']}] {text}", file=sys.stderr, flush=True)
 
 
-def _exit(code: int) -> None:
+def _exit(code: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

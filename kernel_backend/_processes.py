@@ -19,6 +19,7 @@ import psutil
 from traitlets.config import Config
 
 from ._errors import InvalidRequest
+from ._forkengines import PROCESS_NAMES
 from ._launchers import LaunchPlan
 from ._reaping import (
     CLUSTER_MARK,
@@ -198,13 +199,32 @@ def _teardown(cluster: ipp.Cluster, pids: list[int], *, local: bool) -> None:
     are done.
     """
     if local:
-        _kill_processes(pids)
+        # engines and nannies before the process that forked them: it reaps
+        # them and exits (killed with them, they would be left to the init
+        # process to reap, as zombies where it does so late)
+        parents = _forking_parents(pids)
+        _kill_processes([pid for pid in pids if pid not in parents])
+        _kill_processes(parents, grace=_PARENT_GRACE)
     with contextlib.suppress(Exception):
         cluster.stop_cluster_sync()
     if local:
         _remove_connection_files(cluster)
     _reap_processes(pids)
     _reap_processes(_marked_processes(cluster.cluster_id))
+
+
+#: How long a forking parent has to reap its killed engines and exit.
+_PARENT_GRACE = 0.5
+
+
+def _forking_parents(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that fork local engines (see :mod:`._forkengines`)."""
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(pid).name() == PROCESS_NAMES["parent"]:
+                found.append(pid)
+    return found
 
 
 def _remove_connection_files(cluster: ipp.Cluster) -> None:

@@ -23,14 +23,18 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def _kill_processes(pids: list[int], timeout: float = 3.0) -> None:
-    """SIGKILL ``pids`` all at once and wait until they have exited."""
+def _kill_processes(pids: list[int], timeout: float = 3.0, grace: float = 0.0) -> None:
+    """SIGKILL ``pids`` all at once and wait until they have exited; with a
+    ``grace``, only those still running that long after the call."""
     procs = []
     for pid in pids:
         with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(pid)
+            procs.append(psutil.Process(pid))
+    if grace:
+        procs = _wait_exited(procs, grace)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-            procs.append(proc)
     _wait_exited(procs, timeout)
 
 

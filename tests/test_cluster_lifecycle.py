@@ -25,6 +25,7 @@ from paracell.kernel_backend import (
     NoCluster,
     map_function,
 )
+from paracell.kernel_backend._forkengines import PROCESS_NAMES
 
 from conftest import cluster_processes, wait_until
 
@@ -202,6 +203,32 @@ def test_stop_leaves_no_process_and_stopping_twice_is_calm(session: ClusterSessi
     assert not cluster_processes()
     assert session.stop().action == "nothing"
     assert session.status().state == "stopped"
+
+
+def test_stop_leaves_not_even_a_zombie_of_its_engines_or_nannies(
+    session: ClusterSession,
+):
+    # engines and nannies killed with the process that forked them were
+    # left to the init process to reap, which some containers' init (this
+    # machine's among them) does seconds later or never.  (The controller's
+    # schedulers, processes of ipyparallel's own, still are.)
+    session.start(2)
+    started = session._started
+    assert started is not None
+    forked = set(PROCESS_NAMES.values())
+    names = {}
+    for pid in started.owned_pids():
+        name = psutil.Process(pid).name()
+        if name in forked:
+            names[pid] = name
+    assert sorted(names.values()).count("ipengine") == 2
+    assert sorted(names.values()).count("ipengine-nanny") == 2
+    session.stop()
+    left = {}
+    for pid, name in names.items():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            left[pid] = (name, psutil.Process(pid).status())
+    assert not left, f"left in the process table after the stop: {left}"
 
 
 def test_a_new_cluster_owes_nothing_for_the_last_ones_stuck_engines(
