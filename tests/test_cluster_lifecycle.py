@@ -221,8 +221,8 @@ def test_stop_leaves_not_even_a_zombie_of_its_engines_or_nannies(
         name = psutil.Process(pid).name()
         if name in forked:
             names[pid] = name
-    assert sorted(names.values()).count("ipengine") == 2
-    assert sorted(names.values()).count("ipengine-nanny") == 2
+    assert list(names.values()).count("ipengine") == 2
+    assert list(names.values()).count("ipengine-nanny") == 2
     session.stop()
     left = {}
     for pid, name in names.items():
