@@ -21,6 +21,8 @@ from traitlets.config import Config
 from ._errors import InvalidRequest
 from ._forkengines import PROCESS_NAMES
 from ._launchers import LaunchPlan
+from ._quickcontroller import PROGRAM as CONTROLLER_PROGRAM
+from ._quickcontroller import REAP_SIGNAL
 from ._reaping import (
     CLUSTER_MARK,
     _kill_processes,
@@ -199,12 +201,17 @@ def _teardown(cluster: ipp.Cluster, pids: list[int], *, local: bool) -> None:
     are done.
     """
     if local:
-        # engines and nannies before the process that forked them: it reaps
-        # them and exits (killed with them, they would be left to the init
-        # process to reap, as zombies where it does so late)
+        # children before their parents, which reap them and exit: engines
+        # and nannies before the process that forked them, the schedulers
+        # before the controller (killed with them, they would be left to the
+        # init process to reap, as zombies where it does so late)
         parents = _forking_parents(pids)
-        _kill_processes([pid for pid in pids if pid not in parents])
-        _kill_processes(parents, grace=_PARENT_GRACE)
+        controllers = _reaping_controller(cluster, pids)
+        _kill_processes([p for p in pids if p not in parents and p not in controllers])
+        for pid in controllers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, REAP_SIGNAL)
+        _kill_processes(parents + controllers, grace=_PARENT_GRACE)
     with contextlib.suppress(Exception):
         cluster.stop_cluster_sync()
     if local:
@@ -213,7 +220,8 @@ def _teardown(cluster: ipp.Cluster, pids: list[int], *, local: bool) -> None:
     _reap_processes(_marked_processes(cluster.cluster_id))
 
 
-#: How long a forking parent has to reap its killed engines and exit.
+#: How long a forking parent or a controller has to reap its killed
+#: children and exit.
 _PARENT_GRACE = 0.5
 
 
@@ -225,6 +233,19 @@ def _forking_parents(pids: list[int]) -> list[int]:
             if psutil.Process(pid).name() == PROCESS_NAMES["parent"]:
                 found.append(pid)
     return found
+
+
+def _reaping_controller(cluster: ipp.Cluster, pids: list[int]) -> list[int]:
+    """The cluster's controller, if it is one of ``pids`` and runs paracell's
+    program (it reaps its children and exits on ``REAP_SIGNAL``; its
+    schedulers, forked from it, run the same command line, but not as it)."""
+    pid = getattr(cluster.controller, "pid", None)
+    if not isinstance(pid, int) or pid not in pids:
+        return []
+    with contextlib.suppress(psutil.Error):
+        if CONTROLLER_PROGRAM in psutil.Process(pid).cmdline():
+            return [pid]
+    return []
 
 
 def _remove_connection_files(cluster: ipp.Cluster) -> None:
