@@ -28,10 +28,12 @@ if [ "${PARACELL_BROWSER:-0}" = 1 ] && [ ! -x "$CHROMIUM" ]; then
     fi
     echo "paracell: installing Chromium for the browser tests (apt-get install chromium)" >&2
     # through env: sudo does not pass the caller's environment on
+    # shellcheck source=scripts/_apt.sh
+    source "$ROOT/scripts/_apt.sh"
+    APT_PREFIX=("${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive)
     {
-        "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-        "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y -qq --no-install-recommends chromium
+        apt_get update -qq &&
+            apt_get install -y -qq --no-install-recommends chromium
     } >&2 || true
     if [ ! -x "$CHROMIUM" ]; then
         echo "paracell: could not install Debian's chromium package (apt-get install chromium); the browser tests need $CHROMIUM" >&2
