@@ -27,9 +27,9 @@ if [ "${PARACELL_BROWSER:-0}" = 1 ] && [ ! -x "$CHROMIUM" ]; then
         exit 1
     fi
     echo "paracell: installing Chromium for the browser tests (apt-get install chromium)" >&2
-    # through env: sudo does not pass the caller's environment on
     # shellcheck source=scripts/_apt.sh
     source "$ROOT/scripts/_apt.sh"
+    # through env: sudo does not pass the caller's environment on
     APT_PREFIX=("${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive)
     {
         apt_get update -qq &&
