@@ -28,6 +28,8 @@ from ._reaping import (
     _kill_processes,
     _marked_processes,
     _reap_processes,
+    _wait_reaped,
+    _with_descendants,
 )
 from ._sharedmem import SharedArrays, shared_memory_dir
 
@@ -202,20 +204,25 @@ def _teardown(cluster: ipp.Cluster, pids: list[int], *, local: bool) -> None:
     """
     if local:
         # children before their parents, which reap them and exit: engines
-        # and nannies before the process that forked them, the schedulers
-        # before the controller (killed with them, they would be left to the
-        # init process to reap, as zombies where it does so late)
+        # and nannies before the process that forked them (killed with it,
+        # they would be left to the init process to reap, as zombies where
+        # it does so late)
         parents = _forking_parents(pids)
-        controllers = _reaping_controller(cluster, pids)
-        _kill_processes([p for p in pids if p not in parents and p not in controllers])
-        for pid in controllers:
+        # the controller stops its schedulers itself (see REAP_SIGNAL)
+        controller = _reaping_controller(cluster, pids)
+        theirs = _with_descendants(controller)
+        _kill_processes([p for p in pids if p not in parents and p not in theirs])
+        for pid in controller:
             with contextlib.suppress(OSError):
                 os.kill(pid, REAP_SIGNAL)
-        _kill_processes(parents + controllers, grace=_PARENT_GRACE)
+        _kill_processes(parents + theirs, grace=_PARENT_GRACE)
     with contextlib.suppress(Exception):
         cluster.stop_cluster_sync()
     if local:
         _remove_connection_files(cluster)
+        # the processes the launchers started are this one's children: their
+        # launchers' threads reap them, a few milliseconds after they exit
+        _wait_reaped(pids)
     _reap_processes(pids)
     _reap_processes(_marked_processes(cluster.cluster_id))
 

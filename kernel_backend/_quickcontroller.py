@@ -8,8 +8,8 @@ cluster's start here.  paracell's controllers keep no task database
 
 :data:`PROGRAM` runs ipcontroller as ``python -m ipyparallel.controller``
 would, with that module's ``time.sleep`` made a no-op (the pause is its only use
-of ``time``; everything else of the module stays ``time``'s), and reaps
-its children and exits on :data:`REAP_SIGNAL`.  A profile that sets
+of ``time``; everything else of the module stays ``time``'s), and kills
+and reaps its children and exits on :data:`REAP_SIGNAL`.  A profile that sets
 ``controller_cmd`` keeps its own command.
 """
 
@@ -23,10 +23,10 @@ from ._profiles import launchers_set
 
 __all__ = ["PROGRAM", "REAP_SIGNAL", "command"]
 
-#: The signal that asks the controller to reap its children and exit: the
-#: teardown kills the schedulers it started first, then sends it (killed
-#: with them, they would be left to the init process to reap, as zombies
-#: where it does so late).
+#: The signal that asks the controller to kill and reap its children (its
+#: schedulers) and exit: killed from outside with it, or while it could
+#: still react to their end, they would be left to the init process to
+#: reap, as zombies where it does so late.
 REAP_SIGNAL = signal.SIGUSR2
 
 #: What ``python -c`` runs (all of it here: importing paracell would cost
@@ -39,6 +39,12 @@ from ipyparallel.controller import app
 
 def reap_and_exit():
     signal.sigwait({{{int(REAP_SIGNAL)}}})
+    import multiprocessing
+    children = multiprocessing.active_children()
+    for child in children:
+        child.kill()
+    for child in children:
+        child.join(2)
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)

@@ -6,6 +6,7 @@ children a dying controller or engine left behind."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterable
 
@@ -99,6 +100,34 @@ def _reap_processes(pids: list[int], grace: float = 0.3) -> None:
             with contextlib.suppress(psutil.Error):
                 getattr(proc, sig)()
         alive = _wait_exited(alive, 3.0)
+
+
+def _wait_reaped(pids: list[int], timeout: float = 1.0) -> None:
+    """Wait until those of ``pids`` that are exited children of this process
+    have been reaped (by whoever waits on them here: ipyparallel's
+    launchers do, on threads of their own); after ``timeout``, reap them."""
+    me = os.getpid()
+    deadline = time.monotonic() + timeout
+    while True:
+        zombies = [pid for pid in pids if _zombie_child(pid, me)]
+        if not zombies:
+            return
+        if time.monotonic() >= deadline:
+            for pid in zombies:
+                # its waiter, if any, then finds it gone (ECHILD), which
+                # subprocess and psutil both take as an exit
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+            return
+        time.sleep(0.005)
+
+
+def _zombie_child(pid: int, parent: int) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return bool(proc.ppid() == parent and proc.status() == psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
 
 
 def _wait_exited(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
