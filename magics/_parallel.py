@@ -371,6 +371,8 @@ def _python_source(shell: Any, cell: str) -> str:
     if compiles(source):
         return source
     source = "\n" + str(shell.transform_cell(cell))
+    if compiles(source):  # the job manager's check then finds it compiled
+        return source
     try:
         compile(source, "<cell>", "exec")
     except SyntaxError as err:
