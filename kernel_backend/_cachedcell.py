@@ -18,7 +18,7 @@ import xxhash
 from ._cachedmap import open_store, store_name
 from ._errors import ParacellWarning
 from ._fingerprint import Unfingerprintable, code_digest, names_fingerprint
-from ._names import free_names
+from ._names import cell_reads
 from ._store import ResultStore
 from ._storeindex import StoreUnavailable
 
@@ -50,7 +50,7 @@ class CellCache:
         if name is None:
             return None
         try:
-            names = names_fingerprint(free_names(source, "exec"), namespace)
+            names = names_fingerprint(cell_reads(source, namespace), namespace)
         except Unfingerprintable as err:
             _warn(f"the cell runs without the store, since {err}")
             return None

@@ -13,7 +13,7 @@ from ._engine import TaskSpec
 from ._enginecell import CellOutcome, run_cell
 from ._errors import EnginesDied, InvalidRequest
 from ._jobs import JobError
-from ._names import free_names
+from ._names import cell_reads
 from ._pool import OUTPUT_WAIT, SETTLE
 from ._seeding import fresh_entropy
 from ._shipment import Shipment, prepare_shipment
@@ -138,7 +138,7 @@ def _send_names(
 ) -> Shipment:
     """Send the engines the notebook's names the cell reads."""
     shipment = prepare_shipment(
-        free_names(source, "exec"), namespace, ship_large=ship_large
+        cell_reads(source, namespace), namespace, ship_large=ship_large
     )
     # names the notebook lacks may be defined by the cell itself on engines
     try:

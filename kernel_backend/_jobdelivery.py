@@ -19,7 +19,7 @@ from typing import Any
 
 from ._celljob import CellJob
 from ._errors import InvalidRequest
-from ._names import parsed
+from ._names import parsed, shell_binds
 
 __all__ = [
     "ABSENT",
@@ -65,7 +65,9 @@ def _bound_names(source: str) -> tuple[str, ...]:
         if name in bound:
             where = (getattr(node, "lineno", 0), getattr(node, "col_offset", 0))
             first_seen[name] = min(first_seen.get(name, where), where)
-    return tuple(sorted(first_seen, key=first_seen.__getitem__))
+    ordered = sorted(first_seen, key=first_seen.__getitem__)
+    # ``%time y = f(x)`` binds ``y`` in the cell's namespace too
+    return tuple(ordered + [n for n in shell_binds(source) if n not in first_seen])
 
 
 def modules_already_here(source: str, namespace: Mapping[str, Any]) -> set[str]:

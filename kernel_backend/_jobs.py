@@ -36,7 +36,7 @@ from ._jobdelivery import (
     wanted_names,
 )
 from ._jobqueue import JobQueue
-from ._names import check_syntax, free_names
+from ._names import cell_reads, check_syntax
 from ._pool import JobPool, require_engines, send_to_free_engines, why_no_engines
 from ._seeding import fresh_entropy
 from ._shipment import Shipment, prepare_shipment
@@ -189,7 +189,7 @@ class JobManager:
         """What the cell reads from the notebook, once engines are there for it
         (raises ``InvalidRequest`` for a name that cannot be shipped)."""
         shipment = prepare_shipment(
-            free_names(source, "exec"), namespace, ship_large=ship_large
+            cell_reads(source, namespace), namespace, ship_large=ship_large
         )
         require_engines(self._pool)
         return shipment

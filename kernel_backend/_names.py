@@ -1,21 +1,42 @@
 """The globals a piece of code reads: :mod:`symtable` for scoping and
-:mod:`ast` for evaluation order (what runs before what)."""
+:mod:`ast` for evaluation order (what runs before what).
+
+A cell's ``!cmd`` lines and line magics reach here as IPython's calls
+(``get_ipython().system('ls $folder')``); what their text names is read
+too (:func:`cell_reads`), and what a statement magic binds is bound
+(``%time y = f(x)``, :func:`shell_binds`).  The engine's own IPython runs
+them there.
+"""
 
 from __future__ import annotations
 
 import ast
 import functools
+import re
 import symtable
 from typing import Any
 
 from ._comprehension import Comprehension
 
 __all__ = [
+    "cell_reads",
     "check_syntax",
     "compiles",
     "element_free_names",
     "free_names",
+    "shell_binds",
+    "shell_call",
+    "shell_reads",
 ]
+
+#: What IPython makes of ``!cmd``, ``x = !cmd`` and ``%magic line`` in a cell:
+#: ``get_ipython().system(...)``, ``.getoutput(...)``, ``.run_line_magic(...)``.
+#: Their text names variables IPython expands when the line runs (``$x``,
+#: ``{x + 1}``), from the namespace the cell runs in.
+_SHELL_CALLS = frozenset({"system", "getoutput", "run_line_magic"})
+#: Line magics whose argument is a Python statement run in the cell's
+#: namespace: magic -> whether what the statement binds stays there.
+_STATEMENT_MAGICS = {"time": True, "prun": True, "timeit": False}
 
 
 def free_names(source: str, mode: str = "eval") -> set[str]:
@@ -69,10 +90,18 @@ def free_names(source: str, mode: str = "eval") -> set[str]:
     return set(_free_names(source, mode))
 
 
-@functools.lru_cache(maxsize=32)
 def _free_names(source: str, mode: str) -> frozenset[str]:
-    """:func:`free_names`, once per piece of code (a cell run again, a map's
-    element mapped again, the store's key and the shipment of one cell)."""
+    return _analysed(source, mode)[0]
+
+
+@functools.lru_cache(maxsize=32)
+def _analysed(
+    source: str, mode: str
+) -> tuple[frozenset[str], frozenset[str], tuple[str, ...]]:
+    """:func:`free_names`, and what the code's IPython lines read before they
+    are bound and bind (see :func:`cell_reads`), once per piece of code (a
+    cell run again, a map's element mapped again, the store's key and the
+    shipment of one cell)."""
     tree, table = parsed(source, mode)
     order = _TopLevelOrder()
     order.visit(tree)
@@ -83,7 +112,34 @@ def _free_names(source: str, mode: str) -> frozenset[str]:
     read_anywhere |= _nested_global_reads(table)
     free = (read_anywhere - order.bound) | order.read_before_bound
     # symtable also lists compiler-made names such as ".0".
-    return frozenset(name for name in free if name.isidentifier())
+    return (
+        frozenset(name for name in free if name.isidentifier()),
+        frozenset(order.shell),
+        tuple(order.shell_binds),
+    )
+
+
+def cell_reads(source: str, namespace: Any) -> set[str]:
+    """What a cell (plain Python, IPython's transforms done) reads from the
+    notebook: its free names, and the names its ``!cmd`` lines and magics
+    expand (``$x``, ``{x}``; ``%time y = f(x)`` reads ``f`` and ``x``) that
+    ``namespace`` has.  (A name such a line expands that the notebook lacks
+    is left to the shell: ``!echo $HOME``.)"""
+    free = free_names(source, "exec")
+    return free | {name for name in shell_reads(source) if name in namespace}
+
+
+def shell_reads(source: str) -> set[str]:
+    """Names a cell's ``!cmd`` lines and magics expand or run (``$x``,
+    ``{x}``, ``%time f(x)``) before the cell binds them, whether or not they
+    exist anywhere."""
+    return set(_analysed(source, "exec")[1])
+
+
+def shell_binds(source: str) -> list[str]:
+    """Names the cell's statement magics bind at top level (``%time y = f(x)``
+    binds ``y``), in order of appearance."""
+    return list(_analysed(source, "exec")[2])
 
 
 def compiles(source: str) -> bool:
@@ -152,6 +208,8 @@ class _TopLevelOrder(ast.NodeVisitor):
     def __init__(self) -> None:
         self.bound: set[str] = set()
         self.read_before_bound: set[str] = set()
+        self.shell: set[str] = set()  # read by IPython lines, before bound
+        self.shell_binds: list[str] = []
         self._hidden: list[set[str]] = []
 
     def _read(self, name: str) -> None:
@@ -159,6 +217,20 @@ class _TopLevelOrder(ast.NodeVisitor):
             return
         if name not in self.bound:
             self.read_before_bound.add(name)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        self.generic_visit(node)
+        lines = shell_call(node)
+        if lines is None:
+            return
+        reads, binds = lines
+        for name in sorted(reads):
+            if name not in self.bound and not any(name in h for h in self._hidden):
+                self.shell.add(name)
+        for name in binds:
+            if name not in self.bound and not any(name in h for h in self._hidden):
+                self.shell_binds.append(name)
+            self._bind(name)
 
     def _bind(self, name: str) -> None:
         if not any(name in hidden for hidden in self._hidden):
@@ -312,3 +384,70 @@ class _TopLevelOrder(ast.NodeVisitor):
             self.visit(pattern)
         if node.rest is not None:
             self._bind(node.rest)
+
+
+def shell_call(node: ast.Call) -> tuple[set[str], list[str]] | None:
+    """If ``node`` is IPython's call for a ``!cmd`` or ``%magic`` line, what
+    its text reads and binds; else None."""
+    func = node.func
+    if not (
+        isinstance(func, ast.Attribute)
+        and func.attr in _SHELL_CALLS
+        and isinstance(func.value, ast.Call)
+        and isinstance(func.value.func, ast.Name)
+        and func.value.func.id == "get_ipython"
+    ):
+        return None
+    texts = [
+        arg.value
+        for arg in node.args
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str)
+    ]
+    if len(texts) != len(node.args) or not texts:
+        return None
+    line = texts[-1]
+    reads = _expanded_names(line)
+    binds: list[str] = []
+    keeps = _STATEMENT_MAGICS.get(texts[0]) if func.attr == "run_line_magic" else None
+    code = None if keeps is None else _statement(line)
+    if code is not None:
+        reads |= free_names(code, "exec")
+        if keeps:
+            order = _TopLevelOrder()  # its top level: not a comprehension's
+            order.visit(parsed(code, "exec")[0])
+            binds = sorted(order.bound)
+    return reads, binds
+
+
+def _statement(line: str) -> str | None:
+    """The Python statement a statement magic's line runs: the line, or what
+    follows its options (``-n 3 -r 1 f(x)``: ``f(x)``); None if none parses."""
+    if compiles(line.strip()):
+        return line.strip()
+    starts = [m.start() for m in re.finditer(r"\S+", line)]
+    options = [i for i, at in enumerate(starts) if line[at] == "-"]
+    if not options:
+        return None
+    last = options[-1]  # the code starts after the last option, or its value
+    for index in (last + 1, last + 2):
+        if index < len(starts) and compiles(line[starts[index] :]):
+            return line[starts[index] :]
+    return None
+
+
+def _expanded_names(text: str) -> set[str]:
+    """Names in the fields IPython expands in a shell or magic line
+    (``$x``, ``$x.attr``, ``{expression}``)."""
+    try:
+        from IPython.utils.text import DollarFormatter
+
+        fields = [field for _, field, _, _ in DollarFormatter().parse(text) if field]
+    except Exception:  # IPython then expands nothing either
+        return set()
+    names: set[str] = set()
+    for field in fields:
+        try:
+            names |= free_names(field, "eval")
+        except SyntaxError:
+            continue
+    return names

@@ -47,7 +47,9 @@ class ShippingPlan:
         lambdas, and data.
     engine_side
         Names neither the notebook nor builtins have: left to whatever the
-        engine's namespace holds (for example from an earlier setup cell).
+        engine's namespace holds (for example from an earlier setup cell);
+        also ``get_ipython``: each engine's own shell runs the cell's
+        ``!cmd`` lines and magics.
     """
 
     modules: dict[str, str]
@@ -98,6 +100,11 @@ def plan_shipping(names: Iterable[str], namespace: Mapping[str, Any]) -> Shippin
                 engine_side.add(name)
             continue
         obj = scope[name]
+        if _is_shell_accessor(obj):
+            # each engine has its own IPython shell: a cell's ``!cmd`` and
+            # magics (``get_ipython().system(...)``) run there
+            engine_side.add(name)
+            continue
         module_name = _importable_module_name(obj)
         if module_name is not None:
             modules[name] = module_name
@@ -233,6 +240,17 @@ def _with_globals(func: FunctionType, new_globals: dict[str, Any]) -> FunctionTy
         return clone
 
     return copy(func)
+
+
+def _is_shell_accessor(obj: Any) -> bool:
+    """Whether ``obj`` is an IPython shell's ``get_ipython`` (the notebook
+    has it among its names; it cannot travel, and engines have their own)."""
+    shell = getattr(obj, "__self__", None)
+    if getattr(obj, "__name__", None) != "get_ipython" or shell is None:
+        return False
+    interactive = sys.modules.get("IPython.core.interactiveshell")
+    base = getattr(interactive, "InteractiveShell", None)
+    return base is not None and isinstance(shell, base)
 
 
 def _importable_module_name(obj: Any) -> str | None:

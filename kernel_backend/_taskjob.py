@@ -23,7 +23,7 @@ from ._engine import TaskSpec
 from ._errors import InvalidRequest
 from ._jobdelivery import snapshot, wanted_names
 from ._jobs import JobManager
-from ._names import free_names
+from ._names import cell_reads
 from ._seeding import fresh_entropy
 from ._shipment import Shipment, prepare_shipment
 from ._taskbackends import ClusterEngines, StatementEngines
@@ -279,7 +279,7 @@ def plan_tasks(
         engines = len(session.engine_ids()) or os.cpu_count() or 1
     try:
         shipment: Shipment | None = prepare_shipment(
-            free_names(source, "exec"), namespace, ship_large=True
+            cell_reads(source, namespace), namespace, ship_large=True
         )
     except Exception:  # a name that cannot ship only matters when it runs
         shipment = None
@@ -367,7 +367,7 @@ def _shipment(
 ) -> Shipment:
     """What the cell reads from the notebook, checked on the free engines."""
     shipment = prepare_shipment(
-        free_names(source, "exec"), namespace, ship_large=ship_large
+        cell_reads(source, namespace), namespace, ship_large=ship_large
     )
     session.require_controller()
     if not session.engine_ids():

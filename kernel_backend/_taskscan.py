@@ -14,6 +14,8 @@ import symtable
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from ._names import shell_call
+
 __all__ = [
     "SELF",
     "Scan",
@@ -236,6 +238,16 @@ class _TopLevel(ast.NodeVisitor):
             if name is not None and name not in self.modules and not hidden:
                 self.scan.modifies.add(name)
         self.generic_visit(node)
+        shell = shell_call(node)
+        if shell is not None:
+            # a ``!cmd`` or ``%magic`` line: what its text expands or runs
+            # is read, and its shell may touch anything, so it keeps its place
+            reads, binds = shell
+            self.scan.reads |= {
+                n for n in reads if not any(n in h for h in self.hidden)
+            }
+            self.scan.binds.update(binds)
+            self.scan.opaque = True
 
     # imports
     def visit_Import(self, node: ast.Import) -> None:

@@ -26,7 +26,7 @@ from ..kernel_backend import (
     JobManager,
     default_jobs,
 )
-from ..kernel_backend._names import free_names
+from ..kernel_backend._names import free_names, shell_reads
 
 __all__ = ["DeliveryHooks", "install", "uninstall", "wait_for_names"]
 
@@ -186,7 +186,7 @@ def _cell_reads(body: str) -> set[str]:
     try:
         shell = get_ipython()
         source = shell.transform_cell(body) if shell is not None else body
-        return free_names(source, "exec")
+        return free_names(source, "exec") | shell_reads(source)
     except Exception:
         return set(_IDENTIFIER.findall(body))
 
