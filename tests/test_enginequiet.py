@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,6 +55,14 @@ class _Stream:
 
     def close(self) -> None:
         self.stream.close()
+        # ended in its own thread: stop() alone leaves it pending, and
+        # asyncio complains of it at exit
+        task = getattr(self.thread, "_event_pipe_gc_task", None)
+        if task is not None:
+            self.thread.schedule(task.cancel)
+            deadline = time.monotonic() + 5
+            while not task.done() and time.monotonic() < deadline:
+                time.sleep(0.01)
         self.thread.stop()
         self.thread.close()
         self.sub.close(linger=0)
