@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import enum
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._engine import TaskSpec
-from ._pool import OUTPUT_WAIT, task_output
+from ._pool import task_output
 from ._signal import Signal
 
 if TYPE_CHECKING:
@@ -281,9 +280,8 @@ class CellJob(concurrent.futures.Future):  # type: ignore[type-arg]
         self.shipment = None
         task, self._task = self._task, None
         if task is not None:
-            # the result can arrive before the last of the cell's output
-            with contextlib.suppress(Exception):
-                task.wait_for_output(OUTPUT_WAIT)
+            # what arrived: a finished task's last output was waited for
+            # before this (see ``JobQueue``), never under the manager's lock
             self._stdout = task_output(task, "stdout")
             self._stderr = task_output(task, "stderr")
             self._manager.purge(task)

@@ -15,6 +15,7 @@ back on either side.  What a finished task means for its job is
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import heapq
 import itertools
 import threading
@@ -26,7 +27,7 @@ from ._celljob import CellJob, JobError, Stop
 from ._enginecell import run_cell
 from ._errors import is_engine_death
 from ._jobend import stopped_verdict, verdict_of_error, verdict_of_outcome
-from ._pool import SETTLE, JobPool
+from ._pool import OUTPUT_WAIT, SETTLE, JobPool
 from ._waiting import wait_for
 
 __all__ = ["JobQueue"]
@@ -145,6 +146,7 @@ class JobQueue:
 
     def _take(self, job: CellJob) -> None:
         """Take ``job``'s outcome here if its task has finished."""
+        _settle_output(job.task)
         with self._lock:
             task, engine = job.task, job.engine
             if task is None or engine is None or self._running.get(engine) is not job:
@@ -219,6 +221,8 @@ class JobQueue:
         try:
             if self._running and not self._pool.controller_responds():
                 ended += self._lost("the cluster's controller stopped answering")
+            for job in list(self._running.values()):
+                _settle_output(job.task)
             with self._lock:
                 for engine, job in list(self._running.items()):
                     task = job.task
@@ -309,3 +313,15 @@ class JobQueue:
             job.started = self._pool.to_kernel_clock(job.engine, outcome.started)
         job.conclude(verdict_of_outcome(job, outcome))
         return True
+
+
+def _settle_output(task: Any) -> None:
+    """If ``task`` has finished, wait (``OUTPUT_WAIT`` at most) for the last
+    of its output, which can arrive after its result.  Called without the
+    manager's lock: a task whose output never comes (its engine was
+    interrupted as its request ended) must not hold up the notebook, whose
+    next cell delivers under that lock."""
+    if task is None or not task.done():
+        return
+    with contextlib.suppress(Exception):
+        task.wait_for_output(OUTPUT_WAIT)

@@ -26,7 +26,7 @@ from paracell.kernel_backend import (
     _jobqueue,
 )
 
-from _fake_engines import FakePool
+from _fake_engines import FakePool, FakeTask
 
 #: What cells wait on, and the order they ran in (the fake engines are
 #: threads of this process: cells reach these through ``hold`` and ``mark``).
@@ -262,3 +262,33 @@ def test_dropped_arrays_are_released_only_while_no_job_runs(jobs, pool, monkeypa
     finished(job)
     jobs.release_dropped_arrays()
     assert calls == [True]
+
+
+def test_waiting_for_a_finished_tasks_last_output_holds_up_nothing(
+    jobs, pool, monkeypatch
+):
+    """A task's output can come after its result (or never: an engine
+    interrupted as its request ended); meanwhile the notebook's next cell,
+    which delivers under the manager's lock, must not wait for it."""
+    waiting, arrived = threading.Event(), threading.Event()
+
+    def slow_output(self, timeout=None):
+        waiting.set()
+        return arrived.wait(timeout)
+
+    monkeypatch.setattr(FakeTask, "wait_for_output", slow_output)
+    monkeypatch.setattr(_jobqueue, "OUTPUT_WAIT", 30.0)
+    here = ns()
+    job = jobs.submit("y = 1", here)
+    assert waiting.wait(5), "the finished task's output is waited for"
+    delivering = threading.Thread(target=jobs.deliver, args=(ns(),), daemon=True)
+    delivering.start()
+    delivering.join(5)  # a bound against hanging: it returns at once
+    try:
+        assert not delivering.is_alive(), "delivery waited for another job's output"
+        assert not job.done()  # its output is still awaited
+    finally:
+        arrived.set()
+    assert finished(job).state == "done"
+    assert [job for job, _ in jobs.deliver(here)] == [job]
+    assert here["y"] == 1
