@@ -227,12 +227,20 @@ class IppClient:
         """Drop a finished task from ipyparallel's client-side caches.
 
         Results are paracell's once taken; the client would otherwise keep
-        every task's result for the life of the kernel.
+        every task's result for the life of the kernel.  A task whose output
+        is still to come is left to ipyparallel, which drops it when it has.
         """
         client = client or self.client
         if client is None:
             return
+        outputs = getattr(client, "_output_futures", {})
         for msg_id in result.msg_ids:
+            output = outputs.get(msg_id)
+            if output is not None and not output.done():
+                # the task's ``idle`` (its output complete) can come after its
+                # reply, and finds the task through these caches; ipyparallel
+                # drops them itself once it has come
+                continue
             for cache in (client.results, client.metadata):
                 cache.pop(msg_id, None)
             for name in ("_futures", "_output_futures"):
