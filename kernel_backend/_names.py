@@ -87,11 +87,7 @@ def free_names(source: str, mode: str = "eval") -> set[str]:
     """
     if mode not in ("eval", "exec"):
         raise ValueError(f"mode must be 'eval' or 'exec', not {mode!r}")
-    return set(_free_names(source, mode))
-
-
-def _free_names(source: str, mode: str) -> frozenset[str]:
-    return _analysed(source, mode)[0]
+    return set(_analysed(source, mode)[0])
 
 
 @functools.lru_cache(maxsize=32)
