@@ -26,6 +26,7 @@ from ._engine import (
     shield_reply,
 )
 from ._enginenames import build_namespace, engine_user_ns
+from ._enginequiet import output_mark
 from ._seeding import map_root, seed_sources
 
 __all__ = ["CellOutcome", "run_cell"]
@@ -45,6 +46,9 @@ class CellOutcome:
     host: str
     pid: int
     interrupted: bool = False
+    #: whether the cell (or anything while it ran) wrote to stdout or stderr:
+    #: if not, no output of its can follow its reply
+    wrote: bool = True
 
 
 def run_cell(
@@ -62,6 +66,7 @@ def run_cell(
     setup cells run on every engine).
     """
     _pickling.install()
+    mark = output_mark()
     ns = build_namespace(spec, engine_user_ns() if persistent else None)
     body, last = _parse(source, filename)
     seed_sources(map_root(spec.seed, spec.entropy), 0)
@@ -87,6 +92,7 @@ def run_cell(
         host=host,
         pid=pid,
         interrupted=interrupted,
+        wrote=mark is None or output_mark() != mark,
     )
 
 

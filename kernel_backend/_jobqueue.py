@@ -317,11 +317,14 @@ class JobQueue:
 
 def _settle_output(task: Any) -> None:
     """If ``task`` has finished, wait (``OUTPUT_WAIT`` at most) for the last
-    of its output, which can arrive after its result.  Called without the
-    manager's lock: a task whose output never comes (its engine was
-    interrupted as its request ended) must not hold up the notebook, whose
-    next cell delivers under that lock."""
+    of its output, which can arrive after its result, unless the cell wrote
+    nothing.  Called without the manager's lock: a task whose output never
+    comes must not hold up the notebook, whose next cell delivers under
+    that lock."""
     if task is None or not task.done():
         return
+    with contextlib.suppress(Exception):
+        if not getattr(task.get(0), "wrote", True):
+            return  # nothing was written: no output follows the reply
     with contextlib.suppress(Exception):
         task.wait_for_output(OUTPUT_WAIT)

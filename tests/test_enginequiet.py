@@ -247,3 +247,47 @@ def test_engines_flush_nothing_at_once_and_text_as_before(
         captured = capsys.readouterr()
         assert captured.out.splitlines() == [f"out {i}" for i in range(200)]
         assert captured.err.splitlines() == [f"err {i}" for i in range(200)]
+
+
+@pytest.mark.cluster
+def test_a_cell_says_whether_it_wrote_anything(shared_cluster: Any) -> None:
+    from paracell.kernel_backend._engine import TaskSpec
+    from paracell.kernel_backend._enginecell import run_cell
+
+    view = shared_cluster.client[0]
+    for source, wrote in [
+        ("x = 1", False),
+        ("print('seen')", True),
+        ("import sys\nsys.stderr.write('err')", True),
+        ("import warnings\nwarnings.warn('careful')", True),
+        ("x = 2", False),
+    ]:
+        outcome = view.apply_sync(run_cell, TaskSpec(key="k"), source, "<c>", [])
+        assert outcome.wrote is wrote, source
+
+
+def test_the_notebook_takes_a_silent_cells_result_without_waiting_for_its_output(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cell that wrote nothing has no output to follow its reply: its job
+    ends without waiting for the ``idle`` status (a third of a millisecond)."""
+    from _fake_engines import FakePool, FakeTask
+
+    from paracell.kernel_backend import JobManager, _enginecell
+
+    waited: list[float | None] = []
+    monkeypatch.setattr(
+        FakeTask, "wait_for_output", lambda self, timeout=None: waited.append(timeout)
+    )
+    pool = FakePool(1)
+    manager = JobManager(pool)
+    try:
+        monkeypatch.setattr(_enginecell, "output_mark", lambda: 0)  # wrote nothing
+        assert manager.submit("x = 1", {}).result(timeout=5) is None
+        assert waited == []
+        monkeypatch.setattr(_enginecell, "output_mark", lambda: None)  # cannot tell
+        assert manager.submit("x = 2", {}).result(timeout=5) is None
+        assert waited, "a cell that may have written waits for its output"
+    finally:
+        manager.close()
+        pool.close()
