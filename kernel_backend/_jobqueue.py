@@ -164,9 +164,13 @@ class JobQueue:
 
     def _task_ended(self, job: CellJob) -> None:
         """A job's task ended (ipyparallel's thread): wake the monitor,
-        unless a thread waiting for the job takes it."""
+        unless a thread waiting for the job takes it.  That thread is woken
+        already, but needs the GIL, which this thread would hold through the
+        messages that follow the reply: it lets go now (0.1-0.2 ms sooner)."""
         if job not in self._awaited:
             self._wake.set()
+        else:
+            time.sleep(0)
 
     def stop(self, job: CellJob, reason: Stop) -> None:
         """Stop a running job's task on its engine, without blocking."""
