@@ -47,9 +47,9 @@ class ShippingPlan:
         lambdas, and data.
     engine_side
         Names neither the notebook nor builtins have: left to whatever the
-        engine's namespace holds (for example from an earlier setup cell);
-        also ``get_ipython``: each engine's own shell runs the cell's
-        ``!cmd`` lines and magics.
+        engine's namespace holds (for example from an earlier setup cell).
+        ``get_ipython`` is in none of these: each engine has its own, which
+        runs the cell's ``!cmd`` lines and magics.
     """
 
     modules: dict[str, str]
@@ -101,9 +101,9 @@ def plan_shipping(names: Iterable[str], namespace: Mapping[str, Any]) -> Shippin
             continue
         obj = scope[name]
         if _is_shell_accessor(obj):
-            # each engine has its own IPython shell: a cell's ``!cmd`` and
-            # magics (``get_ipython().system(...)``) run there
-            engine_side.add(name)
+            # each engine has its own IPython shell, in the namespace its
+            # code runs in: a cell's ``!cmd`` and magics run there (nothing
+            # to send, nor to ask the engines about)
             continue
         module_name = _importable_module_name(obj)
         if module_name is not None:

@@ -84,8 +84,8 @@ def test_a_statement_magics_code_follows_its_options(line: str, code: str) -> No
 def test_the_notebooks_shell_stays_and_engines_use_their_own(ip: Any) -> None:
     source = transformed(ip, "!hostname\n")
     plan = plan_shipping(cell_reads(source, ip.user_ns), ip.user_ns)
-    assert "get_ipython" in plan.engine_side
-    assert "get_ipython" not in plan.by_value
+    assert "get_ipython" not in plan.by_value  # the engine's own serves
+    assert "get_ipython" not in plan.engine_side  # no need to ask for it
 
 
 def test_a_shell_statement_keeps_its_place_in_a_task_graph(ip: Any) -> None:
