@@ -271,9 +271,9 @@ def test_the_notebook_takes_a_silent_cells_result_without_waiting_for_its_output
 ) -> None:
     """A cell that wrote nothing has no output to follow its reply: its job
     ends without waiting for the ``idle`` status (a third of a millisecond)."""
-    from _fake_engines import FakePool, FakeTask
-
     from paracell.kernel_backend import JobManager, _enginecell
+
+    from _fake_engines import FakePool, FakeTask
 
     waited: list[float | None] = []
     monkeypatch.setattr(
