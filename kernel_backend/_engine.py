@@ -18,7 +18,7 @@ The engine side is seven modules, one job each:
 - ``_enginetasks``: the statements of a task graph (``run_statement``) and
   their values' travel between engines;
 - ``_enginequiet``: the end of every request made cheaper (empty flushes,
-  log records no handler writes).
+  log records no handler writes) and whether a cell wrote any output.
 """
 
 from __future__ import annotations
