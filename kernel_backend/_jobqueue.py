@@ -28,7 +28,7 @@ from ._enginecell import run_cell
 from ._errors import is_engine_death
 from ._jobend import stopped_verdict, verdict_of_error, verdict_of_outcome
 from ._pool import OUTPUT_WAIT, SETTLE, JobPool
-from ._waiting import wait_for
+from ._waiting import finished, wait_for
 
 __all__ = ["JobQueue"]
 
@@ -132,16 +132,22 @@ class JobQueue:
             waiting: list[concurrent.futures.Future[Any]] = [job]
             if isinstance(task, concurrent.futures.Future):
                 waiting.append(task)
-            wait_for(waiting, timeout, first=True)
-            self._take(job)
+            # only once something ended: in the notebook's main thread, where
+            # an interrupt can land anywhere, the task's lock is not taken on
+            # every turn of a waiting loop (an interrupt landing just as
+            # ``task.done()`` has taken it leaves it taken, and ipyparallel's
+            # IO thread, resolving the task, then waits for it for ever)
+            done, _ = wait_for(waiting, timeout, first=True)
+            if done:
+                self._take(job)
         finally:
             with self._lock:
                 left = self._awaited.pop(job, 1) - 1
                 if left:
                     self._awaited[job] = left
                 task = job.task
-                finished = not left and task is not None and task.done()
-            if finished:
+                ended = not left and task is not None and finished(task)
+            if ended:
                 self._wake.set()  # nobody waits on it now: the monitor takes it
 
     def _take(self, job: CellJob) -> None:
@@ -151,7 +157,7 @@ class JobQueue:
             task, engine = job.task, job.engine
             if task is None or engine is None or self._running.get(engine) is not job:
                 return
-            if not task.done():
+            if not finished(task):
                 return
             del self._running[engine]
             self._pool.release(engine)
@@ -325,7 +331,7 @@ def _settle_output(task: Any) -> None:
     nothing.  Called without the manager's lock: a task whose output never
     comes must not hold up the notebook, whose next cell delivers under
     that lock."""
-    if task is None or not task.done():
+    if task is None or not finished(task):
         return
     with contextlib.suppress(Exception):
         if not getattr(task.get(0), "wrote", True):

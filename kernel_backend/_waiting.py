@@ -7,6 +7,10 @@ thread to finish one of those futures (ipyparallel's, with a task's reply)
 blocks on it, and with it every reply after.  An interrupt at that moment
 froze the kernel's next map.  :func:`wait_for` lets go of what such an
 interrupted wait held, then lets the interrupt go on.
+
+For the same reason :func:`finished` asks whether a future is done without
+taking its lock: ``Future.done()`` takes it, and an interrupt landing just
+as it has leaves it taken for good.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import concurrent.futures
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["wait_for"]
+__all__ = ["finished", "wait_for"]
 
 
 def wait_for(
@@ -39,3 +43,16 @@ def wait_for(
                 condition.release()  # type: ignore[union-attr]
         raise
     return done, pending
+
+
+#: ``concurrent.futures.Future`` states in which it is done.
+_DONE_STATES = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED"})
+
+
+def finished(future: Any) -> bool:
+    """``future.done()``, read without taking the future's lock (for the
+    notebook's main thread, where an interrupt can land anywhere)."""
+    state = getattr(future, "_state", None)
+    if isinstance(state, str):
+        return state in _DONE_STATES
+    return bool(future.done())
