@@ -54,3 +54,36 @@ def test_wait_for_returns_the_done_and_the_pending() -> None:
     done.set_result(3)
     assert wait_for([done, pending], 0.01, first=True) == ({done}, {pending})
     assert wait_for([done, pending], 0.01) == ({done}, {pending})
+
+
+def test_finished_reads_a_futures_state_without_its_lock() -> None:
+    """Whether a task ended is asked in the notebook's main thread, where an
+    interrupt can land as a lock is taken and leave it taken: ``finished``
+    answers even while another thread holds the future's lock."""
+    from paracell.kernel_backend._waiting import finished
+
+    future: concurrent.futures.Future[int] = concurrent.futures.Future()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with future._condition:  # type: ignore[attr-defined]
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert holding.wait(5)
+    answers: list[bool] = []
+    asker = threading.Thread(target=lambda: answers.append(finished(future)))
+    asker.start()
+    asker.join(5)  # a bound against hanging: it answers at once
+    answered = list(answers)  # before the lock is let go
+    release.set()
+    holder.join(5)
+    asker.join(5)
+    assert answered == [False]
+    future.set_result(1)
+    assert finished(future)
+    cancelled: concurrent.futures.Future[int] = concurrent.futures.Future()
+    cancelled.cancel()
+    assert finished(cancelled)
