@@ -95,8 +95,12 @@ def run_everywhere(
             for eid in chosen
         }
     try:
-        while not all(ar.done() for ar in tasks):
-            wait_for(tasks, 0.1)
+        # short waits keep an interrupt responsive; ``wait_for`` says what is
+        # still running, so the tasks' locks are not taken again around it
+        # (an interrupt landing as ``done()`` has taken one leaves it taken)
+        pending: set[Any] = set(tasks)
+        while pending:
+            _, pending = wait_for(pending, 0.1)
     except BaseException:
         session.interrupt(tasks)
         raise
