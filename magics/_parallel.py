@@ -17,6 +17,7 @@ from .._api import parallel
 from ..kernel_backend import CellJob, JobError, default_jobs
 from ..kernel_backend._names import compiles
 from ..kernel_backend._seeding import validate_seed
+from ..kernel_backend._waiting import finished
 from ..widgets import JobsTable, JobView, jobs_panel, show_job
 from . import _delivery, _tasks
 from ._common import parse_options, run_options, shell_of, user_errors
@@ -197,7 +198,9 @@ class ParallelMagics(Magics):
 
         manager = default_jobs()
         try:
-            while not job.done():
+            # not job.done(): it takes the job's lock, and an interrupt
+            # landing just as it has would leave it taken for good
+            while not finished(job):
                 manager.wait_briefly(job, 0.01)
                 stream()
                 with user_errors():
