@@ -41,6 +41,7 @@ from ._pool import JobPool, require_engines, send_to_free_engines, why_no_engine
 from ._seeding import fresh_entropy
 from ._shipment import Shipment, prepare_shipment
 from ._signal import Signal
+from ._waiting import finished
 
 __all__ = [
     "CellJob",
@@ -297,7 +298,10 @@ class JobManager:
         """
         for job in jobs:
             deadline = None if timeout is None else time.monotonic() + timeout
-            while not job.done():
+            # not job.done(): it takes the job's lock, and an interrupt landing
+            # just as it has (this runs in the notebook's main thread) would
+            # leave it taken, and the job could never end
+            while not finished(job):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(f"job {job.name!r} still {job.state}")

@@ -27,6 +27,7 @@ from ..kernel_backend import (
     default_jobs,
 )
 from ..kernel_backend._names import free_names, shell_reads
+from ..kernel_backend._waiting import finished
 
 __all__ = ["DeliveryHooks", "install", "uninstall", "wait_for_names"]
 
@@ -108,7 +109,7 @@ class DeliveryHooks:
             if job is not None:
                 jobs.setdefault(job.name, (job, []))[1].append(name)
         for job, wanted in jobs.values():
-            if not job.done():
+            if not finished(job):  # not done(): see _waiting
                 print(
                     f"waiting for job '{job.name}' ({', '.join(wanted)})…", flush=True
                 )

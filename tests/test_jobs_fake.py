@@ -292,3 +292,29 @@ def test_waiting_for_a_finished_tasks_last_output_holds_up_nothing(
     assert finished(job).state == "done"
     assert [job for job, _ in jobs.deliver(here)] == [job]
     assert here["y"] == 1
+
+
+def test_waiting_for_a_job_never_takes_its_lock(jobs):
+    """``wait`` runs in the notebook's main thread, where an interrupt can
+    land just as a lock is taken and leave it taken; it asks whether the
+    job ended without taking the job's lock, so a lock held elsewhere (here,
+    by another thread for the whole wait) holds nothing up."""
+    job = finished(jobs.submit("y = 1", ns()))
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with job._condition:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_lock, daemon=True)
+    holder.start()
+    assert held.wait(5)
+    waiter = threading.Thread(target=jobs.wait, args=([job], 5.0), daemon=True)
+    try:
+        waiter.start()
+        waiter.join(5)  # a bound against hanging: it returns at once
+        assert not waiter.is_alive(), "wait took the job's lock"
+    finally:
+        release.set()
+    holder.join(5)
