@@ -150,6 +150,11 @@ def main() -> None:
             f" cell costs {(in_cell - raw) * 1e3:.1f} ms)"
         )
         print(
+            "ratio view.execute in a cell / view.execute called directly:"
+            f" {in_cell / raw:.2f} (what any cell adds: no cell, paracell's or"
+            " ipyparallel's, measures below this against a direct call)"
+        )
+        print(
             "ratio paracell.parallel(block=True) / view.execute, both called"
             f" directly (no cell): {twin / raw:.2f}"
         )
