@@ -29,7 +29,7 @@ from ._ledger import EngineLedger
 from ._reaping import _pid_alive
 from ._sharedmem import SharedArrays
 from ._shipping import NameShipper
-from ._waiting import wait_for
+from ._waiting import finished, wait_for
 
 __all__ = ["IppClient"]
 
@@ -279,7 +279,7 @@ class IppClient:
             if wait <= 0:
                 break
             wait_for(running, wait)
-            running = {ar: e for ar, e in running.items() if not ar.done()}
+            running = {ar: e for ar, e in running.items() if not finished(ar)}
             if time.monotonic() >= deadline:
                 break
         # A signal still on its way when this returns would land on whatever
@@ -293,11 +293,11 @@ class IppClient:
         for eid, future in sent:
             with contextlib.suppress(Exception):
                 future.result(timeout=max(0.0, settle - time.monotonic()))
-            if not future.done():
+            if not finished(future):
                 self._ledger.mark_signalling(eid, future)
         left = []
         for ar, engine in tasks.items():
-            if ar.done():
+            if finished(ar):
                 self.purge(ar)
             else:
                 self._ledger.mark_stale(engine, ar)

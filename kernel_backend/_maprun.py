@@ -33,7 +33,7 @@ from ._mapjob import (
 from ._mapoutput import TaskOutput
 from ._mapresults import MapResults
 from ._pool import LOCAL_ENGINE, SETTLE, EnginePool
-from ._waiting import wait_for
+from ._waiting import finished, wait_for
 
 __all__ = ["_MapRun"]
 
@@ -275,7 +275,7 @@ class _MapRun:
 
     def _harvest(self) -> None:
         """Keep the successful items of chunks that have already finished."""
-        for ar in [ar for ar in self.in_flight if ar.done()]:
+        for ar in [ar for ar in self.in_flight if finished(ar)]:
             chunk, _ = self.in_flight.pop(ar)
             self.output.forget(ar)
             with contextlib.suppress(Exception):
@@ -391,7 +391,7 @@ class _MapRun:
         self.pool.interrupt(pending, grace=_CANCEL_GRACE)
         # a running chunk answers the interrupt with the items it finished
         for ar, chunk in chunks.items():
-            if ar.done():
+            if finished(ar):
                 with contextlib.suppress(Exception):
                     self._keep(chunk, ar.get(0))
 
