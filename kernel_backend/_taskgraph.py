@@ -72,11 +72,68 @@ class Statement:
         """Names whose value must be here before it runs."""
         return self.reads | self.modifies
 
+    @functools.cached_property
+    def typed(self) -> str:
+        """The statement as the user typed it: ``!cmd`` and ``%magic`` lines
+        as such, not as the calls IPython turns them into."""
+        return as_typed(self.text)
+
     @property
     def label(self) -> str:
         """The statement's first line, shortened to 60 characters."""
-        first = self.text.strip().splitlines()[0] if self.text.strip() else ""
+        text = self.typed.strip()
+        first = text.splitlines()[0] if text else ""
         return first if len(first) <= 60 else first[:57] + "..."
+
+
+#: IPython's calls for a ``!cmd`` or ``%magic`` line -> how the line reads
+_SHELL_CALLS = {"system": "!", "getoutput": "!", "run_line_magic": "%"}
+
+
+def as_typed(text: str) -> str:
+    """``text`` with a ``!cmd`` or ``%magic`` line IPython turned into a call
+    (``get_ipython().system('ls')``, ``x = get_ipython().getoutput('ls')``,
+    ``get_ipython().run_line_magic('time', 'f()')``) put back as typed;
+    any other statement as it is."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return text
+    if len(tree.body) != 1:
+        return text
+    node = tree.body[0]
+    target = ""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target = ast.get_source_segment(text, node.targets[0]) or ""
+        call = node.value
+    elif isinstance(node, ast.Expr):
+        call = node.value
+    else:
+        return text
+    if not (
+        isinstance(call, ast.Call)
+        and not call.keywords
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr in _SHELL_CALLS
+        and isinstance(call.func.value, ast.Call)
+        and isinstance(call.func.value.func, ast.Name)
+        and call.func.value.func.id == "get_ipython"
+        and all(
+            isinstance(arg, ast.Constant) and isinstance(arg.value, str)
+            for arg in call.args
+        )
+    ):
+        return text
+    args = [arg.value for arg in call.args]  # type: ignore[attr-defined]
+    if call.func.attr == "run_line_magic":
+        if len(args) != 2:
+            return text
+        line = "%" + " ".join(part for part in args if part)
+    else:
+        if len(args) != 1:
+            return text
+        line = "!" + args[0]
+    return f"{target} = {line}" if target else line
 
 
 @dataclass(frozen=True)

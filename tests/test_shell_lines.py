@@ -95,6 +95,25 @@ def test_a_shell_statement_keeps_its_place_in_a_task_graph(ip: Any) -> None:
     assert "a" in shell.reads
 
 
+def test_a_task_graph_shows_shell_and_magic_lines_as_typed(ip: Any) -> None:
+    """``--plan``, the graph and the timeline name a statement by its first
+    line: the user's ``!cmd`` or ``%magic``, not IPython's call for it."""
+    cell = (
+        "a = 1\n!echo $a 'quoted'\nfiles = !ls -1 /tmp\n%time b = a + 1\n"
+        "%who\nc = get_ipython().system('ls')\n"  # the call by hand: alike
+    )
+    graph = analyze_cell(transformed(ip, cell), set())
+    assert [s.label for s in graph.statements] == [
+        "a = 1",
+        "!echo $a 'quoted'",
+        "files = !ls -1 /tmp",
+        "%time b = a + 1",
+        "%who",
+        "c = !ls",
+    ]
+    assert "get_ipython" in graph.statements[1].text  # what runs is unchanged
+
+
 # -- on a real cluster ----------------------------------------------------------
 
 

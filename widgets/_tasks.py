@@ -70,7 +70,7 @@ def task_graph_html(graph: TaskGraph, critical: tuple[int, ...] = ()) -> str:
         stroke = _CRITICAL if statement.index in critical else "#555"
         label = f"{statement.lineno}: {statement.label}"
         parts.append(
-            f'<g class="paracell-task"><title>{escape(statement.text)}</title>'
+            f'<g class="paracell-task"><title>{escape(statement.typed)}</title>'
             f'<rect x="{x}" y="{y}" width="{_BOX_W}" height="{_BOX_H}" rx="4"'
             f' fill="#f4f8fd" stroke="{stroke}"'
             f' stroke-width="{2 if statement.index in critical else 1}"/>'
