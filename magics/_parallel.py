@@ -261,7 +261,7 @@ class ParallelMagics(Magics):
     def _default_name(self) -> str:
         """``cell-N`` after the cell's execution count; suffixed if taken."""
         base = name = f"cell-{shell_of(self).execution_count}"
-        taken = {job.name for job in default_jobs().jobs() if not job.done()}
+        taken = {job.name for job in default_jobs().jobs() if not finished(job)}
         n = 1
         while name in taken:
             n += 1

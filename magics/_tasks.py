@@ -11,6 +11,7 @@ from IPython.display import display
 
 from .._api import parallel
 from ..kernel_backend import CellJob, TaskJob
+from ..kernel_backend._waiting import finished
 from ..widgets import TaskPlanView, show_job
 from . import _delivery
 from ._common import user_errors
@@ -69,7 +70,7 @@ def run(magics: Any, args: argparse.Namespace, source: str, seed: int | None) ->
         try:
             value = magics._block(job, delivery)
         finally:
-            if args.timeline and job.done():
+            if args.timeline and finished(job):  # after an interrupt too
                 display(job.timeline())
         return value
     show_job(job)
