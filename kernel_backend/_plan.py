@@ -159,7 +159,8 @@ def check_shippable(plan: ShippingPlan) -> dict[str, bytes]:
             fix = (
                 "move what it uses that cannot be pickled inside it"
                 if isinstance(obj, (FunctionType, type))
-                else "create it inside the function instead"
+                else "create it on the engines instead, in the function or cell"
+                " that uses it"
             )
             raise InvalidRequest(
                 f"cannot ship {name!r} to the engines: {error}; {fix}"

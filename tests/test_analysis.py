@@ -904,7 +904,7 @@ def test_unpicklable_variable_is_named_with_the_reason_and_fix() -> None:
 
     assert str(caught.value) == (
         "cannot ship 'lock' to the engines: cannot pickle '_thread.lock' object; "
-        "create it inside the function instead"
+        "create it on the engines instead, in the function or cell that uses it"
     )
 
 
