@@ -58,6 +58,7 @@ ENGINE_MODULES = (
     "_enginecell",
     "_enginetasks",
     "_enginequiet",
+    "_engineawait",
 )
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _OWN_FILES = {os.path.join(_HERE, f"{name}.py") for name in ENGINE_MODULES}

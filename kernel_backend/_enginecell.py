@@ -25,6 +25,7 @@ from ._engine import (
     reporting,
     shield_reply,
 )
+from ._engineawait import compile_code, run_code
 from ._enginenames import build_namespace, engine_user_ns
 from ._enginequiet import output_mark
 from ._seeding import map_root, seed_sources
@@ -101,7 +102,7 @@ def _parse(source: str, filename: str) -> tuple[ast.Module, ast.Expression | Non
     ends with one); its lines go where tracebacks find them."""
     lines = source.splitlines(keepends=True)
     linecache.cache[filename] = (len(source), None, lines, filename)
-    tree = ast.parse(source, filename)
+    tree = ast.parse(source, filename)  # top-level await parses: see run_code
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         last = ast.Expression(tree.body[-1].value)
@@ -117,9 +118,9 @@ def _execute(
     result = None
     try:
         with reporting():
-            exec(compile(body, filename, "exec"), ns)
+            run_code(compile_code(body, filename, "exec"), ns)
             if last is not None:
-                result = eval(compile(last, filename, "eval"), ns)
+                result = run_code(compile_code(last, filename, "eval"), ns)
     except KeyboardInterrupt:
         return None, None, True
     except BaseException as err:

@@ -30,6 +30,7 @@ from ._engine import (
     reporting,
     shield_reply,
 )
+from ._engineawait import compile_code, run_code
 from ._enginenames import build_namespace
 from ._seeding import map_root, seed_sources
 
@@ -213,9 +214,10 @@ def _execute(
     import ast
 
     if not (last_value and isinstance(statement, ast.Expr)):
-        exec(compile(ast.Module([statement], []), filename, "exec"), ns)
+        run_code(compile_code(ast.Module([statement], []), filename, "exec"), ns)
         return
-    result = eval(compile(ast.Expression(statement.value), filename, "eval"), ns)
+    expression = ast.Expression(statement.value)
+    result = run_code(compile_code(expression, filename, "eval"), ns)
     outcome.value, outcome.bundle = pack_result(result)
 
 

@@ -13,7 +13,7 @@ from ._engine import TaskSpec
 from ._enginecell import CellOutcome, run_cell
 from ._errors import EnginesDied, InvalidRequest
 from ._jobs import JobError
-from ._names import cell_reads
+from ._names import cell_reads, check_syntax
 from ._pool import OUTPUT_WAIT, SETTLE
 from ._seeding import fresh_entropy
 from ._shipment import Shipment, prepare_shipment
@@ -74,7 +74,7 @@ def run_everywhere(
     For imports and per-engine setup: what the cell defines stays on the
     engines.  Blocks; an interrupt stops the cell everywhere.
     """
-    compile(source, filename, "exec")  # the user's SyntaxError, here
+    check_syntax(source, filename)  # the user's SyntaxError, here
     _settle_stale(session, targets)
     chosen = _chosen_engines(session, targets)
     # busy: nothing the shipment relies on is released before the cells are

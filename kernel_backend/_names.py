@@ -17,6 +17,7 @@ import symtable
 from typing import Any
 
 from ._comprehension import Comprehension
+from ._engineawait import compile_code
 
 __all__ = [
     "cell_reads",
@@ -151,12 +152,12 @@ def compiles(source: str) -> bool:
 def check_syntax(source: str, filename: str) -> None:
     """Raise the ``SyntaxError`` compiling ``source`` raises, ``filename`` in it."""
     if not compiles(source):
-        compile(source, filename, "exec")
+        compile_code(source, filename, "exec")
 
 
 @functools.lru_cache(maxsize=32)
 def _compiles(source: str) -> bool:
-    compile(source, "<cell>", "exec")
+    compile_code(source, "<cell>", "exec")
     return True
 
 

@@ -396,6 +396,7 @@ def run_sequentially(
     import io
     import linecache
 
+    from ._engineawait import compile_code, run_code
     from ._seeding import item_seed_sequence, seed_item, seeded
 
     lines = graph.source.splitlines(keepends=True)
@@ -404,5 +405,5 @@ def run_sequentially(
     with contextlib.redirect_stdout(out), seeded(item_seed_sequence(0, 0)):
         for index, node in enumerate(ast.parse(graph.source).body):
             seed_item(item_seed_sequence(seed, index, entropy=0))
-            exec(compile(ast.Module([node], []), filename, "exec"), namespace)
+            run_code(compile_code(ast.Module([node], []), filename, "exec"), namespace)
     return out.getvalue()

@@ -23,7 +23,7 @@ from ._engine import TaskSpec
 from ._errors import InvalidRequest
 from ._jobdelivery import snapshot, wanted_names
 from ._jobs import JobManager
-from ._names import cell_reads
+from ._names import cell_reads, check_syntax
 from ._seeding import fresh_entropy
 from ._shipment import Shipment, prepare_shipment
 from ._taskbackends import ClusterEngines, StatementEngines
@@ -314,7 +314,7 @@ def submit_tasks(
     Raises ``SyntaxError`` (the user's) before anything is sent, and
     ``InvalidRequest`` for names that cannot be shipped.
     """
-    compile(source, name or "<cell>", "exec")  # the user's SyntaxError, here
+    check_syntax(source, name or "<cell>")  # the user's SyntaxError, here
     graph = analyze_cell(source, _module_names(namespace))
     wanted = wanted_names(source, list(graph.bound), namespace, outputs)
     session = manager.pool

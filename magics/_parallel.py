@@ -15,7 +15,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from .._api import parallel
 from ..kernel_backend import CellJob, JobError, default_jobs
-from ..kernel_backend._names import compiles
+from ..kernel_backend._names import check_syntax, compiles
 from ..kernel_backend._seeding import validate_seed
 from ..kernel_backend._waiting import finished
 from ..widgets import JobsTable, JobView, jobs_panel, show_job
@@ -377,7 +377,7 @@ def _python_source(shell: Any, cell: str) -> str:
     if compiles(source):  # the job manager's check then finds it compiled
         return source
     try:
-        compile(source, "<cell>", "exec")
+        check_syntax(source, "<cell>")
     except SyntaxError as err:
         raise CellSyntaxError(err) from None
     return source

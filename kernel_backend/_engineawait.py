@@ -1,0 +1,112 @@
+"""Runs on the engines: top-level ``await`` in a cell, as in a notebook.
+
+A notebook cell may ``await``, and use ``async for`` and ``async with``,
+at its top level; so may a ``%%parallel`` cell.  Such code compiles to a
+coroutine (:func:`compile_code` allows it).  An engine answers each request
+from inside its own running event loop, which cannot be re-entered to run
+the cell's, so :func:`run_code` runs the coroutine to its end in a thread
+with an event loop of its own while the engine's thread waits; an
+interrupt of the engine cancels the coroutine there.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import inspect
+import threading
+from types import CodeType
+from typing import Any
+
+__all__ = ["AWAIT_FLAGS", "compile_code", "run_code"]
+
+#: ``compile`` flags for code that may ``await`` at its top level.
+AWAIT_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+
+#: How long an interrupted cell's coroutine has to end once cancelled, and
+#: then once interrupted in its thread (one that blocks without awaiting).
+CANCEL_WAIT = 0.5
+
+
+def compile_code(
+    source: str | ast.Module | ast.Expression, filename: str, mode: str
+) -> CodeType:
+    """``compile(source, filename, mode)``, top-level ``await`` allowed."""
+    code: CodeType = compile(source, filename, mode, flags=AWAIT_FLAGS)
+    return code
+
+
+def run_code(code: CodeType, namespace: dict[str, Any]) -> Any:
+    """Run ``code`` in ``namespace``: the value of an ``eval`` code, None for
+    ``exec``.  Code that awaits runs to its end in an event loop of its own;
+    exceptions are the code's own."""
+    if not code.co_flags & inspect.CO_COROUTINE:
+        return eval(code, namespace)
+    return _run_coroutine(eval(code, namespace))
+
+
+def _run_coroutine(coroutine: Any) -> Any:
+    """Run ``coroutine`` in a thread with a new event loop, waiting here.
+
+    A ``KeyboardInterrupt`` here (the engine interrupted) cancels it; if it
+    has not ended within ``CANCEL_WAIT`` seconds (it blocks without
+    awaiting), its thread is interrupted too, as the engine was.  The
+    interrupt goes on once it has ended, or after that wait again.
+    """
+    box: dict[str, Any] = {}
+    ended = threading.Event()
+    started = threading.Event()
+
+    async def main() -> None:
+        box["task"] = asyncio.current_task()
+        box["loop"] = asyncio.get_running_loop()
+        started.set()
+        try:
+            box["value"] = await coroutine
+        except BaseException as err:  # the cell's own, and its cancelling
+            box["error"] = err
+
+    def thread() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as err:  # the loop's own failure
+            box.setdefault("error", err)
+        finally:
+            started.set()
+            ended.set()
+
+    runner = threading.Thread(target=thread, name="paracell-await", daemon=True)
+    runner.start()
+    try:
+        # short waits: an interrupt lands between them
+        while not ended.wait(0.1):
+            pass
+    except KeyboardInterrupt:
+        started.wait(CANCEL_WAIT)
+        task, loop = box.get("task"), box.get("loop")
+        if task is not None and loop is not None:
+            # a RuntimeError: its loop has just closed, so it has ended
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(task.cancel)
+        if not ended.wait(CANCEL_WAIT) and runner.ident is not None:
+            _interrupt_thread(runner.ident)
+            ended.wait(CANCEL_WAIT)
+        raise
+    error = box.get("error")
+    if error is not None:
+        try:
+            raise error
+        finally:
+            del error, box  # no cycle through the traceback
+    return box.get("value")
+
+
+def _interrupt_thread(ident: int) -> None:
+    """Raise ``KeyboardInterrupt`` in thread ``ident`` at its next line of
+    Python (a call into C, such as ``time.sleep``, ends first)."""
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt)
+    )

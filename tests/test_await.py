@@ -1,0 +1,228 @@
+"""Top-level ``await`` (and ``async for`` / ``async with``) in ``%%parallel``
+cells, as in a notebook cell: on an engine, whose own event loop is running
+the request, the cell's coroutine runs in an event loop of its own; an
+interrupt cancels it."""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from paracell.kernel_backend._engine import TaskSpec
+from paracell.kernel_backend._engineawait import compile_code, run_code
+from paracell.kernel_backend._enginecell import run_cell
+from paracell.kernel_backend._names import check_syntax
+
+GATHER = (
+    "import asyncio\n"
+    "async def fetch(u):\n"
+    "    await asyncio.sleep(0.01)\n"
+    "    return len(u)\n"
+    "sizes = await asyncio.gather(*(fetch(u) for u in ['a', 'bb', 'ccc']))\n"
+)
+
+
+def test_a_cell_that_awaits_compiles_and_plain_code_runs_as_before() -> None:
+    check_syntax("\n" + GATHER, "<cell>")  # no SyntaxError
+    with pytest.raises(SyntaxError, match="never closed"):
+        check_syntax("\nawait (\n", "<cell>")
+    ns: dict[str, Any] = {}
+    assert run_code(compile_code("x = 2", "<cell>", "exec"), ns) is None
+    assert run_code(compile_code("x * 21", "<cell>", "eval"), ns) == 42
+
+
+def test_awaiting_code_runs_to_its_end_inside_a_running_event_loop() -> None:
+    """An engine runs each request from inside its own running loop, where
+    ``asyncio.run`` would refuse."""
+    ns: dict[str, Any] = {}
+
+    async def engine() -> Any:
+        run_code(compile_code(GATHER, "<cell>", "exec"), ns)
+        code = compile_code("await asyncio.sleep(0, result=sum(sizes))", "<c>", "eval")
+        return run_code(code, ns)
+
+    assert asyncio.run(engine()) == 6
+    assert ns["sizes"] == [1, 2, 3]
+
+
+def test_an_error_in_an_awaited_coroutine_is_the_cells_with_its_frames() -> None:
+    source = (
+        "\nimport asyncio\n"
+        "async def bad():\n"
+        "    await asyncio.sleep(0)\n"
+        "    return 1 / 0\n"
+        "kept = 1\n"
+        "await bad()\n"
+    )
+    outcome = run_cell(TaskSpec(key="await-error"), source, "<cell-await>", ["kept"])
+    assert outcome.failure is not None
+    assert outcome.failure.type_name == "ZeroDivisionError"
+    text = outcome.failure.traceback
+    # the user's frames, from the cell's line down to the division
+    assert text.index('"<cell-await>", line 7') < text.index("return 1 / 0")
+    assert "asyncio" not in text.split('"<cell-await>", line 7')[0]
+    assert "_engineawait" not in text and "base_events" not in text
+
+
+def test_a_cell_that_awaits_sends_back_its_names_and_last_value() -> None:
+    source = (
+        "\n"
+        + GATHER
+        + (
+            "async def count():\n"
+            "    for i in range(3):\n"
+            "        yield i\n"
+            "counted = [i async for i in count()]\n"
+            "sum(sizes)\n"
+        )
+    )
+    outcome = run_cell(TaskSpec(key="await-ok"), source, "<c>", ["sizes", "counted"])
+    assert outcome.failure is None
+    import cloudpickle
+
+    assert cloudpickle.loads(outcome.values["sizes"]) == [1, 2, 3]
+    assert cloudpickle.loads(outcome.values["counted"]) == [0, 1, 2]
+    assert outcome.value is not None and cloudpickle.loads(outcome.value) == 6
+
+
+@pytest.mark.parametrize(
+    ("wait", "seen"),
+    [
+        ("await asyncio.sleep(0.05)", "CancelledError"),
+        ("time.sleep(0.05)", "KeyboardInterrupt"),
+    ],
+    ids=["awaits", "blocks"],
+)
+def test_an_interrupt_stops_the_cells_coroutine(
+    wait: str, seen: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interrupt cancels the coroutine (one that awaits), or interrupts
+    its thread (one that blocks without awaiting, between its calls)."""
+    from paracell.kernel_backend import _engineawait
+
+    interrupted: list[int] = []
+    forward = _engineawait._interrupt_thread
+
+    def interrupt_thread(ident: int) -> None:
+        interrupted.append(ident)
+        forward(ident)
+
+    monkeypatch.setattr(_engineawait, "_interrupt_thread", interrupt_thread)
+    stopped: list[str] = []
+    source = (
+        "import asyncio, time\n"
+        "await asyncio.sleep(0)\n"
+        "try:\n"
+        "    for _ in range(400):\n"
+        f"        {wait}\n"
+        "except BaseException as err:\n"
+        "    stopped.append(type(err).__name__)\n"
+        "    raise\n"
+    )
+    ns: dict[str, Any] = {"stopped": stopped}
+    code = compile_code(source, "<cell>", "exec")
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    tic = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_code(code, ns)
+    assert time.monotonic() - tic < 5  # not the cell's 20 s
+    for _ in range(200):
+        if stopped:
+            break
+        time.sleep(0.01)
+    assert stopped == [seen], "the cell's coroutine went on after the interrupt"
+    # cancelled, its thread is left alone; only a blocking one needs more
+    assert bool(interrupted) == (seen == "KeyboardInterrupt")
+
+
+# -- on a real cluster ----------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_a_parallel_cell_awaits_on_the_engine_and_its_names_come_back(
+    ip: Any, shared_cluster: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ip.user_ns["urls"] = ["a", "bb", "ccc"]
+    ip.run_cell(
+        "%%parallel --block\n"
+        "import asyncio, contextlib, os\n"
+        "async def fetch(u):\n"
+        "    await asyncio.sleep(0.01)\n"
+        "    print('fetched', u)\n"
+        "    return len(u)\n"
+        "@contextlib.asynccontextmanager\n"
+        "async def opened():\n"
+        "    yield 10\n"
+        "async with opened() as base:\n"
+        "    sizes = [base + s for s in await asyncio.gather(*map(fetch, urls))]\n"
+        "engine_pid = os.getpid()\n"
+    ).raise_error()
+    assert ip.user_ns["sizes"] == [11, 12, 13]
+    assert ip.user_ns["engine_pid"] != __import__("os").getpid()
+    out = capsys.readouterr().out
+    assert all(f"fetched {u}" in out for u in ("a", "bb", "ccc"))
+    result = ip.run_cell(
+        "%%parallel --block\nimport asyncio\nawait asyncio.sleep(0, result=len(urls))\n"
+    )
+    result.raise_error()
+    assert result.result == 3
+
+
+@pytest.mark.cluster
+def test_awaiting_cells_run_on_every_engine_and_as_task_graphs(
+    ip: Any, shared_cluster: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ip.run_cell(
+        "%%parallel --all\nimport asyncio\nawait asyncio.sleep(0)\nprint('set up')\n"
+    ).raise_error()
+    assert capsys.readouterr().out.count("set up") == len(shared_cluster.client.ids)
+    ip.run_cell(
+        "%%parallel --block --tasks\n"
+        "import asyncio\n"
+        "async def twice(v):\n"
+        "    await asyncio.sleep(0.05)\n"
+        "    return 2 * v\n"
+        "a = await twice(1)\n"
+        "b = await twice(2)\n"
+        "c = a + b\n"
+    ).raise_error()
+    assert (ip.user_ns["a"], ip.user_ns["b"], ip.user_ns["c"]) == (2, 4, 6)
+
+
+@pytest.mark.cluster
+def test_cancelling_an_awaiting_job_stops_its_coroutine_on_the_engine(
+    ip: Any, shared_cluster: Any, tmp_path: Any
+) -> None:
+    from paracell import parallel
+
+    marker = tmp_path / "stopped"
+    ns = {"marker": str(marker)}
+    job = parallel(
+        "import asyncio\n"
+        "try:\n"
+        "    await asyncio.sleep(60)\n"
+        "finally:\n"
+        "    open(marker, 'w').close()\n",
+        namespace=ns,
+        name="awaiting",
+    )
+    for _ in range(500):
+        if job.state == "running":
+            break
+        time.sleep(0.01)
+    time.sleep(0.3)  # under way on the engine
+    job.cancel()
+    for _ in range(500):
+        if job.done() and marker.exists():
+            break
+        time.sleep(0.01)
+    assert job.state == "cancelled"
+    assert marker.exists(), "the coroutine was not cancelled on the engine"
+    after = parallel("y = 1", block=True, namespace={}, name="after-awaiting")
+    assert after is None
