@@ -5,8 +5,12 @@ at its top level; so may a ``%%parallel`` cell.  Such code compiles to a
 coroutine (:func:`compile_code` allows it).  An engine answers each request
 from inside its own running event loop, which cannot be re-entered to run
 the cell's, so :func:`run_code` runs the coroutine to its end in a thread
-with an event loop of its own while the engine's thread waits; an
-interrupt of the engine cancels the coroutine there.
+while the engine's thread waits; an interrupt of the engine cancels it.
+
+Every cell on an engine runs in the same event loop (as a notebook's cells
+do), so what one cell opens on it, a client session say, serves the next.
+Each runs it from a thread of its own, started for the request, so what the
+coroutine prints goes with the request that ran it.
 """
 
 from __future__ import annotations
@@ -46,22 +50,36 @@ def run_code(code: CodeType, namespace: dict[str, Any]) -> Any:
     return _run_coroutine(eval(code, namespace))
 
 
+#: This engine's event loop for cells that await (made on first use, and
+#: again should a cell's thread have been interrupted while running it).
+_LOOP: asyncio.AbstractEventLoop | None = None
+_LOOP_LOCK = threading.Lock()
+
+
+def _engine_loop() -> asyncio.AbstractEventLoop:
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None or _LOOP.is_closed():
+            _LOOP = asyncio.new_event_loop()
+        return _LOOP
+
+
 def _run_coroutine(coroutine: Any) -> Any:
-    """Run ``coroutine`` in a thread with a new event loop, waiting here.
+    """Run ``coroutine`` in this engine's event loop, from a new thread,
+    waiting here.
 
     A ``KeyboardInterrupt`` here (the engine interrupted) cancels it; if it
     has not ended within ``CANCEL_WAIT`` seconds (it blocks without
-    awaiting), its thread is interrupted too, as the engine was.  The
-    interrupt goes on once it has ended, or after that wait again.
+    awaiting), its thread is interrupted too, as the engine was, and the
+    loop is not used again.  The interrupt goes on once it has ended, or
+    after that wait again.
     """
+    global _LOOP
+    loop = _engine_loop()
     box: dict[str, Any] = {}
     ended = threading.Event()
-    started = threading.Event()
 
     async def main() -> None:
-        box["task"] = asyncio.current_task()
-        box["loop"] = asyncio.get_running_loop()
-        started.set()
         try:
             box["value"] = await coroutine
         except BaseException as err:  # the cell's own, and its cancelling
@@ -69,11 +87,13 @@ def _run_coroutine(coroutine: Any) -> Any:
 
     def thread() -> None:
         try:
-            asyncio.run(main())
-        except BaseException as err:  # the loop's own failure
+            asyncio.set_event_loop(loop)
+            box["task"] = loop.create_task(main())
+            loop.run_until_complete(box["task"])
+        except BaseException as err:  # the loop's own failure, or interrupted
             box.setdefault("error", err)
         finally:
-            started.set()
+            asyncio.set_event_loop(None)
             ended.set()
 
     runner = threading.Thread(target=thread, name="paracell-await", daemon=True)
@@ -83,14 +103,16 @@ def _run_coroutine(coroutine: Any) -> Any:
         while not ended.wait(0.1):
             pass
     except KeyboardInterrupt:
-        started.wait(CANCEL_WAIT)
-        task, loop = box.get("task"), box.get("loop")
-        if task is not None and loop is not None:
-            # a RuntimeError: its loop has just closed, so it has ended
+        task = box.get("task")
+        if task is not None:
+            # a RuntimeError: the loop stopped just now, so it has ended
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(task.cancel)
         if not ended.wait(CANCEL_WAIT) and runner.ident is not None:
             _interrupt_thread(runner.ident)
+            with _LOOP_LOCK:
+                if _LOOP is loop:
+                    _LOOP = None  # left part-way through a step: a new one
             ended.wait(CANCEL_WAIT)
         raise
     error = box.get("error")

@@ -50,6 +50,24 @@ def test_awaiting_code_runs_to_its_end_inside_a_running_event_loop() -> None:
     assert ns["sizes"] == [1, 2, 3]
 
 
+def test_cells_that_await_share_the_engines_event_loop_as_notebook_cells_do() -> None:
+    """What one cell starts or opens on the loop (a task, a client session)
+    serves the next, from whichever thread runs it."""
+    ns: dict[str, Any] = {}
+    for cell in (
+        "import asyncio, threading\n"
+        "event = asyncio.Event()\n"
+        "waiter = asyncio.ensure_future(event.wait())\n"
+        "first = (asyncio.get_running_loop(), threading.get_ident())\n"
+        "await asyncio.sleep(0)\n",
+        "event.set()\nawait waiter\n"
+        "second = (asyncio.get_running_loop(), threading.get_ident())\n",
+    ):
+        run_code(compile_code(cell, "<cell>", "exec"), ns)
+    assert ns["waiter"].done() and ns["waiter"].result() is True
+    assert ns["first"][0] is ns["second"][0]
+
+
 def test_an_error_in_an_awaited_coroutine_is_the_cells_with_its_frames() -> None:
     source = (
         "\nimport asyncio\n"
