@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from ._engineawait import AWAIT_FLAGS, awaits
 from ._errors import InvalidRequest
 
 __all__ = [
@@ -131,17 +132,19 @@ def parse_comprehension(text: str) -> Comprehension:
             "%pmap cannot run an 'async for' comprehension; iterate with a "
             f"plain 'for', {_EXAMPLE}"
         )
-    if any(isinstance(sub, ast.Await) for sub in ast.walk(node)):
+    if any(awaits(gen) for gen in node.generators):
         raise InvalidRequest(
-            "%pmap cannot run 'await' in a comprehension; call a plain "
-            f"function instead, {_EXAMPLE}"
+            "%pmap cannot await in its 'for' or 'if' clauses ('await', 'async"
+            " for'); await in the element only, e.g. %pmap await fetch(u) for"
+            " u in urls"
         )
 
     generators = tuple(_generator(parsed_text, gen) for gen in node.generators)
     try:
         # The parser accepts what the compiler rejects: a walrus rebinding a
         # loop variable, a starred target alone, `yield`, a nested `async for`.
-        compile(parsed_text, COMPREHENSION_FILENAME, "eval")
+        # (an element may await: each item runs it to its end)
+        compile(parsed_text, COMPREHENSION_FILENAME, "eval", flags=AWAIT_FLAGS)
     except SyntaxError as error:
         shift = 0 if parsed_text == text else 1
         raise _syntax_problem(error, text, shift=shift, verb="cannot run") from None

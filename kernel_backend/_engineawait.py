@@ -19,11 +19,12 @@ import ast
 import asyncio
 import contextlib
 import inspect
+import linecache
 import threading
 from types import CodeType
 from typing import Any
 
-__all__ = ["AWAIT_FLAGS", "compile_code", "run_code"]
+__all__ = ["AWAIT_FLAGS", "awaiting_element", "awaits", "compile_code", "run_code"]
 
 #: ``compile`` flags for code that may ``await`` at its top level.
 AWAIT_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
@@ -64,15 +65,60 @@ def _engine_loop() -> asyncio.AbstractEventLoop:
         return _LOOP
 
 
+def awaiting_element(spec: Any, namespace: dict[str, Any]) -> Any:
+    """A map's per-item function, when its element awaits (``%pmap await
+    fetch(u) for u in urls``) or calls an async function (``fetch(u)``, and
+    ``pmap(fetch, urls)``, whose element that is): each call runs the
+    element to its end, as a cell that awaits runs.  None for any other.
+
+    ``spec`` is the map's ``TaskSpec``; the function is compiled under its
+    filename, so tracebacks show the element as a plain one shows.
+    """
+    element: str = spec.element
+    head = element.partition("(")[0].strip()
+    calls_async = head.isidentifier() and inspect.iscoroutinefunction(
+        namespace.get(head)
+    )
+    if not calls_async and "await" not in element and "async" not in element:
+        return None  # the common case, decided without parsing
+    tree = ast.parse(element, mode="eval").body
+    if awaits(tree):
+        body = element
+    elif isinstance(tree, ast.Call) and calls_async:
+        body = f"await {element}"
+    else:
+        return None
+    name = "__paracell_async_element__"
+    source = f"async def {name}({', '.join(spec.arguments)}):\n    return ({body})\n"
+    lines = source.splitlines(keepends=True)
+    linecache.cache[spec.filename] = (len(source), None, lines, spec.filename)
+    exec(compile(source, spec.filename, "exec"), namespace)
+    function = namespace.pop(name)
+
+    def run(*args: Any) -> Any:
+        return _run_coroutine(function(*args))
+
+    return run
+
+
+def awaits(tree: ast.AST) -> bool:
+    """Whether ``tree`` awaits: ``await``, ``async for`` in a comprehension."""
+    return any(
+        isinstance(node, ast.Await)
+        or (isinstance(node, ast.comprehension) and node.is_async)
+        for node in ast.walk(tree)
+    )
+
+
 def _run_coroutine(coroutine: Any) -> Any:
     """Run ``coroutine`` in this engine's event loop, from a new thread,
     waiting here.
 
-    A ``KeyboardInterrupt`` here (the engine interrupted) cancels it; if it
-    has not ended within ``CANCEL_WAIT`` seconds (it blocks without
-    awaiting), its thread is interrupted too, as the engine was, and the
-    loop is not used again.  The interrupt goes on once it has ended, or
-    after that wait again.
+    A ``KeyboardInterrupt`` here (the engine interrupted), or an item's
+    timeout, cancels it; if it has not ended within ``CANCEL_WAIT`` seconds
+    (it blocks without awaiting), its thread is interrupted too, as the
+    engine was, and the loop is not used again.  The interrupt goes on once
+    it has ended, or after that wait again.
     """
     global _LOOP
     loop = _engine_loop()
@@ -102,7 +148,7 @@ def _run_coroutine(coroutine: Any) -> Any:
         # short waits: an interrupt lands between them
         while not ended.wait(0.1):
             pass
-    except KeyboardInterrupt:
+    except BaseException:  # interrupted, or an item's time is up
         task = box.get("task")
         if task is not None:
             # a RuntimeError: the loop stopped just now, so it has ended

@@ -7,6 +7,7 @@ what they print marked with their item and their warnings recorded.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import signal
 import sys
@@ -197,13 +198,17 @@ def _check_results(
         try:
             _pickling.dumps(value)
         except Exception as err:
+            fix = ""
+            if inspect.iscoroutine(value):  # an async call the element made
+                value.close()  # (not "never awaited" besides)
+                fix = "; await it in the element, e.g. %pmap await f(x) for x in xs"
             failures.append(
                 ItemFailure(
                     index=first + offset,
                     type_name=type(err).__name__,
                     message=(
                         f"its result, a {type(value).__name__}, cannot be sent"
-                        f" back to the notebook: {err}"
+                        f" back to the notebook: {err}{fix}"
                     ),
                     traceback="",
                     exception=None,

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import _pickling
 from ._engine import WRAPPER_FILENAME, TaskSpec
+from ._engineawait import awaiting_element
 from ._enginesegments import map_segment
 from ._plan import rebind_globals
 
@@ -168,12 +169,15 @@ def build_callable(
     ns = _NAMESPACES.get(spec.key)
     if ns is None:
         ns = build_namespace(spec, base)
-        source = f"lambda {', '.join(spec.arguments)}: ({spec.element})"
-        lines = [source + "\n"]
-        linecache.cache[spec.filename] = (len(source), None, lines, spec.filename)
-        element = eval(compile(source, spec.filename, "eval"), ns)
-        direct = _direct_call(spec, ns)
-        ns["__paracell_element__"] = element if direct is None else direct
+        element = awaiting_element(spec, ns)
+        if element is None:
+            source = f"lambda {', '.join(spec.arguments)}: ({spec.element})"
+            lines = [source + "\n"]
+            linecache.cache[spec.filename] = (len(source), None, lines, spec.filename)
+            element = eval(compile(source, spec.filename, "eval"), ns)
+            direct = _direct_call(spec, ns)
+            element = element if direct is None else direct
+        ns["__paracell_element__"] = element
         _NAMESPACES[spec.key] = ns
         while len(_NAMESPACES) > _NAMESPACES_KEPT:
             _NAMESPACES.popitem(last=False)

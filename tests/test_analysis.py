@@ -195,9 +195,13 @@ def test_async_comprehension_is_rejected() -> None:
         parse_comprehension("f(x) async for x in xs")
 
 
-def test_await_in_the_element_is_rejected() -> None:
+def test_await_in_the_element_is_taken_and_in_the_clauses_rejected() -> None:
+    comp = parse_comprehension("await fetch(x) for x in xs")
+    assert comp.element == "await fetch(x)"
     with pytest.raises(InvalidRequest, match="'await'"):
-        parse_comprehension("await fetch(x) for x in xs")
+        parse_comprehension("x for x in [await fetch(y) for y in ys]")
+    with pytest.raises(InvalidRequest, match="'await'"):
+        parse_comprehension("x for x in xs if await ok(x)")
 
 
 @pytest.mark.parametrize(

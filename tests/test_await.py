@@ -244,3 +244,103 @@ def test_cancelling_an_awaiting_job_stops_its_coroutine_on_the_engine(
     assert marker.exists(), "the coroutine was not cancelled on the engine"
     after = parallel("y = 1", block=True, namespace={}, name="after-awaiting")
     assert after is None
+
+
+# -- maps of async functions ----------------------------------------------------
+
+ASYNC_DEFS = (
+    "import asyncio\n"
+    "async def fetch(u):\n"
+    "    await asyncio.sleep(0.01)\n"
+    "    return len(u)\n"
+    "async def fragile(x):\n"
+    "    await asyncio.sleep(0)\n"
+    "    if x == 2:\n"
+    "        raise ValueError(f'bad input {x}')\n"
+    "    return x\n"
+)
+
+
+def test_a_local_map_awaits_an_async_function_and_an_awaiting_element(ip: Any) -> None:
+    ip.run_cell(ASYNC_DEFS + "urls = ['a', 'bb', 'ccc']\n").raise_error()
+    for line in (
+        "--local --no-progress await fetch(u) for u in urls",
+        "--local --no-progress fetch(u) for u in urls",  # an async call: awaited
+        "--local --no-progress [n async for n in _count(len(u))] for u in urls",
+    ):
+        if "_count" in line:
+            ip.run_cell(
+                "async def _count(n):\n    for i in range(n):\n        yield i\n"
+            ).raise_error()
+            expected: list[Any] = [[0], [0, 1], [0, 1, 2]]
+        else:
+            expected = [1, 2, 3]
+        assert ip.run_line_magic("pmap", line) == expected, line
+    from paracell import pmap
+
+    fetch = ip.user_ns["fetch"]
+    assert pmap(fetch, ["a", "bb"], local=True, progress=False) == [1, 2]
+
+
+@pytest.mark.cluster
+def test_a_map_of_an_async_function_awaits_each_item_on_the_engines(
+    ip: Any, shared_cluster: Any
+) -> None:
+    from paracell import ItemError, pmap
+
+    ip.run_cell(ASYNC_DEFS + "urls = ['a', 'bb', 'ccc'] * 4\n").raise_error()
+    fetch = ip.user_ns["fetch"]
+    assert pmap(fetch, ip.user_ns["urls"], progress=False) == [1, 2, 3] * 4
+    assert ip.run_line_magic("pmap", "--no-progress await fetch(u) for u in urls") == (
+        [1, 2, 3] * 4
+    )
+    with pytest.raises(ItemError) as info:
+        ip.run_line_magic("pmap", "--no-progress fragile(x) for x in range(5)")
+    err = info.value
+    assert err.index == 2 and "ValueError: bad input 2" in str(err)
+    # the user's code, not paracell's nor asyncio's, in the remote traceback
+    assert "raise ValueError(f'bad input {x}')" in err.remote_traceback
+    assert "in fragile" in err.remote_traceback
+    assert "kernel_backend" not in err.remote_traceback
+    assert "asyncio" not in err.remote_traceback.split("in fragile")[0]
+
+
+@pytest.mark.cluster
+def test_an_awaiting_item_over_its_timeout_is_cancelled_and_the_next_ones_run(
+    ip: Any, shared_cluster: Any
+) -> None:
+    from paracell import ItemError
+
+    ip.run_cell("import asyncio").raise_error()
+    with pytest.raises(ItemError) as info:
+        ip.run_line_magic(
+            "pmap",
+            "--no-progress --chunksize 3 --timeout 0.5"
+            " await asyncio.sleep(s, result=s) for s in [0.01, 5, 0.01]",
+        )
+    assert info.value.timed_out and info.value.index == 1
+    collected = ip.run_line_magic(
+        "pmap",
+        "--no-progress --chunksize 3 --timeout 0.5 --on-error collect"
+        " await asyncio.sleep(s, result=s) for s in [0.01, 5, 0.02]",
+    )
+    assert collected[0] == 0.01 and collected[2] == 0.02  # the loop goes on
+
+
+@pytest.mark.cluster
+def test_an_async_call_the_element_does_not_await_fails_saying_to_await_it(
+    ip: Any, shared_cluster: Any
+) -> None:
+    from paracell import ItemError
+
+    ip.run_cell(
+        ASYNC_DEFS + "class Client:\n    async def get(self, u):\n        return u\n"
+        "client = Client()\n"
+    ).raise_error()
+    with pytest.raises(ItemError) as info:
+        ip.run_line_magic("pmap", "--no-progress client.get(u) for u in 'ab'")
+    assert "coroutine" in str(info.value)
+    assert "await it in the element" in str(info.value)
+    assert ip.run_line_magic(
+        "pmap", "--no-progress await client.get(u) for u in 'ab'"
+    ) == ["a", "b"]

@@ -100,9 +100,9 @@ def test_a_quote_in_a_job_name_is_no_job_of_that_name(ip):
         ("x for x in [y for y in (y := [1])]", "assignment expression"),
         ("x for x in (yield)", "'yield'"),
         ("(yield x) for x in range(3)", "'yield'"),
-        ("[[y async for y in x] for x in []]", "asynchronous comprehension"),
         ("x async for x in range(3)", "async for"),
-        ("await f(x) for x in range(3)", "await"),
+        ("x for x in [await f(y) for y in range(3)]", "await"),
+        ("x for x in [y async for y in z]", "await"),
     ],
 )
 def test_a_comprehension_python_rejects_is_invalid_and_named(text, problem):

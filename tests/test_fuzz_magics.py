@@ -65,6 +65,8 @@ def fz_bad_gen():
     raise RuntimeError("the generator broke")
 def fz_undefined():
     return fz_no_such_name
+async def fz_async(x):
+    return x * 2
 """
 
 
@@ -107,6 +109,9 @@ GOOD_BODIES = [
     "x for x in {fz_xs[0]: 1}",
     "x for x in $fz_xs",
     "x ** 2 for x in range(-2, 2)",
+    "[[y async for y in x] for x in []]",
+    "await fz_async(x) for x in range(2)",
+    "fz_async(x) for x in range(2)",
 ]
 
 #: Comprehensions whose own code fails: the user's exception, as Python shows it.
@@ -125,6 +130,7 @@ USER_ERROR_BODIES = [
     "x for x in fz_gen('three')",
     "x[0] for x in fz_xs",
     "(lambda: 1 / 0)() for x in range(2)",
+    "await x for x in fz_xs",
 ]
 
 #: Comprehensions that stop only by failing at item 3: run with --on-error
@@ -144,9 +150,9 @@ BAD_BODIES = [
     "[(x := 1) for x in range(3)]",
     "x for x in (yield)",
     "(yield x) for x in fz_xs",
-    "await x for x in fz_xs",
     "x async for x in fz_xs",
-    "[[y async for y in x] for x in []]",
+    "x for x in [await y for y in fz_xs]",
+    "x for x in [y async for y in fz_xs]",
     "{x for x in fz_xs}",
     "{x: 1 for x in fz_xs}",
     "x",
