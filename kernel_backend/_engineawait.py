@@ -44,15 +44,15 @@ def compile_code(
 
 def run_code(code: CodeType, namespace: dict[str, Any]) -> Any:
     """Run ``code`` in ``namespace``: the value of an ``eval`` code, None for
-    ``exec``.  Code that awaits runs to its end in an event loop of its own;
-    exceptions are the code's own."""
+    ``exec``.  Code that awaits runs to its end in the engine's event loop
+    for cells; exceptions are the code's own."""
     if not code.co_flags & inspect.CO_COROUTINE:
         return eval(code, namespace)
     return _run_coroutine(eval(code, namespace))
 
 
 #: This engine's event loop for cells that await (made on first use, and
-#: again should a cell's thread have been interrupted while running it).
+#: again should an interrupted cell's coroutine have kept it running).
 _LOOP: asyncio.AbstractEventLoop | None = None
 _LOOP_LOCK = threading.Lock()
 
@@ -60,7 +60,7 @@ _LOOP_LOCK = threading.Lock()
 def _engine_loop() -> asyncio.AbstractEventLoop:
     global _LOOP
     with _LOOP_LOCK:
-        if _LOOP is None or _LOOP.is_closed():
+        if _LOOP is None or _LOOP.is_closed() or _LOOP.is_running():
             _LOOP = asyncio.new_event_loop()
         return _LOOP
 
