@@ -68,6 +68,25 @@ def test_cells_that_await_share_the_engines_event_loop_as_notebook_cells_do() ->
     assert ns["first"][0] is ns["second"][0]
 
 
+def test_a_loop_an_interrupted_coroutine_keeps_running_is_not_used_again() -> None:
+    """A second interrupt during the first one's clean-up can leave a cell's
+    coroutine running; the next cell gets a loop that is free."""
+    from paracell.kernel_backend import _engineawait
+
+    stuck = _engineawait._engine_loop()
+    runner = threading.Thread(target=stuck.run_forever, daemon=True)
+    runner.start()
+    try:
+        while not stuck.is_running():
+            time.sleep(0.001)
+        code = compile_code("await asyncio.sleep(0, result=5)", "<cell>", "eval")
+        assert run_code(code, {"asyncio": asyncio}) == 5
+        assert _engineawait._engine_loop() is not stuck
+    finally:
+        stuck.call_soon_threadsafe(stuck.stop)
+        runner.join(5)
+
+
 def test_an_error_in_an_awaited_coroutine_is_the_cells_with_its_frames() -> None:
     source = (
         "\nimport asyncio\n"
