@@ -363,3 +363,21 @@ def test_an_async_call_the_element_does_not_await_fails_saying_to_await_it(
     assert ip.run_line_magic(
         "pmap", "--no-progress await client.get(u) for u in 'ab'"
     ) == ["a", "b"]
+
+
+@pytest.mark.cluster
+def test_a_seeded_map_of_async_items_draws_as_the_local_run_does(
+    ip: Any, shared_cluster: Any
+) -> None:
+    ip.run_cell(
+        "import asyncio, random\n"
+        "import paracell\n"
+        "async def draw(i):\n"
+        "    await asyncio.sleep(0)\n"
+        "    return (random.random(), float(paracell.rng().random()))\n"
+    ).raise_error()
+    line = "--no-progress --seed 7 --chunksize 2 draw(i) for i in range(6)"
+    on_engines = ip.run_line_magic("pmap", line)
+    here = ip.run_line_magic("pmap", "--local " + line)
+    assert on_engines == here
+    assert len(set(on_engines)) == 6  # each item its own stream
