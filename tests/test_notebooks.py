@@ -316,3 +316,14 @@ def test_tutorial_runs_a_cell_as_a_task_graph():
     assert any("paracell-task-bar" in html for html in timelines)
     (after,) = [c for c in cells if c.source.startswith("print(report")]
     assert _text(after).startswith("{'difference': ")
+
+
+def test_tutorial_runs_async_code_in_a_cell_and_a_map():
+    nb = executed(os.path.join(HERE, "..", "notebooks", "tutorial.ipynb"))
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    (cell,) = [c for c in cells if "await asyncio.gather" in c.source]
+    assert "['page 0', 'page 1', 'page 2', 'page 3', 'page 4']" in _text(cell)
+    (mapped,) = [c for c in cells if c.source.startswith("%pmap --no-progress await")]
+    assert "['page 0', 'page 1', 'page 2', 'page 3', 'page 4', 'page 5']" in _text(
+        mapped
+    )
