@@ -129,6 +129,9 @@ class ChunkSizer:
         Seconds per item an earlier map of the same code measured (see
         :func:`known_pace`), if any: time-boxed probes then go to only as
         many engines as the map's work is worth (see Notes).
+    min_chunksize
+        Fewest items in an automatic chunk (while that many are left): an
+        engine running ``--concurrency N`` items at once needs N a chunk.
 
     Notes
     -----
@@ -181,6 +184,7 @@ class ChunkSizer:
         probe_seconds: float = 0.05,
         max_bytes: int = CHUNK_BYTES,
         pace: float | None = None,
+        min_chunksize: int = 1,
     ) -> None:
         if engines < 1:
             raise ValueError(f"engines must be >= 1, not {engines}")
@@ -214,6 +218,7 @@ class ChunkSizer:
         self._sampled_items = 0
         self._sampled_bytes = 0
         self._pace = pace if pace is not None and pace >= 0 else None
+        self._min_chunksize = max(1, min_chunksize)
 
     @property
     def max_in_flight(self) -> int:
@@ -241,6 +246,10 @@ class ChunkSizer:
                 size = max(1, min(size, math.ceil(self._total / shares)))
         else:
             size = self._auto_size()
+            if size < self._min_chunksize:
+                size = self._min_chunksize
+                if self._total is not None:
+                    size = max(1, min(size, self._total - self._handed_out))
         self._handed_out += size
         self._chunks_handed_out += 1
         return size
@@ -364,14 +373,20 @@ def remember_pace(key: str, seconds_per_item: float | None) -> None:
 
 
 def sizer_for_map(
-    key: str, engines: int, total: int | None, chunksize: int | str
+    key: str,
+    engines: int,
+    total: int | None,
+    chunksize: int | str,
+    concurrency: int = 1,
 ) -> ChunkSizer:
-    """A map's sizer, with the pace the last map of its code ``key`` measured."""
+    """A map's sizer, with the pace the last map of its code ``key`` measured;
+    ``concurrency`` items at least a chunk."""
     return ChunkSizer(
         engines=max(1, engines),
         total=total,
         chunksize=chunksize,
         pace=known_pace(key),
+        min_chunksize=concurrency,
     )
 
 

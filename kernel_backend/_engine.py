@@ -150,6 +150,7 @@ class TaskSpec:
     timeout: float | None = None
     stop_on_error: bool = True
     filename: str = ELEMENT_FILENAME
+    concurrency: int = 1  # items run at once, awaiting (an async element)
 
 
 # -- an item's failure -------------------------------------------------------

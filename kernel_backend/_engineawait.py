@@ -24,7 +24,15 @@ import threading
 from types import CodeType
 from typing import Any
 
-__all__ = ["AWAIT_FLAGS", "awaiting_element", "awaits", "compile_code", "run_code"]
+__all__ = [
+    "AWAIT_FLAGS",
+    "awaiting_element",
+    "awaits",
+    "compile_code",
+    "is_async_element",
+    "run_code",
+    "run_coroutine",
+]
 
 #: ``compile`` flags for code that may ``await`` at its top level.
 AWAIT_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
@@ -48,7 +56,7 @@ def run_code(code: CodeType, namespace: dict[str, Any]) -> Any:
     for cells; exceptions are the code's own."""
     if not code.co_flags & inspect.CO_COROUTINE:
         return eval(code, namespace)
-    return _run_coroutine(eval(code, namespace))
+    return run_coroutine(eval(code, namespace))
 
 
 #: This engine's event loop for cells that await (made on first use, and
@@ -75,19 +83,10 @@ def awaiting_element(spec: Any, namespace: dict[str, Any]) -> Any:
     filename, so tracebacks show the element as a plain one shows.
     """
     element: str = spec.element
-    head = element.partition("(")[0].strip()
-    calls_async = head.isidentifier() and inspect.iscoroutinefunction(
-        namespace.get(head)
-    )
-    if not calls_async and "await" not in element and "async" not in element:
-        return None  # the common case, decided without parsing
-    tree = ast.parse(element, mode="eval").body
-    if awaits(tree):
-        body = element
-    elif isinstance(tree, ast.Call) and calls_async:
-        body = f"await {element}"
-    else:
+    how = _async_element(element, namespace)
+    if how is None:
         return None
+    body = element if how == "awaits" else f"await {element}"
     name = "__paracell_async_element__"
     source = f"async def {name}({', '.join(spec.arguments)}):\n    return ({body})\n"
     lines = source.splitlines(keepends=True)
@@ -96,9 +95,36 @@ def awaiting_element(spec: Any, namespace: dict[str, Any]) -> Any:
     function = namespace.pop(name)
 
     def run(*args: Any) -> Any:
-        return _run_coroutine(function(*args))
+        return run_coroutine(function(*args))
 
+    run.coroutine_function = function  # type: ignore[attr-defined]
     return run
+
+
+def is_async_element(element: str, namespace: Any) -> bool:
+    """Whether a map's ``element`` awaits, or calls an async def function
+    in ``namespace`` (a mapping of names)."""
+    return _async_element(element, namespace) is not None
+
+
+def _async_element(element: str, namespace: Any) -> str | None:
+    """``"awaits"``, ``"calls"`` (an async def function, not awaited), or
+    None for an element that does neither."""
+    head = element.partition("(")[0].strip()
+    calls_async = head.isidentifier() and inspect.iscoroutinefunction(
+        namespace.get(head)
+    )
+    if not calls_async and "await" not in element and "async" not in element:
+        return None  # the common case, decided without parsing
+    try:
+        tree = ast.parse(element, mode="eval").body
+    except SyntaxError:
+        return None
+    if awaits(tree):
+        return "awaits"
+    if isinstance(tree, ast.Call) and calls_async:
+        return "calls"
+    return None
 
 
 def awaits(tree: ast.AST) -> bool:
@@ -110,7 +136,7 @@ def awaits(tree: ast.AST) -> bool:
     )
 
 
-def _run_coroutine(coroutine: Any) -> Any:
+def run_coroutine(coroutine: Any) -> Any:
     """Run ``coroutine`` in this engine's event loop, from a new thread,
     waiting here.
 

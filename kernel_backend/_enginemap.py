@@ -6,7 +6,9 @@ what they print marked with their item and their warnings recorded.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import inspect
 import itertools
 import signal
@@ -27,6 +29,7 @@ from ._engine import (
     reporting,
     shield_reply,
 )
+from ._engineawait import run_coroutine
 from ._enginenames import build_callable
 from ._seeding import ChunkSeeds, map_root, seed_sources
 
@@ -108,7 +111,10 @@ def _run_items(
     caught: _Warnings = []
     with reporting():
         started = time.time()
-        with _items_output(lambda: first + len(values), caught):
+        # an item run at once with others says which it is (see
+        # _run_concurrently); else it is the next after those done
+        position = _CONCURRENT_ITEM.get
+        with _items_output(lambda: position(first + len(values)), caught):
             seconds, interrupted, stopped = _runner(spec)(
                 spec, func, first, items, star, values, failures, budget
             )
@@ -225,8 +231,11 @@ def _check_results(
 
 
 def _runner(spec: TaskSpec) -> Callable[..., tuple[float, bool, bool]]:
-    """The loop for the spec's items: one by one when each needs its seed or
-    timer, else the loop in C."""
+    """The loop for the spec's items: several at once for an async element
+    with ``concurrency``; one by one when each needs its seed or timer, else
+    the loop in C."""
+    if spec.concurrency > 1:
+        return _run_concurrently
     if spec.seed is not None or spec.timeout is not None or not _EXTEND_KEEPS_PARTIAL:
         return _run_each
     return _run_all
@@ -281,6 +290,104 @@ def _run_all(
             values.append(None)
             if spec.stop_on_error:
                 return seconds, False, False
+
+
+#: The item (its index in the map) an item run with others is, in its task.
+_CONCURRENT_ITEM: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "paracell_concurrent_item"
+)
+
+
+def _run_concurrently(
+    spec: TaskSpec,
+    func: Callable[..., Any],
+    first: int,
+    items: Sequence[Any],
+    star: bool,
+    values: list[Any],
+    failures: list[ItemFailure],
+    budget: float | None,
+) -> tuple[float, bool, bool]:
+    """Up to ``spec.concurrency`` items at once: an async element's items,
+    each a task in the engine's event loop, started in order.
+
+    ``values`` gets the finished items from the chunk's first on, in order
+    (an interrupt keeps those before the first unfinished one; with
+    ``stop_on_error`` they end at the first failure).  Each item has its own
+    ``--timeout``.  With a budget no item starts once the budget is spent
+    (after the first ``concurrency``), and the chunk is marked stopped.
+    """
+    function = getattr(func, "coroutine_function", None)
+    if function is None:  # not async after all: one at a time
+        return _run_each(spec, func, first, items, star, values, failures, budget)
+    n, limit = len(items), spec.concurrency
+    results: list[Any] = [None] * n
+    errors: dict[int, BaseException] = {}
+    finished: set[int] = set()
+    started = 0
+    tic = time.perf_counter()
+
+    async def one(position: int) -> None:
+        _CONCURRENT_ITEM.set(first + position)  # this task's own context
+        item = items[position]
+        call = function(*item) if star else function(item)
+        try:
+            if spec.timeout is None:
+                results[position] = await call
+            else:
+                try:
+                    results[position] = await asyncio.wait_for(call, spec.timeout)
+                except TimeoutError:
+                    raise ItemTimeout(
+                        f"item ran past its timeout of {spec.timeout:g} s"
+                    ) from None
+        except Exception as err:  # the item's own (its cancelling is not)
+            errors[position] = err
+        finished.add(position)
+
+    async def chunk() -> None:
+        nonlocal started
+        running: set[asyncio.Future[None]] = set()
+        try:
+            for position in range(n):
+                while len(running) >= limit:
+                    _, running = await asyncio.wait(
+                        running, return_when=asyncio.FIRST_COMPLETED
+                    )
+                if spec.stop_on_error and errors:
+                    break
+                spent = time.perf_counter() - tic
+                if budget is not None and position >= limit and spent >= budget:
+                    break
+                running.add(asyncio.ensure_future(one(position)))
+                started = position + 1
+            if running:
+                await asyncio.wait(running)
+        except BaseException:  # cancelled: the items still running end too
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            raise
+
+    interrupted = False
+    try:
+        run_coroutine(chunk())
+    except KeyboardInterrupt:
+        interrupted = True
+    done = 0
+    while done < started and done in finished:
+        done += 1
+    for position in range(done):
+        error = errors.get(position)
+        if error is not None:
+            failures.append(item_failure(first + position, error))
+            values.append(None)
+            if spec.stop_on_error:
+                break
+        else:
+            values.append(results[position])
+    stopped = not interrupted and not (spec.stop_on_error and errors) and done < n
+    return time.perf_counter() - tic, interrupted, stopped
 
 
 #: Seconds of items a time-boxed chunk still runs past its budget: sending

@@ -47,6 +47,8 @@ class MapOptions:
     targets: tuple[int, ...] | None = None
     #: ship names larger than the limit (see ``_shipment.ship_limit``)
     ship_large: bool = False
+    #: items an engine runs at once, awaiting (an async element only)
+    concurrency: int = 1
 
     def validated(self) -> MapOptions:
         from ._chunking import validate_chunksize
@@ -68,6 +70,19 @@ class MapOptions:
             raise InvalidRequest(
                 "--timeout must be a number of seconds > 0 and finite,"
                 f" not {self.timeout!r}"
+            )
+        if (
+            isinstance(self.concurrency, bool)
+            or not isinstance(self.concurrency, int)
+            or self.concurrency < 1
+        ):
+            raise InvalidRequest(
+                f"--concurrency must be a whole number >= 1, not {self.concurrency!r}"
+            )
+        if self.concurrency > 1 and self.seed is not None:
+            raise InvalidRequest(
+                "--seed cannot go with --concurrency: items run at once would"
+                " draw from the random streams in turns no run repeats; drop one"
             )
         return replace(
             self,

@@ -82,7 +82,9 @@ class _MapRun:
         )
         self.cache = cache
         self.base = base
-        self.sizer = sizer_for_map(spec.key, len(engines), job.total, options.chunksize)
+        self.sizer = sizer_for_map(
+            spec.key, len(engines), job.total, options.chunksize, options.concurrency
+        )
         self.results = MapResults()
         self.feed = ItemFeed(
             items,

@@ -21,6 +21,7 @@ from ._comprehension import (
     user_traceback,
 )
 from ._engine import WRAPPER_FILENAME, TaskSpec
+from ._engineawait import is_async_element
 from ._errors import EnginesDied, InvalidRequest
 from ._mapfeed import sliceable
 from ._mapjob import (
@@ -88,6 +89,7 @@ def map_function(
     items = iterable if total is not None and sliceable(iterable) else iter(iterable)
     options = options.validated()
     element, arguments, extra = f"{_FUNC}({_ITEM})", (_ITEM,), {_FUNC: func}
+    _check_concurrency(options, element, extra)
     store = MapCache.for_map(
         cache, element, arguments, [], {}, star=False, seed=options.seed, extra=extra
     )
@@ -119,6 +121,7 @@ def map_comprehension(
     ``cache`` and ``announce`` as for :func:`map_function`.
     """
     options = options.validated()
+    _check_concurrency(options, comp.element, namespace)
     items, total, star = _comprehension_items(comp, namespace)
     element, arguments = comp.element, comp.target_names
     free = element_free_names(comp)
@@ -136,6 +139,19 @@ def map_comprehension(
     with session.busy():  # from the digest on: an array made again stays
         shipment = prepare_shipment(free, namespace, ship_large=options.ship_large)
         return _start_remote(session, plan, shipment, announce)
+
+
+def _check_concurrency(
+    options: MapOptions, element: str, namespace: Mapping[str, Any]
+) -> None:
+    """``--concurrency`` runs items that await: refuse it for an element that
+    does not, in one line, before anything runs."""
+    if options.concurrency > 1 and not is_async_element(element, namespace):
+        raise InvalidRequest(
+            f"--concurrency {options.concurrency} runs items that await at"
+            " once; this map's element neither awaits nor calls an async def"
+            " function (e.g. %pmap --concurrency 8 await fetch(u) for u in urls)"
+        )
 
 
 def known_length(iterable: Any) -> int | None:
@@ -236,6 +252,7 @@ def _spec(
         entropy=fresh_entropy(),
         timeout=options.timeout,
         stop_on_error=options.on_error == "raise",
+        concurrency=options.concurrency,
         **names,
     )
 

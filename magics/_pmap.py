@@ -14,12 +14,26 @@ from .._api import start_pmap
 from ..kernel_backend import MapJob
 from ..kernel_backend._comprehension import parse_comprehension
 from ..widgets import TimelineView
-from ._common import parse_options, run_options, shell_of, user_errors
+from ._common import (
+    parse_options,
+    positive_int,
+    run_options,
+    shell_of,
+    user_errors,
+)
 
 __all__ = ["PmapMagics", "split_options"]
 
 #: Options that take a value; the others are flags.
-_VALUED = {"--chunksize", "--seed", "--retries", "--timeout", "--on-error", "--targets"}
+_VALUED = {
+    "--chunksize",
+    "--seed",
+    "--retries",
+    "--timeout",
+    "--on-error",
+    "--targets",
+    "--concurrency",
+}
 _OPTION = re.compile(r"\s*(--[A-Za-z][\w-]*)(=\S*)?")
 _VALUE = re.compile(r"\s*(\S+)")
 
@@ -77,6 +91,13 @@ class PmapMagics(Magics):
         help="items per chunk; auto measures items and sizes chunks to ~0.2 s",
     )
     @argument("--unordered", action="store_true", help="results in completion order")
+    @argument(
+        "--concurrency",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="an element that awaits: items each engine runs at once (default 1)",
+    )
     @run_options("an item", "only these engines, e.g. 0,1")
     @argument(
         "--on-error",
@@ -155,6 +176,7 @@ class PmapMagics(Magics):
                 seed=args.seed,
                 retries=args.retries,
                 timeout=args.timeout,
+                concurrency=args.concurrency,
                 on_error=args.on_error,
                 targets=args.targets,
                 ship_large=args.ship_large,

@@ -28,6 +28,7 @@ def pmap(
     seed: int | None = None,
     retries: int = 2,
     timeout: float | None = None,
+    concurrency: int = 1,
     on_error: str = "raise",
     progress: bool | str = "auto",
     block: bool = True,
@@ -60,6 +61,10 @@ def pmap(
         How many times a chunk is re-run after its engine died.
     timeout
         Seconds one item may run; a slower item fails as a timeout.
+    concurrency
+        For an ``async def`` function: items each engine runs at once, in
+        its event loop (at least that many a chunk).  ``seed`` cannot go
+        with it.
     on_error
         ``"raise"`` (stop, raise :class:`ItemError` with finished results in
         ``.partial``), ``"collect"`` (the exception takes the item's place) or
@@ -89,6 +94,7 @@ def pmap(
         seed=seed,
         retries=retries,
         timeout=timeout,
+        concurrency=concurrency,
         on_error=on_error,  # type: ignore[arg-type]
         targets=None if targets is None else tuple(targets),
         ship_large=ship_large,
@@ -119,6 +125,7 @@ def pmap_comprehension(
     seed: int | None = None,
     retries: int = 2,
     timeout: float | None = None,
+    concurrency: int = 1,
     on_error: str = "raise",
     progress: bool | str = "auto",
     block: bool = True,
@@ -144,6 +151,7 @@ def pmap_comprehension(
         seed=seed,
         retries=retries,
         timeout=timeout,
+        concurrency=concurrency,
         on_error=on_error,
         progress=progress,
         block=block,
@@ -165,6 +173,7 @@ def start_pmap(
     seed: int | None = None,
     retries: int = 2,
     timeout: float | None = None,
+    concurrency: int = 1,
     on_error: str = "raise",
     progress: bool | str = "auto",
     block: bool = True,
@@ -182,6 +191,7 @@ def start_pmap(
         seed=seed,
         retries=retries,
         timeout=timeout,
+        concurrency=concurrency,
         on_error=on_error,  # type: ignore[arg-type]
         targets=None if targets is None else tuple(targets),
         ship_large=ship_large,

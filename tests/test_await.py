@@ -381,3 +381,129 @@ def test_a_seeded_map_of_async_items_draws_as_the_local_run_does(
     here = ip.run_line_magic("pmap", "--local " + line)
     assert on_engines == here
     assert len(set(on_engines)) == 6  # each item its own stream
+
+
+# -- several async items at once: --concurrency ---------------------------------
+
+PEAK = (
+    "import asyncio\n"
+    "state = {'now': 0, 'peak': 0}\n"
+    "async def probe(i, pause=0.05):\n"
+    "    state['now'] += 1\n"
+    "    state['peak'] = max(state['peak'], state['now'])\n"
+    "    try:\n"
+    "        await asyncio.sleep(pause)\n"
+    "    except asyncio.CancelledError:\n"
+    "        state['cancelled'] = state.get('cancelled', 0) + 1\n"
+    "        raise\n"
+    "    print('item', i)\n"
+    "    state['now'] -= 1\n"
+    "    if i == 13:\n"
+    "        raise ValueError('thirteen')\n"
+    "    return (i, state['peak'])\n"
+)
+
+
+def _chunk_namespace() -> dict[str, Any]:
+    ns: dict[str, Any] = {"__builtins__": __builtins__}
+    exec(PEAK, ns)
+    return ns
+
+
+def test_a_chunk_runs_async_items_at_once_in_order_with_their_failures() -> None:
+    from paracell.kernel_backend._enginemap import run_chunk
+
+    for stop, count in ((False, 16), (True, 14)):
+        spec = TaskSpec(
+            key=f"unit-concurrent-{stop}",
+            element="await probe(i)",
+            arguments=("i",),
+            concurrency=4,
+            stop_on_error=stop,
+        )
+        out = run_chunk(spec, 0, range(16), False, _chunk_namespace())
+        assert len(out.values) == count and not out.interrupted and not out.stopped
+        assert [v[0] for v in out.values[:13]] == list(range(13))
+        assert max(v[1] for v in out.values[:13]) == 4  # four at once, not more
+        assert out.values[13] is None
+        assert [f.index for f in out.failures] == [13]
+        assert "ValueError: thirteen" in out.failures[0].traceback
+        assert "in probe" in out.failures[0].traceback
+
+
+def test_an_interrupted_concurrent_chunk_keeps_the_items_it_finished_in_order() -> None:
+    from paracell.kernel_backend._enginemap import run_chunk
+
+    spec = TaskSpec(
+        key="unit-concurrent-interrupted",
+        element="await probe(i, 0.05 if i < 6 else 30)",
+        arguments=("i",),
+        concurrency=3,
+    )
+    ns = _chunk_namespace()
+    timer = threading.Timer(1.0, _thread.interrupt_main)
+    timer.start()
+    out = run_chunk(spec, 0, range(12), False, ns)
+    assert out.interrupted
+    assert [v[0] for v in out.values] == list(range(6))  # the finished prefix
+    assert ns["state"]["cancelled"] == 3  # items 6-8, where they waited
+    # nothing of it is left running in the loop: the next chunk runs alone
+    spec = TaskSpec(
+        key="unit-concurrent-after", element="await probe(i)", arguments=("i",)
+    )
+    ns["state"].update(now=0, peak=0)
+    assert [v for v in run_chunk(spec, 0, range(2), False, ns).values] == [
+        (0, 1),
+        (1, 1),
+    ]
+
+
+def test_a_concurrent_chunk_with_a_budget_starts_no_item_past_it() -> None:
+    from paracell.kernel_backend._enginemap import run_chunk
+
+    spec = TaskSpec(
+        key="unit-concurrent-budget",
+        element="await probe(i, 0.1)",
+        arguments=("i",),
+        concurrency=2,
+    )
+    out = run_chunk(spec, 0, range(40), False, _chunk_namespace(), budget=0.05)
+    assert out.stopped and 2 <= len(out.values) < 40
+    assert [v[0] for v in out.values] == list(range(len(out.values)))
+
+
+def test_concurrency_is_refused_for_an_element_that_does_not_await(ip: Any) -> None:
+    from IPython.core.error import UsageError
+
+    ip.run_cell(PEAK).raise_error()
+    for line, problem in (
+        ("--concurrency 4 i for i in range(3)", "neither awaits"),
+        ("--concurrency 2 --seed 1 await probe(i) for i in range(3)", "--seed"),
+        ("--concurrency 0 await probe(i) for i in range(3)", ">= 1"),
+    ):
+        with pytest.raises(UsageError, match=problem):
+            ip.run_line_magic("pmap", line)
+
+
+@pytest.mark.cluster
+def test_a_map_with_concurrency_runs_that_many_items_at_once_on_each_engine(
+    ip: Any, shared_cluster: Any
+) -> None:
+    from paracell import pmap
+
+    ip.run_cell(PEAK).raise_error()
+    one = ip.run_line_magic("pmap", "--no-progress probe(i) for i in range(12)")
+    assert [v[0] for v in one] == list(range(12))
+    assert max(v[1] for v in one) == 1  # one at a time without it
+    job = ip.run_line_magic(
+        "pmap", "--async --concurrency 6 await probe(i) for i in range(12)"
+    )
+    values = job.result()
+    assert [v[0] for v in values] == list(range(12))
+    assert max(v[1] for v in values) > 1
+    # each line it printed is its own item's
+    assert all(f"item {i}\n" in job.output(item=i) for i in range(12))
+    assert "item 3" not in job.output(item=4)
+    probe = ip.user_ns["probe"]
+    values = pmap(probe, range(8), concurrency=4, progress=False)
+    assert [v[0] for v in values] == list(range(8))

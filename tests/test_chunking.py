@@ -350,3 +350,16 @@ def test_a_map_remembers_its_pace_for_the_next_map_of_the_same_code() -> None:
     remember_pace("code-b", None)  # a map that measured nothing
     assert known_pace("code-a") == pytest.approx(0.05)
     assert known_pace("code-b") is None
+
+
+def test_a_concurrent_maps_chunks_hold_at_least_its_concurrency():
+    """Items an engine runs at once (``--concurrency``) must come in one
+    chunk: slow async items, measured one a chunk, would stay one a chunk."""
+    sizer = ChunkSizer(engines=2, total=20, min_chunksize=8)
+    assert [sizer.next_size(), sizer.next_size()] == [8, 8]  # probes
+    sizer.record(8, 4.0)  # 0.5 s an item: 0.2 s chunks would hold none
+    assert sizer.next_size() == 4  # the last 4 of 20
+    assert ChunkSizer(engines=2, total=None, min_chunksize=8).next_size() == 8
+    assert (
+        ChunkSizer(engines=2, total=20, chunksize=3, min_chunksize=8).next_size() == 3
+    )
