@@ -330,18 +330,23 @@ def _run_concurrently(
     async def one(position: int) -> None:
         _CONCURRENT_ITEM.set(first + position)  # this task's own context
         item = items[position]
-        call = function(*item) if star else function(item)
+        begun = time.monotonic()
         try:
+            call = function(*item) if star else function(item)
             if spec.timeout is None:
                 results[position] = await call
             else:
                 try:
                     results[position] = await asyncio.wait_for(call, spec.timeout)
-                except TimeoutError:
+                except asyncio.TimeoutError:
+                    if time.monotonic() - begun < spec.timeout:
+                        raise  # the item's own
                     raise ItemTimeout(
                         f"item ran past its timeout of {spec.timeout:g} s"
                     ) from None
-        except Exception as err:  # the item's own (its cancelling is not)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise  # the chunk is stopping: this item did not finish
+        except BaseException as err:  # the item's own
             errors[position] = err
         finished.add(position)
 

@@ -507,3 +507,42 @@ def test_a_map_with_concurrency_runs_that_many_items_at_once_on_each_engine(
     probe = ip.user_ns["probe"]
     values = pmap(probe, range(8), concurrency=4, progress=False)
     assert [v[0] for v in values] == list(range(8))
+
+
+def test_a_concurrent_items_own_errors_are_its_failures_not_the_chunks() -> None:
+    """A call that fails before awaiting, and a ``TimeoutError`` the item
+    raises itself (under ``--timeout``), are that item's failures."""
+    from paracell.kernel_backend._enginemap import run_chunk
+
+    ns = _chunk_namespace()
+    exec(
+        "async def own_timeout(i):\n"
+        "    await asyncio.sleep(0)\n"
+        "    if i == 1:\n"
+        "        raise TimeoutError('the service gave up')\n"
+        "    return i\n",
+        ns,
+    )
+    spec = TaskSpec(
+        key="unit-concurrent-own",
+        element="await own_timeout(i)",
+        arguments=("i",),
+        concurrency=2,
+        timeout=30.0,
+        stop_on_error=False,
+    )
+    out = run_chunk(spec, 0, range(3), False, ns)
+    assert out.values == [0, None, 2]
+    assert [(f.index, f.type_name) for f in out.failures] == [(1, "TimeoutError")]
+    spec = TaskSpec(
+        key="unit-concurrent-call",
+        element="await probe(i, pause)",
+        arguments=("i", "pause"),
+        concurrency=2,
+        stop_on_error=False,
+    )
+    # the second item has a value too many: the call fails before it awaits
+    out = run_chunk(spec, 0, [(0, 0.0), (1, 0.0, 9), (2, 0.0)], True, ns)
+    assert [v if v is None else v[0] for v in out.values] == [0, None, 2]
+    assert [(f.index, f.type_name) for f in out.failures] == [(1, "TypeError")]
+    assert not out.stopped
