@@ -137,8 +137,8 @@ def awaits(tree: ast.AST) -> bool:
 
 
 def run_coroutine(coroutine: Any) -> Any:
-    """Run ``coroutine`` in this engine's event loop, from a new thread,
-    waiting here.
+    """Run ``coroutine`` in this engine's event loop (called from the main
+    thread; else in a loop of its own), from a new thread, waiting here.
 
     A ``KeyboardInterrupt`` here (the engine interrupted), or an item's
     timeout, cancels it; if it has not ended within ``CANCEL_WAIT`` seconds
@@ -147,7 +147,11 @@ def run_coroutine(coroutine: Any) -> Any:
     it has ended, or after that wait again.
     """
     global _LOOP
-    loop = _engine_loop()
+    # the engine's thread runs one request at a time: its cells share a loop;
+    # a run from another thread (a background map in the notebook) may
+    # overlap one, and gets a loop of its own
+    private = threading.current_thread() is not threading.main_thread()
+    loop = asyncio.new_event_loop() if private else _engine_loop()
     box: dict[str, Any] = {}
     ended = threading.Event()
 
@@ -166,6 +170,8 @@ def run_coroutine(coroutine: Any) -> Any:
             box.setdefault("error", err)
         finally:
             asyncio.set_event_loop(None)
+            if private:
+                loop.close()
             ended.set()
 
     runner = threading.Thread(target=thread, name="paracell-await", daemon=True)
