@@ -87,6 +87,29 @@ def test_a_loop_an_interrupted_coroutine_keeps_running_is_not_used_again() -> No
         runner.join(5)
 
 
+def test_coroutines_run_from_several_threads_at_once_each_run_to_their_end() -> None:
+    """Background maps in the notebook run their async items from threads of
+    their own, at the same time: none waits on another's loop or breaks it."""
+    results: list[Any] = []
+    loops: list[Any] = []
+    code = "await asyncio.sleep(0.2, result=(n, asyncio.get_running_loop()))"
+
+    def run(n: int) -> None:
+        value, loop = run_code(
+            compile_code(code, "<c>", "eval"), {"asyncio": asyncio, "n": n}
+        )
+        results.append(value)
+        loops.append(loop)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(results) == [0, 1, 2, 3]
+    assert len({id(loop) for loop in loops}) == 4  # a loop each, not one shared
+
+
 def test_an_error_in_an_awaited_coroutine_is_the_cells_with_its_frames() -> None:
     source = (
         "\nimport asyncio\n"
