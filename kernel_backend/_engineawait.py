@@ -11,6 +11,10 @@ Every cell on an engine runs in the same event loop (as a notebook's cells
 do), so what one cell opens on it, a client session say, serves the next.
 Each runs it from a thread of its own, started for the request, so what the
 coroutine prints goes with the request that ran it.
+
+A map whose element awaits, or calls an ``async def`` function, runs each
+item the same way (:func:`awaiting_element`); ``--concurrency`` runs several
+of a chunk's items at once in that loop (``_enginemap._run_concurrently``).
 """
 
 from __future__ import annotations
