@@ -18,7 +18,9 @@ The engine side is seven modules, one job each:
 - ``_enginetasks``: the statements of a task graph (``run_statement``) and
   their values' travel between engines;
 - ``_enginequiet``: the end of every request made cheaper (empty flushes,
-  log records no handler writes) and whether a cell wrote any output.
+  log records no handler writes) and whether a cell wrote any output;
+- ``_enginesigint``: an interrupt never ends the engine itself;
+- ``_engineawait``: top-level ``await`` in cells, and maps of async code.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ ENGINE_MODULES = (
     "_enginetasks",
     "_enginequiet",
     "_engineawait",
+    "_enginesigint",
 )
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _OWN_FILES = {os.path.join(_HERE, f"{name}.py") for name in ENGINE_MODULES}
@@ -103,9 +106,10 @@ def engine_identity() -> tuple[str, int]:
     """Return ``(hostname, pid)`` of the engine this runs on.
 
     The first task every engine gets: it also sets up how results travel,
-    makes the end of every request cheaper (:mod:`._enginequiet`), and
-    moves what the engine holds after start-up (ipyparallel, numpy,
-    paracell: some 70,000 objects) out of the cycle collector's sight.  A
+    makes the end of every request cheaper (:mod:`._enginequiet`), keeps an
+    interrupt from ending the engine (:mod:`._enginesigint`), and moves what
+    the engine holds after start-up (ipyparallel, numpy, paracell: some
+    70,000 objects) out of the cycle collector's sight.  A
     full collection then takes well under a millisecond instead of 0.1-0.15 s;
     engines collect when shipped data is dropped
     (:func:`._enginenames.install_names`).
@@ -120,9 +124,11 @@ def engine_identity() -> tuple[str, int]:
         _frozen = True
         app = _engine_app()
         if app is not None:
-            from . import _enginequiet
+            from . import _enginequiet, _enginesigint
 
             _enginequiet.install(app)
+            with contextlib.suppress(Exception):
+                _enginesigint.install(app)
     return socket.gethostname(), os.getpid()
 
 

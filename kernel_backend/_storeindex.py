@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ class StoreIndex:
                     check_same_thread=False,  # guarded by self._lock
                     isolation_level=None,  # transactions are explicit
                 )
-                conn.execute("PRAGMA journal_mode=WAL")
+                _wal_mode(conn, self.busy_timeout)
                 # WAL with synchronous=NORMAL survives a killed kernel; only
                 # a power cut may lose the last commits (which are recomputed)
                 conn.execute("PRAGMA synchronous=NORMAL")
@@ -116,3 +117,19 @@ class StoreIndex:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise StoreUnavailable(str(err)) from err
+
+
+def _wal_mode(conn: sqlite3.Connection, timeout: float) -> None:
+    """Put the index in WAL mode.  Switching takes the whole file, and SQLite
+    does not wait for it as it waits for other statements: another process
+    opening the store at the same moment makes it fail at once with
+    "database is locked", so it is tried again for up to ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
