@@ -180,6 +180,19 @@ def no_other_cluster() -> None:
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The run's IPYTHONDIR goes when the run has passed; after a failure it
+    stays, with the clusters' logs, and its path is printed."""
+    if session.testsfailed or exitstatus:
+        print(f"\n(the run's IPYTHONDIR, with the clusters' logs: {IPYTHONDIR})")
+        return
+    import atexit
+    import shutil
+
+    # at exit: the last kernels and engines have let go of it by then
+    atexit.register(shutil.rmtree, IPYTHONDIR, ignore_errors=True)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Keep each phase's report on the test, for fixtures to see failures."""
