@@ -19,7 +19,13 @@ import pytest
 
 # Before anything imports IPython or ipyparallel: kernels and clusters started
 # by the tests inherit this, and the leak check looks for it.
-IPYTHONDIR = tempfile.mkdtemp(prefix="paracell-tests-ipython-")
+# Processes the tests start that import this module again (spawned workers)
+# use the run's folder; only the run that made it removes it.
+_MADE_HERE = "PARACELL_TESTS_IPYTHONDIR" not in os.environ
+IPYTHONDIR = os.environ.get("PARACELL_TESTS_IPYTHONDIR") or tempfile.mkdtemp(
+    prefix="paracell-tests-ipython-"
+)
+os.environ["PARACELL_TESTS_IPYTHONDIR"] = IPYTHONDIR
 os.environ["IPYTHONDIR"] = IPYTHONDIR
 os.environ.setdefault("JUPYTER_PLATFORM_DIRS", "1")
 
@@ -183,6 +189,8 @@ _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The run's IPYTHONDIR goes when the run has passed; after a failure it
     stays, with the clusters' logs, and its path is printed."""
+    if not _MADE_HERE:
+        return
     if session.testsfailed or exitstatus:
         print(f"\n(the run's IPYTHONDIR, with the clusters' logs: {IPYTHONDIR})")
         return
