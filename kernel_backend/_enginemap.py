@@ -341,9 +341,7 @@ def _run_concurrently(
                 except asyncio.TimeoutError:
                     if time.monotonic() - begun < spec.timeout:
                         raise  # the item's own
-                    raise ItemTimeout(
-                        f"item ran past its timeout of {spec.timeout:g} s"
-                    ) from None
+                    raise _timed_out(spec.timeout) from None
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise  # the chunk is stopping: this item did not finish
         except BaseException as err:  # the item's own
@@ -484,6 +482,11 @@ def _extend_keeps_partial() -> bool:
 _EXTEND_KEEPS_PARTIAL = _extend_keeps_partial()
 
 
+def _timed_out(timeout: float) -> ItemTimeout:
+    """The failure of an item that ran past ``timeout`` seconds."""
+    return ItemTimeout(f"item ran past its timeout of {timeout:g} s")
+
+
 @contextlib.contextmanager
 def _item_timer(timeout: float | None) -> Iterator[Callable[[bool], None]]:
     """Yield ``arm(on)``: while armed, ItemTimeout fires after ``timeout`` s.
@@ -495,7 +498,7 @@ def _item_timer(timeout: float | None) -> Iterator[Callable[[bool], None]]:
         return
 
     def expire(signum: int, frame: Any) -> None:
-        raise ItemTimeout(f"item ran past its timeout of {timeout:g} s")
+        raise _timed_out(timeout)
 
     def arm(on: bool) -> None:
         signal.setitimer(signal.ITIMER_REAL, timeout if on else 0)
